@@ -1,0 +1,282 @@
+"""``JobsBackend``: the django.tasks contract on top of the queue protocol.
+
+This is the one place that translates between job rows and ``TaskResult``. It
+enqueues through the caller's connection (so jobs commit or roll back with the
+caller's transaction) and reads results from any process. It never runs jobs.
+"""
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import replace
+from functools import cached_property, lru_cache
+from typing import Any
+
+from django.core import checks
+from django.db import connections
+from django.tasks import Task, TaskResult, TaskResultStatus
+from django.tasks.backends.base import BaseTaskBackend
+from django.tasks.base import TaskError
+from django.tasks.exceptions import InvalidTask, InvalidTaskBackend, TaskResultDoesNotExist
+from django.tasks.signals import task_enqueued
+from django.utils import timezone
+from django.utils.json import normalize_json
+
+from . import protocol, registry
+from .conf import JobsOptions, validate
+from .states import to_task_status
+from .task import JobsTask
+
+# Largest value a bigint primary key can hold; anything else is not a job id.
+_MAX_JOB_ID = 2**63 - 1
+
+
+def encode_json(value: Any, what: str) -> str:
+    """Return ``value`` as JSON text, or raise TypeError saying which value is not JSON."""
+    try:
+        # allow_nan=False: PostgreSQL's jsonb has no NaN or Infinity.
+        text = json.dumps(normalize_json(value), allow_nan=False, separators=(",", ":"))
+    except (TypeError, ValueError) as exc:
+        raise TypeError(
+            f"{what} is not JSON-serialisable ({exc}); got {type(value).__name__} "
+            f"{_preview(value)}. Pass plain data such as ids, strings and numbers, and "
+            "load objects inside the task."
+        ) from None
+    if "\\u0000" in text:
+        raise TypeError(
+            f"{what} contains a NUL character (\\x00), which PostgreSQL cannot store in "
+            "JSON; remove it or encode the text (for example as base64)."
+        )
+    return text
+
+
+def _preview(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def encode_arguments(
+    task: Task, args: Sequence[Any], kwargs: Mapping[str, Any]
+) -> tuple[str, str]:
+    """Check each argument on its own so the error names the one at fault."""
+    for index, value in enumerate(args):
+        encode_json(value, f"Argument {index} of task {task.module_path!r}")
+    for name, value in kwargs.items():
+        if not isinstance(name, str):
+            raise TypeError(
+                f"Keyword argument names must be strings; task {task.module_path!r} got {name!r}."
+            )
+        encode_json(value, f"Keyword argument {name!r} of task {task.module_path!r}")
+    return encode_json(list(args), "args"), encode_json(dict(kwargs), "kwargs")
+
+
+class JobsBackend(BaseTaskBackend):
+    """Store jobs in PostgreSQL; ``manage.py runjobs`` runs them."""
+
+    task_class = JobsTask
+    supports_defer = True
+    supports_async_task = True
+    supports_get_result = True
+    supports_priority = True
+
+    # __init__ stays the base class's: Django builds backends lazily, per thread, and
+    # sometimes twice at start-up, so constructing one must not touch the database.
+
+    @cached_property
+    def jobs_options(self) -> JobsOptions:
+        return JobsOptions.from_dict(self.options)
+
+    @property
+    def database(self) -> str:
+        return self.jobs_options.DATABASE
+
+    def validate_task(self, task: Task) -> None:
+        super().validate_task(task)
+        # Every Task bound to this backend passes here when it is created, which makes
+        # this the place to learn which functions are tasks (see registry.py).
+        registry.register(task)
+
+    def _new_job(self, task: Task, args: Sequence[Any], kwargs: Mapping[str, Any]) -> Any:
+        self.validate_task(task)
+        args_json, kwargs_json = encode_arguments(task, args, kwargs)
+        max_attempts = getattr(task, "max_attempts", None) or self.jobs_options.MAX_ATTEMPTS
+        return protocol.NewJob(
+            task_path=task.module_path,
+            queue_name=task.queue_name,
+            priority=task.priority,
+            backend=self.alias,
+            args_json=args_json,
+            kwargs_json=kwargs_json,
+            run_after=task.run_after,
+            max_attempts=max_attempts,
+        )
+
+    def enqueue(self, task: Task, args: Sequence[Any], kwargs: Mapping[str, Any]) -> TaskResult:
+        new_job = self._new_job(task, args, kwargs)
+        with connections[self.database].cursor() as cursor:
+            job_id, enqueued_at = protocol.enqueue(cursor, new_job)
+        return self._enqueued(task, job_id, enqueued_at, new_job)
+
+    def enqueue_many(
+        self, calls: Sequence[tuple[Task, Sequence[Any], Mapping[str, Any]]]
+    ) -> list[TaskResult]:
+        """Insert one job per ``(task, args, kwargs)`` with a single statement."""
+        new_jobs = [self._new_job(task, args, kwargs) for task, args, kwargs in calls]
+        with connections[self.database].cursor() as cursor:
+            rows = protocol.enqueue_many(cursor, new_jobs, now=timezone.now())
+        return [
+            self._enqueued(task, job_id, enqueued_at, new_job)
+            for (task, _, _), (job_id, enqueued_at), new_job in zip(
+                calls, rows, new_jobs, strict=True
+            )
+        ]
+
+    def _enqueued(
+        self, task: Task, job_id: int, enqueued_at: Any, new_job: protocol.NewJob
+    ) -> TaskResult:
+        result = TaskResult(
+            task=task,
+            id=str(job_id),
+            status=TaskResultStatus.READY,
+            enqueued_at=enqueued_at,
+            started_at=None,
+            finished_at=None,
+            last_attempted_at=None,
+            args=json.loads(new_job.args_json),
+            kwargs=json.loads(new_job.kwargs_json),
+            backend=self.alias,
+            errors=[],
+            worker_ids=[],
+        )
+        task_enqueued.send(type(self), task_result=result)
+        return result
+
+    def get_result(self, result_id: str) -> TaskResult:
+        from .models import Job
+
+        try:
+            job_id = int(str(result_id).strip())
+        except (TypeError, ValueError):
+            raise TaskResultDoesNotExist(result_id) from None
+        if not 0 < job_id <= _MAX_JOB_ID:
+            raise TaskResultDoesNotExist(result_id)
+        row = (
+            Job.objects.using(self.database)
+            .filter(pk=job_id, backend=self.alias)
+            .values(*_RESULT_FIELDS)
+            .first()
+        )
+        if row is None:
+            raise TaskResultDoesNotExist(result_id)
+        return self.result_from_row(row)
+
+    def result_from_row(self, row: Mapping[str, Any]) -> TaskResult:
+        """Build the TaskResult for a job row (a dict, or a ClaimedJob's fields)."""
+        task = self.task_for(row["task_path"], row)
+        result = TaskResult(
+            task=task,
+            id=str(row["id"]),
+            status=to_task_status(row.get("state", "RUNNING")),
+            enqueued_at=row["enqueued_at"],
+            started_at=row["started_at"],
+            finished_at=row.get("finished_at"),
+            last_attempted_at=row["last_attempted_at"],
+            args=row["args"],
+            kwargs=row["kwargs"],
+            backend=row["backend"],
+            errors=[
+                TaskError(exception_class_path=e["exception_class_path"], traceback=e["traceback"])
+                for e in row["errors"]
+            ],
+            worker_ids=list(row["worker_ids"]),
+        )
+        if result.status == TaskResultStatus.SUCCESSFUL:
+            object.__setattr__(result, "_return_value", row.get("return_value"))
+        return result
+
+    def task_for(self, path: str, row: Mapping[str, Any]) -> Task:
+        """Return the declared task for ``path`` with the row's queue, priority and run_after."""
+        task = registry.get(path)
+        if task is None:
+            registry.discover(self.jobs_options.TASK_MODULES)
+            task = registry.get(path)
+        if task is None:
+            raise TaskResultDoesNotExist(
+                f"Job {row['id']} exists, but its task {path!r} is not declared in this "
+                "process, so no TaskResult can be built for it."
+            )
+        return _bound_task(
+            task, row["priority"], row["queue_name"], row["backend"], row["run_after"]
+        )
+
+    def check(self, **kwargs: Any) -> list[checks.CheckMessage]:
+        messages = [
+            checks.Error(
+                f"TASKS[{self.alias!r}]['OPTIONS']: {problem}.",
+                hint="Fix the value in settings.TASKS; the defaults are listed in the "
+                "django_jobs reference.",
+                id="django_jobs.E001",
+            )
+            for problem in validate(self.options)
+        ]
+        if messages:
+            return messages
+        if self.database not in connections:
+            messages.append(
+                checks.Error(
+                    f"TASKS[{self.alias!r}]['OPTIONS']['DATABASE'] is {self.database!r}, "
+                    "which is not in settings.DATABASES.",
+                    hint=f"Use one of: {', '.join(connections)}.",
+                    id="django_jobs.E002",
+                )
+            )
+        elif connections[self.database].vendor != "postgresql":
+            messages.append(
+                checks.Error(
+                    f"The jobs database {self.database!r} uses the "
+                    f"{connections[self.database].vendor!r} engine; django_jobs needs "
+                    "PostgreSQL (13 or newer).",
+                    hint="Point OPTIONS['DATABASE'] at a PostgreSQL database alias.",
+                    id="django_jobs.E003",
+                )
+            )
+        return messages
+
+
+_RESULT_FIELDS = (
+    "id",
+    "task_path",
+    "queue_name",
+    "priority",
+    "backend",
+    "state",
+    "args",
+    "kwargs",
+    "return_value",
+    "run_after",
+    "enqueued_at",
+    "started_at",
+    "last_attempted_at",
+    "finished_at",
+    "worker_ids",
+    "errors",
+)
+
+
+@lru_cache(maxsize=4096)
+def _bound_task(task: Task, priority: int, queue_name: str, backend: str, run_after: Any) -> Task:
+    # Cached because building a Task re-runs validation, and a worker does this per job.
+    if (task.priority, task.queue_name, task.backend, task.run_after) == (
+        priority,
+        queue_name,
+        backend,
+        run_after,
+    ):
+        return task
+    try:
+        return replace(
+            task, priority=priority, queue_name=queue_name, backend=backend, run_after=run_after
+        )
+    except (InvalidTask, InvalidTaskBackend):
+        # The configuration changed since the job was enqueued (a queue was removed,
+        # say). The row stays the truth; the declared task stands in for reporting.
+        return task

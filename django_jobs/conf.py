@@ -1,0 +1,77 @@
+"""Backend options: every key of ``TASKS[alias]["OPTIONS"]``, its type and its default.
+
+Reading is cheap and touches no database, because Django builds backends lazily and
+sometimes twice during start-up. Bad values are reported by the system checks
+(``checks.py``) with the key, the value and what to do.
+"""
+
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+from django.core.exceptions import ImproperlyConfigured
+
+
+@dataclass(frozen=True, kw_only=True)
+class JobsOptions:
+    #: Database alias holding the job tables. Enqueue is transactional with the caller's
+    #: work only when the caller writes to this same alias.
+    DATABASE: str = "default"
+    #: Default number of attempts for a job whose task does not set ``max_attempts``.
+    MAX_ATTEMPTS: int = 1
+    #: Retry delay: ``min(RETRY_MAX_DELAY, RETRY_BASE_DELAY * RETRY_FACTOR ** (attempt - 1))``
+    #: seconds, with full jitter applied on top (see ``retry.py``).
+    RETRY_BASE_DELAY: float = 1.0
+    RETRY_FACTOR: float = 2.0
+    RETRY_MAX_DELAY: float = 3600.0
+    #: Wake idle workers with LISTEN/NOTIFY. Turn off behind a transaction-mode pooler
+    #: (PgBouncer), where LISTEN does not work; polling then bounds the latency.
+    LISTEN: bool = True
+    #: Seconds between polls for runnable jobs when no notification arrives.
+    POLL_INTERVAL: float = 1.0
+    #: Extra modules the worker imports at start, for tasks declared outside an
+    #: installed app's ``tasks`` module. Only tasks from imported modules can run.
+    TASK_MODULES: tuple[str, ...] = field(default_factory=tuple)
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any] | None) -> "JobsOptions":
+        """Build options from ``OPTIONS``; raise ImproperlyConfigured listing every problem."""
+        problems = validate(raw or {})
+        if problems:
+            raise ImproperlyConfigured("; ".join(problems))
+        values = dict(raw or {})
+        if "TASK_MODULES" in values:
+            values["TASK_MODULES"] = tuple(values["TASK_MODULES"])
+        return cls(**values)
+
+
+_KNOWN = {f.name for f in fields(JobsOptions)}
+
+
+def _positive_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and value > 0
+
+
+def validate(raw: dict[str, Any]) -> list[str]:
+    """Return a readable message for each bad key or value in ``OPTIONS``."""
+    problems = []
+    for key in sorted(set(raw) - _KNOWN):
+        problems.append(
+            f"unknown option {key!r}; the known options are {', '.join(sorted(_KNOWN))}"
+        )
+    if "DATABASE" in raw and not isinstance(raw["DATABASE"], str):
+        problems.append(f"DATABASE must be a database alias (a str), got {raw['DATABASE']!r}")
+    attempts = raw.get("MAX_ATTEMPTS", 1)
+    if not isinstance(attempts, int) or isinstance(attempts, bool) or attempts < 1:
+        problems.append(f"MAX_ATTEMPTS must be a whole number >= 1, got {attempts!r}")
+    for key in ("RETRY_BASE_DELAY", "RETRY_MAX_DELAY", "POLL_INTERVAL"):
+        if key in raw and not _positive_number(raw[key]):
+            problems.append(f"{key} must be a number of seconds > 0, got {raw[key]!r}")
+    factor = raw.get("RETRY_FACTOR", 2.0)
+    if not isinstance(factor, int | float) or isinstance(factor, bool) or factor < 1:
+        problems.append(f"RETRY_FACTOR must be a number >= 1, got {factor!r}")
+    if "LISTEN" in raw and not isinstance(raw["LISTEN"], bool):
+        problems.append(f"LISTEN must be True or False, got {raw['LISTEN']!r}")
+    modules = raw.get("TASK_MODULES", ())
+    if isinstance(modules, str) or not all(isinstance(m, str) for m in modules):
+        problems.append(f"TASK_MODULES must be a list of dotted module paths, got {modules!r}")
+    return problems

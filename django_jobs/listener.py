@@ -1,0 +1,61 @@
+"""LISTEN for "a job became runnable" on a dedicated connection, in a background thread.
+
+Wake-ups are hints: the worker still polls, so a lost notification (a reconnect, a
+pooler that drops LISTEN) costs at most one poll interval, never a job.
+"""
+
+import logging
+import random
+import threading
+from collections.abc import Callable, Collection
+
+import psycopg
+
+from . import dbconn
+from .sql import NOTIFY_CHANNEL
+
+logger = logging.getLogger("django_jobs.listener")
+
+
+class Listener:
+    def __init__(
+        self, alias: str, queues: Collection[str] | None, on_wake: Callable[[], None]
+    ) -> None:
+        self.alias = alias
+        self.queues = frozenset(queues) if queues is not None else None
+        self.on_wake = on_wake
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="django_jobs-listener", daemon=True)
+        #: Set once the first LISTEN is in place (tests and benchmarks wait on it).
+        self.listening = threading.Event()
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+    def _run(self) -> None:
+        delay = 0.5
+        while not self._stop.is_set():
+            try:
+                with dbconn.connect(self.alias, purpose="listener") as conn:
+                    conn.execute(f"LISTEN {NOTIFY_CHANNEL}")
+                    self.listening.set()
+                    delay = 0.5
+                    # Jobs may have arrived while we were not listening.
+                    self.on_wake()
+                    while not self._stop.is_set():
+                        # One generator per wait keeps the stop check responsive; psycopg
+                        # buffers notifications that arrive between two waits.
+                        for note in conn.notifies(timeout=1.0):
+                            if self.queues is None or note.payload in self.queues:
+                                self.on_wake()
+            except psycopg.Error as exc:
+                logger.warning(
+                    "LISTEN connection lost (%s); polling until it is back, retry in %.1f s",
+                    exc, delay, extra={"action": "listener_reconnect"},
+                )  # fmt: skip
+                self._stop.wait(delay + random.random() * delay)  # noqa: S311
+                delay = min(delay * 2, 30.0)

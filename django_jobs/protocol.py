@@ -1,0 +1,183 @@
+"""The queue protocol: the only code that changes a job's state.
+
+Each function runs one statement from ``sql.py`` on the cursor it is given: the
+caller's Django cursor for enqueue (so the job commits or rolls back with the
+caller's transaction), the worker's own long-lived connection for the rest. The
+functions neither open transactions nor commit: the caller owns that choice.
+"""
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Protocol
+
+from . import sql
+
+
+class Cursor(Protocol):
+    """The part of a DB-API cursor we use: Django's CursorWrapper and psycopg's both fit."""
+
+    def execute(self, query: Any, params: Any = ..., /) -> Any: ...
+    def fetchone(self) -> Any: ...
+    def fetchall(self) -> list[Any]: ...
+
+
+@dataclass(frozen=True, slots=True)
+class NewJob:
+    """A job to insert. ``args_json``/``kwargs_json`` are already-validated JSON text."""
+
+    task_path: str
+    queue_name: str
+    priority: int
+    backend: str
+    args_json: str
+    kwargs_json: str
+    run_after: datetime | None
+    max_attempts: int
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimedJob:
+    """A job a worker holds: the row as the claim left it (``attempts`` already bumped)."""
+
+    id: int
+    task_path: str
+    queue_name: str
+    priority: int
+    backend: str
+    args: list[Any]
+    kwargs: dict[str, Any]
+    run_after: datetime | None
+    available_at: datetime
+    enqueued_at: datetime
+    started_at: datetime
+    last_attempted_at: datetime
+    attempts: int
+    max_attempts: int
+    worker_ids: list[str]
+    errors: list[dict[str, Any]]
+
+
+@dataclass(frozen=True, slots=True)
+class Success:
+    job_id: int
+    attempt: int
+    return_json: str
+
+
+@dataclass(frozen=True, slots=True)
+class Failure:
+    job_id: int
+    attempt: int
+    error_json: str
+    #: Seconds until the next attempt, or None when this was the last one.
+    retry_in: float | None
+
+
+def enqueue(cursor: Cursor, job: NewJob) -> tuple[int, datetime]:
+    """Insert one job (and wake workers if it can run now); return its id and enqueued_at."""
+    cursor.execute(
+        sql.ENQUEUE,
+        {
+            "task_path": job.task_path,
+            "queue_name": job.queue_name,
+            "priority": job.priority,
+            "backend": job.backend,
+            "args": job.args_json,
+            "kwargs": job.kwargs_json,
+            "run_after": job.run_after,
+            "max_attempts": job.max_attempts,
+        },
+    )
+    job_id, enqueued_at, _ = cursor.fetchone()
+    return job_id, enqueued_at
+
+
+def enqueue_many(
+    cursor: Cursor, jobs: Sequence[NewJob], *, now: datetime
+) -> list[tuple[int, datetime]]:
+    """Insert many jobs in one statement; return (id, enqueued_at) in input order."""
+    if not jobs:
+        return []
+    cursor.execute(
+        sql.ENQUEUE_MANY,
+        {
+            "task_path": [j.task_path for j in jobs],
+            "queue_name": [j.queue_name for j in jobs],
+            "priority": [j.priority for j in jobs],
+            "backend": [j.backend for j in jobs],
+            "args": [j.args_json for j in jobs],
+            "kwargs": [j.kwargs_json for j in jobs],
+            "run_after": [j.run_after for j in jobs],
+            "max_attempts": [j.max_attempts for j in jobs],
+        },
+    )
+    rows = cursor.fetchall()
+    # The wake-up is a hint, so the caller's clock is good enough to skip it for
+    # jobs that are plainly in the future; the claim itself uses the database clock.
+    runnable = sorted({j.queue_name for j in jobs if j.run_after is None or j.run_after <= now})
+    if runnable:
+        cursor.execute(sql.NOTIFY_QUEUES, {"queues": runnable})
+    return [(row[0], row[1]) for row in rows]
+
+
+def claim(
+    cursor: Cursor, *, worker_id: str, backend: str, queues: Sequence[str] | None, limit: int
+) -> list[ClaimedJob]:
+    """Mark up to ``limit`` runnable jobs RUNNING for ``worker_id``, highest priority first."""
+    if limit <= 0:
+        return []
+    params = {"worker_id": worker_id, "backend": backend, "limit": limit}
+    if queues is None:
+        cursor.execute(sql.CLAIM_ANY_QUEUE, params)
+    else:
+        cursor.execute(sql.CLAIM, {**params, "queues": list(queues)})
+    jobs = [ClaimedJob(*row) for row in cursor.fetchall()]
+    # RETURNING does not keep the sub-select's order.
+    jobs.sort(key=lambda j: (-j.priority, j.available_at, j.id))
+    return jobs
+
+
+def complete(cursor: Cursor, successes: Iterable[Success]) -> dict[int, datetime]:
+    """Record successes; return finished_at per job id actually recorded (fenced)."""
+    successes = list(successes)
+    if not successes:
+        return {}
+    cursor.execute(
+        sql.COMPLETE_MANY,
+        {
+            "ids": [s.job_id for s in successes],
+            "attempts": [s.attempt for s in successes],
+            "return_values": [s.return_json for s in successes],
+        },
+    )
+    return dict(cursor.fetchall())
+
+
+def fail(cursor: Cursor, failures: Iterable[Failure]) -> dict[int, tuple[str, datetime | None]]:
+    """Record failed attempts (retry or final); return (state, finished_at) per recorded id."""
+    failures = list(failures)
+    if not failures:
+        return {}
+    cursor.execute(
+        sql.FAIL_MANY,
+        {
+            "ids": [f.job_id for f in failures],
+            "attempts": [f.attempt for f in failures],
+            "errors": [f.error_json for f in failures],
+            "retry_in": [f.retry_in for f in failures],
+        },
+    )
+    return {row[0]: (row[1], row[2]) for row in cursor.fetchall()}
+
+
+def release(cursor: Cursor, jobs: Iterable[ClaimedJob]) -> set[int]:
+    """Give claimed jobs that never started back to the queue without spending an attempt."""
+    jobs = list(jobs)
+    if not jobs:
+        return set()
+    cursor.execute(
+        sql.RELEASE_MANY,
+        {"ids": [j.id for j in jobs], "attempts": [j.attempts for j in jobs]},
+    )
+    return {row[0] for row in cursor.fetchall()}

@@ -1,0 +1,55 @@
+"""The job's states, which moves between them are legal, and how they look to django.tasks.
+
+The table keeps the exact state; ``django.tasks`` only knows four statuses, so the
+mapping to ``TaskResultStatus`` lives here and nowhere else.
+"""
+
+from django.db import models
+from django.tasks import TaskResultStatus
+
+
+class JobState(models.TextChoices):
+    READY = "READY", "Ready"
+    RUNNING = "RUNNING", "Running"
+    SUCCESSFUL = "SUCCESSFUL", "Successful"
+    FAILED = "FAILED", "Failed"
+    CANCELLED = "CANCELLED", "Cancelled"
+    # A workflow step waiting for its parents (filled in by the workflow feature).
+    BLOCKED = "BLOCKED", "Blocked"
+
+
+FINISHED_STATES = frozenset({JobState.SUCCESSFUL, JobState.FAILED, JobState.CANCELLED})
+
+# Which moves the queue protocol may make. Tests check every SQL statement against this.
+TRANSITIONS: dict[JobState, frozenset[JobState]] = {
+    JobState.BLOCKED: frozenset({JobState.READY, JobState.CANCELLED}),
+    JobState.READY: frozenset({JobState.RUNNING, JobState.CANCELLED}),
+    # RUNNING -> READY is a retry (or a release at shutdown).
+    JobState.RUNNING: frozenset(
+        {JobState.SUCCESSFUL, JobState.FAILED, JobState.READY, JobState.CANCELLED}
+    ),
+    JobState.SUCCESSFUL: frozenset(),
+    # An operator may re-queue a failed or cancelled job.
+    JobState.FAILED: frozenset({JobState.READY}),
+    JobState.CANCELLED: frozenset({JobState.READY}),
+}
+
+_TO_TASK_STATUS = {
+    JobState.READY: TaskResultStatus.READY,
+    # A blocked step has not run yet and will run later: READY is the honest coarse answer.
+    JobState.BLOCKED: TaskResultStatus.READY,
+    JobState.RUNNING: TaskResultStatus.RUNNING,
+    JobState.SUCCESSFUL: TaskResultStatus.SUCCESSFUL,
+    JobState.FAILED: TaskResultStatus.FAILED,
+    # Cancelled jobs will never produce a value: FAILED is what callers polling a result need.
+    JobState.CANCELLED: TaskResultStatus.FAILED,
+}
+
+
+def to_task_status(state: str) -> TaskResultStatus:
+    """Map a table state onto the four statuses ``django.tasks`` knows."""
+    return _TO_TASK_STATUS[JobState(state)]
+
+
+def can_move(source: str, target: str) -> bool:
+    return JobState(target) in TRANSITIONS[JobState(source)]

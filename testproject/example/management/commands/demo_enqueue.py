@@ -1,0 +1,13 @@
+from typing import Any
+
+from django.core.management.base import BaseCommand
+
+from testproject.example.views import enqueue_samples
+
+
+class Command(BaseCommand):
+    help = "Enqueue one job of each example task (for the demo)."
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        ids = enqueue_samples()
+        self.stdout.write(f"Enqueued sample jobs {', '.join(ids)}")

@@ -1,0 +1,86 @@
+"""Settings for the test project: the demo, the test suite and manual runs.
+
+Everything comes from the environment (django-environ). With no DATABASE_URL an
+embedded PostgreSQL server is started, so a new checkout needs nothing but Python.
+"""
+
+import os
+from pathlib import Path
+
+import environ
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+env = environ.Env()
+
+DEBUG = env.bool("DEBUG", default=True)
+SECRET_KEY = env.str("SECRET_KEY", default="django-jobs-test-project-not-secret")
+ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=["127.0.0.1", "localhost"])
+
+if "DATABASE_URL" not in os.environ:
+    from testproject import embedded_pg
+
+    os.environ["DATABASE_URL"] = embedded_pg.database_url()
+
+DATABASES = {"default": env.db("DATABASE_URL")}
+# The test suite makes its own database; name it after the configured one.
+DATABASES["default"].setdefault("TEST", {})
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "django_jobs",
+    "testproject.example",
+]
+
+TASKS = {
+    "default": {
+        "BACKEND": "django_jobs.backend.JobsBackend",
+        "QUEUES": ["default", "emails", "slow"],
+        "OPTIONS": {"POLL_INTERVAL": env.float("JOBS_POLL_INTERVAL", default=1.0)},
+    }
+}
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "testproject.urls"
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "testproject" / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ]
+        },
+    }
+]
+
+EMAIL_BACKEND = "django.core.mail.backends.console.EmailBackend"
+USE_TZ = True
+TIME_ZONE = "UTC"
+STATIC_URL = "static/"
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "handlers": {"console": {"class": "logging.StreamHandler"}},
+    "loggers": {
+        "django_jobs": {"handlers": ["console"], "level": env.str("JOBS_LOG_LEVEL", "INFO")},
+    },
+}
