@@ -6,6 +6,7 @@ caller's transaction) and reads results from any process. It never runs jobs.
 """
 
 import json
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from functools import cached_property, lru_cache
@@ -26,6 +27,9 @@ from .conf import JobsOptions, validate
 from .states import to_task_status
 from .task import JobsTask
 
+# A JSON escape of NUL (not preceded by an escaped backslash): jsonb refuses it.
+_JSON_NUL = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")
+
 # Largest value a bigint primary key can hold; anything else is not a job id.
 _MAX_JOB_ID = 2**63 - 1
 
@@ -34,14 +38,23 @@ def encode_json(value: Any, what: str) -> str:
     """Return ``value`` as JSON text, or raise TypeError saying which value is not JSON."""
     try:
         # allow_nan=False: PostgreSQL's jsonb has no NaN or Infinity.
-        text = json.dumps(normalize_json(value), allow_nan=False, separators=(",", ":"))
+        text = json.dumps(
+            normalize_json(value), allow_nan=False, ensure_ascii=False, separators=(",", ":")
+        )
     except (TypeError, ValueError) as exc:
         raise TypeError(
             f"{what} is not JSON-serialisable ({exc}); got {type(value).__name__} "
             f"{_preview(value)}. Pass plain data such as ids, strings and numbers, and "
             "load objects inside the task."
         ) from None
-    if "\\u0000" in text:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise TypeError(
+            f"{what} contains text that is not valid Unicode (a lone surrogate such as "
+            "'\\ud800'), which PostgreSQL cannot store; clean the text before enqueueing."
+        ) from None
+    if _JSON_NUL.search(text):
         raise TypeError(
             f"{what} contains a NUL character (\\x00), which PostgreSQL cannot store in "
             "JSON; remove it or encode the text (for example as base64)."

@@ -155,7 +155,7 @@ class Worker:
     def run(self) -> None:
         """Serve until stopped; every claimed job is finished or released on the way out."""
         registry.discover(self.backend.jobs_options.TASK_MODULES)
-        self._install_signal_handlers()
+        previous_handlers = self._install_signal_handlers()
         if self.listen:
             self.listener = Listener(self.backend.database, self.queues, self.wake)
             self.listener.start()
@@ -170,6 +170,8 @@ class Worker:
             self._loop()
         finally:
             self._shutdown()
+            for signum, handler in previous_handlers.items():
+                signal.signal(signum, handler)
 
     def stop(self) -> None:
         """Ask the loop to stop claiming and finish what it has (safe from any thread)."""
@@ -181,9 +183,10 @@ class Worker:
             self._wake_pending = True
             self._inbox.put(_WAKE)
 
-    def _install_signal_handlers(self) -> None:
+    def _install_signal_handlers(self) -> dict[int, Any]:
+        """Make SIGTERM and SIGINT stop gracefully; return the handlers they replaced."""
         if threading.current_thread() is not threading.main_thread():
-            return
+            return {}
 
         def handle(signum: int, frame: object) -> None:
             name = signal.Signals(signum).name
@@ -199,8 +202,9 @@ class Worker:
             # lock; a short-lived thread does it safely.
             threading.Thread(target=self._inbox.put, args=(_WAKE,), daemon=True).start()
 
-        signal.signal(signal.SIGTERM, handle)
-        signal.signal(signal.SIGINT, handle)
+        return {
+            signum: signal.signal(signum, handle) for signum in (signal.SIGTERM, signal.SIGINT)
+        }
 
     def _shutdown(self) -> None:
         unstarted = self._pool.take_unstarted()

@@ -70,7 +70,7 @@ TEMPLATES = [
     }
 ]
 
-EMAIL_BACKEND = "django.core.mail.backends.console.EmailBackend"
+MAILERS = {"default": {"BACKEND": "django.core.mail.backends.console.EmailBackend"}}
 USE_TZ = True
 TIME_ZONE = "UTC"
 STATIC_URL = "static/"

@@ -44,3 +44,32 @@ def report_attempt(context) -> int:
 async def async_add(a: int, b: int) -> int:
     await asyncio.sleep(0)
     return a + b
+
+
+@task
+def record(key: str) -> str:
+    """Insert a ledger row; running the same job twice raises IntegrityError."""
+    from .models import LedgerEntry
+
+    LedgerEntry.objects.create(key=key)
+    return key
+
+
+def plain_function(path: str) -> None:
+    """Not a task: a job row naming it must never make a worker call it."""
+    from pathlib import Path
+
+    Path(path).write_text("a plain function was called")
+
+
+@job(max_attempts=3)
+def returns_a_set() -> set[int]:
+    return {1, 2, 3}
+
+
+@job(max_attempts=2, takes_context=True)
+def flaky_reports_attempt(context) -> int:
+    """Fail on the first attempt, succeed on the second, and say which attempt it was."""
+    if context.attempt < 2:
+        raise ConnectionError("transient failure on the first attempt")
+    return context.attempt

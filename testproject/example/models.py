@@ -1,0 +1,12 @@
+from django.db import models
+
+
+class LedgerEntry(models.Model):
+    """A row per unit of work; the unique key makes a second run of the same job fail."""
+
+    key = models.CharField(max_length=100, unique=True)
+    job_attempt = models.PositiveIntegerField(default=1)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    def __str__(self) -> str:
+        return self.key

@@ -1,0 +1,103 @@
+"""Shared fixtures: the test database's URL, in-process and subprocess workers, waits."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import pytest
+from django.db import connection
+
+from django_jobs.worker import Worker
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def wait_for(
+    predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.05
+) -> Any:
+    """Poll ``predicate`` until it returns something truthy; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(interval)
+
+
+def run_worker(**options: Any) -> Worker:
+    """Run an in-process worker until nothing is runnable; return it for its stats."""
+    options.setdefault("burst", True)
+    options.setdefault("listen", False)
+    worker = Worker(**options)
+    worker.run()
+    return worker
+
+
+@pytest.fixture
+def database_url(transactional_db: None) -> str:
+    """URL of the test database, for worker subprocesses (the data must be committed)."""
+    s = connection.settings_dict
+    auth = quote(s["USER"] or "", safe="")
+    if s["PASSWORD"]:
+        auth += ":" + quote(s["PASSWORD"], safe="")
+    host = quote(s["HOST"] or "", safe="")
+    port = f":{s['PORT']}" if s["PORT"] else ""
+    return f"postgres://{auth}@{host}{port}/{s['NAME']}"
+
+
+class WorkerProcess:
+    def __init__(self, popen: subprocess.Popen, log: Path) -> None:
+        self.popen = popen
+        self.log = log
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    def signal(self, signum: int) -> None:
+        self.popen.send_signal(signum)
+
+    def wait(self, timeout: float) -> int:
+        try:
+            return self.popen.wait(timeout)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(
+                f"worker {self.pid} still running after {timeout} s; log:\n{self.output()}"
+            ) from None
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+
+@pytest.fixture
+def start_worker(database_url: str, tmp_path: Path) -> Iterator[Callable[..., WorkerProcess]]:
+    """Start ``manage.py runjobs`` subprocesses against the test database."""
+    started: list[WorkerProcess] = []
+
+    def start(*args: str, env: dict[str, str] | None = None) -> WorkerProcess:
+        log = tmp_path / f"worker-{len(started)}.log"
+        with log.open("w") as out:
+            popen = subprocess.Popen(
+                [sys.executable, "manage.py", "runjobs", *args],
+                cwd=ROOT,
+                env={**os.environ, "DATABASE_URL": database_url, **(env or {})},
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+        process = WorkerProcess(popen, log)
+        started.append(process)
+        return process
+
+    yield start
+    for process in started:
+        if process.popen.poll() is None:
+            process.popen.send_signal(signal.SIGKILL)
+        process.popen.wait(10)
