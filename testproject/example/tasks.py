@@ -73,3 +73,8 @@ def flaky_reports_attempt(context) -> int:
     if context.attempt < 2:
         raise ConnectionError("transient failure on the first attempt")
     return context.attempt
+
+
+@task
+def noop() -> None:
+    """Does nothing: the benchmark's job, so only the queue's own cost is measured."""
