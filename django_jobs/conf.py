@@ -19,7 +19,7 @@ class JobsOptions:
     #: Default number of attempts for a job whose task does not set ``max_attempts``.
     MAX_ATTEMPTS: int = 1
     #: Retry delay: ``min(RETRY_MAX_DELAY, RETRY_BASE_DELAY * RETRY_FACTOR ** (attempt - 1))``
-    #: seconds, with full jitter applied on top (see ``retry.py``).
+    #: seconds, with "equal jitter" (a random point in the upper half) (see ``retry.py``).
     RETRY_BASE_DELAY: float = 1.0
     RETRY_FACTOR: float = 2.0
     RETRY_MAX_DELAY: float = 3600.0
@@ -28,6 +28,19 @@ class JobsOptions:
     LISTEN: bool = True
     #: Seconds between polls for runnable jobs when no notification arrives.
     POLL_INTERVAL: float = 1.0
+    #: Hard time limit per job in seconds (the process running it is killed); None: none.
+    TIMEOUT: float | None = None
+    #: Soft time limit per job: SoftTimeLimitExceeded is raised inside the task.
+    SOFT_TIMEOUT: float | None = None
+    #: Seconds between a worker's heartbeats.
+    HEARTBEAT_INTERVAL: float = 5.0
+    #: A worker silent this long is lost: its RUNNING jobs are retried or failed.
+    WORKER_TIMEOUT: float = 30.0
+    #: Seconds between maintenance rounds (rescue) in the elected leader.
+    MAINTENANCE_INTERVAL: float = 5.0
+    #: Database alias for the LISTEN connection, when DATABASE goes through a pooler in
+    #: transaction mode: point this at a direct connection. None: use DATABASE.
+    LISTEN_DATABASE: str | None = None
     #: Extra modules the worker imports at start, for tasks declared outside an
     #: installed app's ``tasks`` module. Only tasks from imported modules can run.
     TASK_MODULES: tuple[str, ...] = field(default_factory=tuple)
@@ -63,12 +76,31 @@ def validate(raw: dict[str, Any]) -> list[str]:
     attempts = raw.get("MAX_ATTEMPTS", 1)
     if not isinstance(attempts, int) or isinstance(attempts, bool) or attempts < 1:
         problems.append(f"MAX_ATTEMPTS must be a whole number >= 1, got {attempts!r}")
-    for key in ("RETRY_BASE_DELAY", "RETRY_MAX_DELAY", "POLL_INTERVAL"):
+    for key in (
+        "RETRY_BASE_DELAY",
+        "RETRY_MAX_DELAY",
+        "POLL_INTERVAL",
+        "HEARTBEAT_INTERVAL",
+        "WORKER_TIMEOUT",
+        "MAINTENANCE_INTERVAL",
+    ):
         if key in raw and not _positive_number(raw[key]):
             problems.append(f"{key} must be a number of seconds > 0, got {raw[key]!r}")
     factor = raw.get("RETRY_FACTOR", 2.0)
     if not isinstance(factor, int | float) or isinstance(factor, bool) or factor < 1:
         problems.append(f"RETRY_FACTOR must be a number >= 1, got {factor!r}")
+    for key in ("TIMEOUT", "SOFT_TIMEOUT"):
+        if raw.get(key) is not None and not _positive_number(raw[key]):
+            problems.append(f"{key} must be None or a number of seconds > 0, got {raw[key]!r}")
+    beat, lost = raw.get("HEARTBEAT_INTERVAL", 5.0), raw.get("WORKER_TIMEOUT", 30.0)
+    if _positive_number(beat) and _positive_number(lost) and lost < 2 * beat:
+        problems.append(
+            "WORKER_TIMEOUT must be at least twice HEARTBEAT_INTERVAL, or a worker that "
+            "misses one beat is declared lost while it still runs its jobs"
+        )
+    listen_db = raw.get("LISTEN_DATABASE")
+    if listen_db is not None and not isinstance(listen_db, str):
+        problems.append(f"LISTEN_DATABASE must be a database alias or None, got {listen_db!r}")
     if "LISTEN" in raw and not isinstance(raw["LISTEN"], bool):
         problems.append(f"LISTEN must be True or False, got {raw['LISTEN']!r}")
     modules = raw.get("TASK_MODULES", ())

@@ -72,3 +72,40 @@ class Job(models.Model):
 
     def __str__(self) -> str:
         return f"{self.task_path} #{self.pk} ({self.state})"
+
+
+class Worker(models.Model):
+    """One running ``runjobs`` supervisor. Its heartbeat is what keeps its jobs its own."""
+
+    id = models.CharField(max_length=255, primary_key=True, help_text="host:pid:random")
+    backend = models.CharField(max_length=255, default="default")
+    host = models.CharField(max_length=255)
+    pid = models.PositiveIntegerField()
+    queues = models.JSONField(default=list, help_text="Queues served; empty means all.")
+    concurrency = models.PositiveIntegerField(
+        default=1, help_text="Job slots (processes x threads)."
+    )
+    version = models.CharField(max_length=50, blank=True, default="")
+    started_at = models.DateTimeField(db_default=Now())
+    last_heartbeat = models.DateTimeField(db_default=Now())
+
+    class Meta:
+        ordering = ["-started_at"]
+
+    def __str__(self) -> str:
+        return self.id
+
+
+class Lease(models.Model):
+    """A named lease held by one worker until it expires: leadership for maintenance.
+
+    A row, not a session advisory lock, so it also works through PgBouncer in
+    transaction mode, and shows in the admin who leads.
+    """
+
+    name = models.CharField(max_length=100, primary_key=True)
+    holder = models.CharField(max_length=255)
+    expires_at = models.DateTimeField()
+
+    def __str__(self) -> str:
+        return f"{self.name} held by {self.holder}"

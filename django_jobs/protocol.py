@@ -6,6 +6,7 @@ caller's transaction), the worker's own long-lived connection for the rest. The
 functions neither open transactions nor commit: the caller owns that choice.
 """
 
+import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -181,3 +182,87 @@ def release(cursor: Cursor, jobs: Iterable[ClaimedJob]) -> set[int]:
         {"ids": [j.id for j in jobs], "attempts": [j.attempts for j in jobs]},
     )
     return {row[0] for row in cursor.fetchall()}
+
+
+@dataclass(frozen=True, slots=True)
+class Snoozed:
+    job_id: int
+    attempt: int
+    snooze_for: float
+
+
+def snooze(cursor: Cursor, snoozed: Iterable[Snoozed]) -> set[int]:
+    """Put jobs that asked to run later back to READY without counting an error."""
+    snoozed = list(snoozed)
+    if not snoozed:
+        return set()
+    cursor.execute(
+        sql.SNOOZE_MANY,
+        {
+            "ids": [s.job_id for s in snoozed],
+            "attempts": [s.attempt for s in snoozed],
+            "snooze_for": [s.snooze_for for s in snoozed],
+        },
+    )
+    return {row[0] for row in cursor.fetchall()}
+
+
+# ── workers, leases, rescue ─────────────────────────────────────────────────
+
+
+def register_worker(
+    cursor: Cursor,
+    *,
+    worker_id: str,
+    backend: str,
+    host: str,
+    pid: int,
+    queues: Sequence[str] | None,
+    concurrency: int,
+    version: str,
+) -> None:
+    """Announce a worker; its heartbeat then keeps its RUNNING jobs from being rescued."""
+    cursor.execute(
+        sql.REGISTER_WORKER,
+        {
+            "id": worker_id,
+            "backend": backend,
+            "host": host,
+            "pid": pid,
+            "queues": json.dumps(list(queues or [])),
+            "concurrency": concurrency,
+            "version": version,
+        },
+    )
+
+
+def heartbeat(cursor: Cursor, *, worker_id: str, concurrency: int) -> bool:
+    """Refresh the worker's heartbeat; False means its row is gone (it was declared lost)."""
+    cursor.execute(sql.HEARTBEAT, {"id": worker_id, "concurrency": concurrency})
+    return cursor.fetchone() is not None
+
+
+def deregister_worker(cursor: Cursor, *, worker_id: str) -> None:
+    cursor.execute(sql.DEREGISTER_WORKER, {"id": worker_id})
+
+
+def acquire_lease(cursor: Cursor, *, name: str, holder: str, ttl: float) -> bool:
+    """Take or renew the lease ``name`` for ``ttl`` seconds; True if ``holder`` has it."""
+    cursor.execute(sql.ACQUIRE_LEASE, {"name": name, "holder": holder, "ttl": ttl})
+    return cursor.fetchone() is not None
+
+
+def release_lease(cursor: Cursor, *, name: str, holder: str) -> None:
+    cursor.execute(sql.RELEASE_LEASE, {"name": name, "holder": holder})
+
+
+def rescue(
+    cursor: Cursor, *, stale_after: float, retry_in: float, limit: int = 1000
+) -> list[tuple[int, str, str]]:
+    """Retry or fail RUNNING jobs of workers silent for ``stale_after`` s; return what moved."""
+    cursor.execute(sql.RESCUE, {"stale_after": stale_after, "retry_in": retry_in, "limit": limit})
+    return [tuple(row) for row in cursor.fetchall()]
+
+
+def prune_workers(cursor: Cursor, *, older_than: float) -> None:
+    cursor.execute(sql.PRUNE_WORKERS, {"older_than": older_than})

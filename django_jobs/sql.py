@@ -141,3 +141,89 @@ FROM unnest(%(ids)s::bigint[], %(attempts)s::int[]) AS o(id, attempt)
 WHERE j.id = o.id AND j.state = 'RUNNING' AND j.attempts = o.attempt
 RETURNING j.id
 """
+
+# ── workers, leases, rescue ─────────────────────────────────────────────────
+
+REGISTER_WORKER = """
+INSERT INTO django_jobs_worker (id, backend, host, pid, queues, concurrency, version,
+                                started_at, last_heartbeat)
+VALUES (%(id)s, %(backend)s, %(host)s, %(pid)s, %(queues)s::jsonb, %(concurrency)s,
+        %(version)s, now(), now())
+ON CONFLICT (id) DO UPDATE SET last_heartbeat = now(), concurrency = EXCLUDED.concurrency
+"""
+
+# Returns nothing when the row is gone: the worker was declared lost and must re-register.
+HEARTBEAT = """
+UPDATE django_jobs_worker SET last_heartbeat = now(), concurrency = %(concurrency)s
+WHERE id = %(id)s
+RETURNING id
+"""
+
+DEREGISTER_WORKER = "DELETE FROM django_jobs_worker WHERE id = %(id)s"
+
+# Take or renew the lease when it is free, expired, or already ours. Exactly one holder
+# can satisfy the WHERE at a time because the upsert locks the row.
+ACQUIRE_LEASE = """
+INSERT INTO django_jobs_lease (name, holder, expires_at)
+VALUES (%(name)s, %(holder)s, now() + make_interval(secs => %(ttl)s))
+ON CONFLICT (name) DO UPDATE
+    SET holder = EXCLUDED.holder, expires_at = EXCLUDED.expires_at
+    WHERE django_jobs_lease.holder = EXCLUDED.holder OR django_jobs_lease.expires_at < now()
+RETURNING holder
+"""
+
+RELEASE_LEASE = "DELETE FROM django_jobs_lease WHERE name = %(name)s AND holder = %(holder)s"
+
+# RUNNING jobs whose worker has not been heard from for `stale_after` seconds (or whose
+# worker row is gone) are rescued: retried after a backoff if attempts remain, else FAILED.
+# Reads the partial index on RUNNING rows only; locks skip rows a live worker is finishing.
+RESCUE = """
+WITH lost AS (
+    SELECT j.id FROM django_jobs_job AS j
+    WHERE j.state = 'RUNNING'
+      AND NOT EXISTS (
+          SELECT 1 FROM django_jobs_worker AS w
+          WHERE w.id = j.worker_id
+            AND w.last_heartbeat > now() - make_interval(secs => %(stale_after)s)
+      )
+    ORDER BY j.id
+    LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED
+)
+UPDATE django_jobs_job AS j
+SET state = CASE WHEN j.attempts < j.max_attempts THEN 'READY' ELSE 'FAILED' END,
+    finished_at = CASE WHEN j.attempts < j.max_attempts THEN NULL ELSE now() END,
+    available_at = CASE WHEN j.attempts < j.max_attempts
+                        THEN now() + make_interval(secs => %(retry_in)s)
+                        ELSE j.available_at END,
+    errors = j.errors || jsonb_build_array(jsonb_build_object(
+        'exception_class_path', 'django_jobs.exceptions.WorkerLost',
+        'message', format('worker %%s was lost (no heartbeat for %%s s) while running '
+                          'attempt %%s of this job', j.worker_id, %(stale_after)s, j.attempts),
+        'traceback', '',
+        'worker_id', j.worker_id,
+        'attempt', j.attempts,
+        'failed_at', now()))
+FROM lost
+WHERE j.id = lost.id
+RETURNING j.id, j.state, j.worker_id
+"""
+
+# Worker rows nobody has heard from for a long time: only for the admin's history.
+PRUNE_WORKERS = """
+DELETE FROM django_jobs_worker
+WHERE last_heartbeat < now() - make_interval(secs => %(older_than)s)
+"""
+
+# Snooze: the job asked to run later. The attempt is not an error and does not use up
+# max_attempts (it is added back), but it stays in the history (worker_ids).
+SNOOZE_MANY = """
+UPDATE django_jobs_job AS j
+SET state = 'READY',
+    max_attempts = j.max_attempts + 1,
+    available_at = now() + make_interval(secs => o.snooze_for)
+FROM unnest(%(ids)s::bigint[], %(attempts)s::int[], %(snooze_for)s::float8[])
+     AS o(id, attempt, snooze_for)
+WHERE j.id = o.id AND j.state = 'RUNNING' AND j.attempts = o.attempt
+RETURNING j.id
+"""

@@ -18,17 +18,22 @@ from django.tasks.exceptions import InvalidTask
 class JobsTask(Task):
     #: Attempts before the job is FAILED for good; None takes OPTIONS["MAX_ATTEMPTS"].
     max_attempts: int | None = None
+    #: Retry only these exception classes (others fail at once); None retries any.
+    retry_on: tuple[type[BaseException], ...] | None = None
+    #: Backoff for this task; None takes OPTIONS["RETRY_BASE_DELAY"] and friends.
+    retry_base_delay: float | None = None
+    retry_factor: float | None = None
+    retry_max_delay: float | None = None
+    #: Hard limit in seconds: the process running the job is killed. None: OPTIONS["TIMEOUT"].
+    timeout: float | None = None
+    #: Soft limit: SoftTimeLimitExceeded is raised in the task. None: OPTIONS["SOFT_TIMEOUT"].
+    soft_timeout: float | None = None
+    #: Run inside a transaction on the jobs database that also records the success:
+    #: the task's writes and its SUCCESSFUL state commit together, or neither does.
+    atomic: bool = False
 
     def __post_init__(self) -> None:
-        if self.max_attempts is not None and (
-            not isinstance(self.max_attempts, int)
-            or isinstance(self.max_attempts, bool)
-            or self.max_attempts < 1
-        ):
-            raise InvalidTask(
-                f"max_attempts must be a whole number >= 1 or None, got {self.max_attempts!r} "
-                f"for task {self.module_path!r}."
-            )
+        _check_options(self)
         # Not super(): slots dataclasses are rebuilt classes, so the zero-argument form
         # cannot find its cell on Python < 3.14.
         Task.__post_init__(self)
@@ -42,7 +47,11 @@ class JobsTask(Task):
         backend: str | None = None,
         max_attempts: int | None = None,
     ) -> "JobsTask":
-        """Return a copy with some defaults changed, including this backend's options."""
+        """Return a copy with some defaults changed, including ``max_attempts``.
+
+        The other options of ours (time limits, retry policy, atomic) belong to the
+        task's code and are read from its declaration when the job runs.
+        """
         task = Task.using(
             self, priority=priority, queue_name=queue_name, run_after=run_after, backend=backend
         )
@@ -66,6 +75,48 @@ class JobsTask(Task):
         return backend.enqueue_many([(self, args, kwargs) for args, kwargs in calls])
 
 
+def _check_options(task: JobsTask) -> None:
+    where = f"for task {task.module_path!r}"
+
+    def whole(value: Any) -> bool:
+        return isinstance(value, int) and not isinstance(value, bool)
+
+    def seconds(value: Any) -> bool:
+        return isinstance(value, int | float) and not isinstance(value, bool) and value > 0
+
+    if task.max_attempts is not None and not (whole(task.max_attempts) and task.max_attempts >= 1):
+        raise InvalidTask(
+            f"max_attempts must be a whole number >= 1 or None, got {task.max_attempts!r} {where}."
+        )
+    for name in ("retry_base_delay", "retry_max_delay", "timeout", "soft_timeout"):
+        value = getattr(task, name)
+        if value is not None and not seconds(value):
+            raise InvalidTask(
+                f"{name} must be None or a number of seconds > 0, got {value!r} {where}."
+            )
+    if task.retry_factor is not None and not (
+        seconds(task.retry_factor) and task.retry_factor >= 1
+    ):
+        raise InvalidTask(
+            f"retry_factor must be a number >= 1, got {task.retry_factor!r} {where}."
+        )
+    if task.timeout and task.soft_timeout and task.soft_timeout >= task.timeout:
+        raise InvalidTask(
+            f"soft_timeout ({task.soft_timeout}) must be shorter than timeout ({task.timeout}) "
+            f"{where}, or the task is killed before it can clean up."
+        )
+    if task.retry_on is not None:
+        classes = task.retry_on if isinstance(task.retry_on, tuple) else None
+        if not classes or not all(
+            isinstance(c, type) and issubclass(c, BaseException) for c in classes
+        ):
+            raise InvalidTask(
+                f"retry_on must be a tuple of exception classes, got {task.retry_on!r} {where}."
+            )
+    if not isinstance(task.atomic, bool):
+        raise InvalidTask(f"atomic must be True or False, got {task.atomic!r} {where}.")
+
+
 def job(
     function: Callable[..., Any] | None = None,
     *,
@@ -74,8 +125,19 @@ def job(
     backend: str = DEFAULT_TASK_BACKEND_ALIAS,
     takes_context: bool = False,
     max_attempts: int | None = None,
+    retry_on: tuple[type[BaseException], ...] | type[BaseException] | None = None,
+    retry_base_delay: float | None = None,
+    retry_factor: float | None = None,
+    retry_max_delay: float | None = None,
+    timeout: float | None = None,
+    soft_timeout: float | None = None,
+    atomic: bool = False,
 ) -> Any:
     """Declare a task, like ``django.tasks.task``, with this backend's extra options."""
+    if isinstance(retry_on, type):
+        retry_on = (retry_on,)
+    elif isinstance(retry_on, list):
+        retry_on = tuple(retry_on)
 
     def wrapper(func: Callable[..., Any]) -> JobsTask:
         return JobsTask(
@@ -85,6 +147,13 @@ def job(
             backend=backend,
             takes_context=takes_context,
             max_attempts=max_attempts,
+            retry_on=retry_on,
+            retry_base_delay=retry_base_delay,
+            retry_factor=retry_factor,
+            retry_max_delay=retry_max_delay,
+            timeout=timeout,
+            soft_timeout=soft_timeout,
+            atomic=atomic,
         )
 
     if function is not None:

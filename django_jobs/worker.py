@@ -1,9 +1,11 @@
-"""One worker process's loop: wait (notify | poll) → claim what it can run → run → record.
+"""The ``runjobs`` supervisor's loop: wait (notify | poll) → claim for free slots → record.
 
-The worker owns one psycopg connection for the queue protocol and never writes SQL
-itself. Jobs run in a pool of threads (``ThreadPool``); the pool is the seam where a
-process pool plugs in. Outcomes are buffered for a few milliseconds and recorded in
-one fenced statement per kind, which is what lets one process run thousands of
+One ``Worker`` per ``runjobs`` process. It owns the queue connection and does all the
+protocol calls (it never writes SQL itself): registration and heartbeats, claims
+sized to its free slots, batched and fenced outcomes, and the leader-elected
+maintenance round. Jobs run in a pool (``pool.py``): child processes in production,
+threads in-process for tests. Outcomes are buffered for a few milliseconds and
+recorded one statement per kind, which is what lets one process run thousands of
 short jobs per second.
 """
 
@@ -23,68 +25,23 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import psycopg
-from django.db import connections
 from django.tasks import TaskResultStatus, task_backends
 from django.tasks.base import TaskError
 from django.tasks.signals import task_finished
 
-from . import dbconn, protocol, registry
+from . import __version__, dbconn, protocol, registry
 from .backend import JobsBackend, encode_json
-from .executor import Outcome, execute
+from .executor import FAILED, LOST, RECORDED, RELEASED, SNOOZED, SUCCEEDED, Outcome, execute
 from .listener import Listener
+from .maintenance import Maintenance
+from .pool import ProcessPool, ThreadPool
 from .protocol import ClaimedJob
+from .sql import JOB_COLUMNS
 
 logger = logging.getLogger("django_jobs.worker")
 
-# Sentinel put on the inbox to wake the loop (a notification, a signal).
+# Put on the inbox to wake the loop (a notification, a signal).
 _WAKE = object()
-
-
-class ThreadPool:
-    """Run claimed jobs on ``size`` threads; finished outcomes go to ``inbox``."""
-
-    def __init__(
-        self, size: int, run: Callable[[ClaimedJob], Outcome], inbox: queue.SimpleQueue
-    ) -> None:
-        self.size = size
-        self._run = run
-        self._inbox = inbox
-        self._work: queue.SimpleQueue[ClaimedJob | None] = queue.SimpleQueue()
-        self._threads = [
-            threading.Thread(target=self._serve, name=f"django_jobs-run-{n}", daemon=True)
-            for n in range(size)
-        ]
-
-    def start(self) -> None:
-        for thread in self._threads:
-            thread.start()
-
-    def submit(self, job: ClaimedJob) -> None:
-        self._work.put(job)
-
-    def take_unstarted(self) -> list[ClaimedJob]:
-        """Remove and return the jobs no thread has picked up yet."""
-        jobs = []
-        while True:
-            try:
-                job = self._work.get_nowait()
-            except queue.Empty:
-                return jobs
-            if job is not None:
-                jobs.append(job)
-
-    def stop(self, timeout: float = 5.0) -> None:
-        for _ in self._threads:
-            self._work.put(None)
-        for thread in self._threads:
-            thread.join(timeout)
-
-    def _serve(self) -> None:
-        try:
-            while (job := self._work.get()) is not None:
-                self._inbox.put(self._run(job))
-        finally:
-            connections.close_all()
 
 
 @dataclass
@@ -93,6 +50,7 @@ class WorkerStats:
     succeeded: int = 0
     failed: int = 0
     retried: int = 0
+    snoozed: int = 0
     released: int = 0
     lost: int = 0
     started_at: float = field(default_factory=time.monotonic)
@@ -105,9 +63,9 @@ class Worker:
     FLUSH_AFTER = 0.005
     #: ... or once this many are buffered.
     FLUSH_BATCH = 200
-    #: Claim beyond free threads only as many jobs as recent ones would finish in this
-    #: many seconds. Short jobs get batched claims; long jobs are never hoarded while
-    #: another worker sits idle.
+    #: Claim beyond free slots only as many jobs as recent ones would finish in this many
+    #: seconds. Short jobs get batched claims; long jobs are never hoarded while another
+    #: worker sits idle.
     PREFETCH_WINDOW = 0.05
     MAX_PREFETCH = 200
 
@@ -116,10 +74,15 @@ class Worker:
         *,
         backend: str = "default",
         queues: Sequence[str] | None = None,
-        concurrency: int = 1,
+        processes: int | None = None,
+        threads: int = 1,
         burst: bool = False,
         poll_interval: float | None = None,
         listen: bool | None = None,
+        grace: float = 30.0,
+        max_jobs_per_child: int | None = None,
+        max_memory_kib: int | None = None,
+        autoscale: tuple[int, int] | None = None,
         worker_id: str | None = None,
     ) -> None:
         jobs_backend = task_backends[backend]
@@ -131,9 +94,10 @@ class Worker:
             )
         self.backend = jobs_backend
         options = jobs_backend.jobs_options
+        self.options = options
         self.queues = list(queues) if queues else None
-        self.concurrency = concurrency
         self.burst = burst
+        self.grace = grace
         self.poll_interval = poll_interval if poll_interval is not None else options.POLL_INTERVAL
         self.listen = options.LISTEN if listen is None else listen
         self.worker_id = worker_id or (
@@ -141,12 +105,36 @@ class Worker:
         )
         self.stats = WorkerStats()
         self._inbox: queue.SimpleQueue = queue.SimpleQueue()
-        self._pool = ThreadPool(concurrency, self._execute, self._inbox)
+        self.pool: ThreadPool | ProcessPool
+        if processes is None:
+            self.pool = ThreadPool(threads, self._execute, self._inbox)
+        else:
+            self.pool = ProcessPool(
+                backend=jobs_backend,
+                worker_id=self.worker_id,
+                processes=processes,
+                threads=threads,
+                inbox=self._inbox,
+                max_jobs_per_child=max_jobs_per_child,
+                max_memory_kib=max_memory_kib,
+                autoscale=autoscale,
+            )
+        self.maintenance = Maintenance(
+            self.worker_id,
+            interval=options.MAINTENANCE_INTERVAL,
+            worker_timeout=options.WORKER_TIMEOUT,
+            retry_delay=options.RETRY_BASE_DELAY,
+        )
         self._conn: psycopg.Connection | None = None
+        self._db_retry_at = 0.0
+        self._db_delay = 0.5
+        self._db_down_since: float | None = None
+        self._next_heartbeat = 0.0
         self._in_flight = 0
         self._buffer: deque[tuple[float, Outcome]] = deque()
         self._avg_duration: float | None = None
         self._stopping = False
+        self._aborting = False
         self._wake_pending = False
         self.listener: Listener | None = None
 
@@ -154,34 +142,47 @@ class Worker:
 
     def run(self) -> None:
         """Serve until stopped; every claimed job is finished or released on the way out."""
-        registry.discover(self.backend.jobs_options.TASK_MODULES)
+        registry.discover(self.options.TASK_MODULES)
         previous_handlers = self._install_signal_handlers()
-        if self.listen:
-            self.listener = Listener(self.backend.database, self.queues, self.wake)
-            self.listener.start()
-        self._pool.start()
-        logger.info(
-            "Worker %s serving backend %r, queues %s, %d thread(s), tasks: %s",
-            self.worker_id, self.backend.alias, ", ".join(self.queues or ["(all)"]),
-            self.concurrency, ", ".join(registry.registered_paths()) or "(none)",
-            extra={"action": "worker_started"},
-        )  # fmt: skip
         try:
+            self._register()
+            if self.listen:
+                listen_db = self.options.LISTEN_DATABASE or self.backend.database
+                self.listener = Listener(listen_db, self.queues, self.wake)
+                self.listener.start()
+            self.pool.start()
+            logger.info(
+                "Worker %s serving backend %r, queues %s, %s, tasks: %s",
+                self.worker_id, self.backend.alias, ", ".join(self.queues or ["(all)"]),
+                self._describe_pool(), ", ".join(registry.registered_paths()) or "(none)",
+                extra={"action": "worker_started"},
+            )  # fmt: skip
             self._loop()
         finally:
             self._shutdown()
             for signum, handler in previous_handlers.items():
                 signal.signal(signum, handler)
 
-    def stop(self) -> None:
-        """Ask the loop to stop claiming and finish what it has (safe from any thread)."""
+    def stop(self, abort: bool = False) -> None:
+        """Stop claiming and finish what is running (safe from any thread)."""
         self._stopping = True
+        self._aborting = self._aborting or abort
         self.wake()
 
     def wake(self) -> None:
         if not self._wake_pending:
             self._wake_pending = True
             self._inbox.put(_WAKE)
+
+    def _describe_pool(self) -> str:
+        if isinstance(self.pool, ProcessPool):
+            size = (
+                f"autoscale {self.pool.autoscale[0]}-{self.pool.autoscale[1]}"
+                if self.pool.autoscale
+                else str(self.pool.target)
+            )
+            return f"{size} process(es) x {self.pool.threads} thread(s)"
+        return f"{self.pool.size} thread(s) in-process"
 
     def _install_signal_handlers(self) -> dict[int, Any]:
         """Make SIGTERM and SIGINT stop gracefully; return the handlers they replaced."""
@@ -192,12 +193,16 @@ class Worker:
             name = signal.Signals(signum).name
             if self._stopping:
                 logger.warning(
-                    "Got %s again; still waiting for %d running job(s) to finish",
+                    "Got %s again: stopping now; %d running job(s) go back to the queue",
                     name, self._in_flight,
                 )  # fmt: skip
-                return
-            logger.info("Got %s: finishing running jobs, then exiting", name)
-            self._stopping = True
+                self._aborting = True
+            else:
+                logger.info(
+                    "Got %s: no new jobs; waiting up to %.0f s for %d running job(s)",
+                    name, self.grace, self._in_flight,
+                )  # fmt: skip
+                self._stopping = True
             # A queue put from inside a signal handler could deadlock on the queue's own
             # lock; a short-lived thread does it safely.
             threading.Thread(target=self._inbox.put, args=(_WAKE,), daemon=True).start()
@@ -206,49 +211,118 @@ class Worker:
             signum: signal.signal(signum, handle) for signum in (signal.SIGTERM, signal.SIGINT)
         }
 
+    def _register(self) -> None:
+        def register(cur: psycopg.Cursor) -> None:
+            protocol.register_worker(
+                cur,
+                worker_id=self.worker_id,
+                backend=self.backend.alias,
+                host=socket.gethostname(),
+                pid=os.getpid(),
+                queues=self.queues,
+                concurrency=self._slots(),
+                version=__version__,
+            )
+
+        while not self._stopping:
+            ok, _ = self._db(register)
+            if ok:
+                self._next_heartbeat = time.monotonic() + self.options.HEARTBEAT_INTERVAL
+                return
+            time.sleep(min(1.0, max(0.0, self._db_retry_at - time.monotonic())))
+
+    def _slots(self) -> int:
+        if isinstance(self.pool, ProcessPool):
+            return max(self.pool.target, 1) * self.pool.threads
+        return self.pool.size
+
     def _shutdown(self) -> None:
-        unstarted = self._pool.take_unstarted()
+        unstarted = self.pool.take_unstarted()
+        for job in unstarted:
+            self._buffer.append((time.monotonic(), Outcome(job, RELEASED)))
         self._in_flight -= len(unstarted)
-        if unstarted:
-            self._with_db(lambda cur: protocol.release(cur, unstarted), give_up=True)
-            self.stats.released += len(unstarted)
-        while self._in_flight > 0:
-            self._collect(timeout=1.0)
-        self._flush(force=True)
-        self._pool.stop()
+        deadline = time.monotonic() + self.grace
+        while self._in_flight > 0 and not self._aborting and time.monotonic() < deadline:
+            self._timers()
+            self._collect(timeout=min(0.2, max(0.0, deadline - time.monotonic())))
+            self._flush()
+        if self._in_flight > 0:
+            if self._aborting:
+                logger.warning("Stopping now: %d job(s) go back to the queue", self._in_flight)
+            else:
+                logger.warning(
+                    "Grace period of %.0f s is over: %d job(s) go back to the queue",
+                    self.grace, self._in_flight,
+                )  # fmt: skip
+            self.pool.abort()
+            abort_deadline = time.monotonic() + 10
+            while self._in_flight > 0 and time.monotonic() < abort_deadline:
+                self._collect(timeout=0.2)
+        # Outcomes are worth a little patience: without them the jobs would be re-run.
+        flush_deadline = time.monotonic() + 10
+        while self._buffer and time.monotonic() < flush_deadline:
+            self._flush(force=True)
+            if self._buffer:
+                time.sleep(0.2)
+        self.pool.stop()
         if self.listener:
             self.listener.stop()
+        self._db(self.maintenance.resign)
+        self._db(lambda cur: protocol.deregister_worker(cur, worker_id=self.worker_id))
         if self._conn is not None:
             self._conn.close()
         elapsed = time.monotonic() - self.stats.started_at
+        s = self.stats
         logger.info(
-            "Worker %s stopped after %.1f s: %d succeeded, %d failed, %d retried, "
+            "Worker %s stopped after %.1f s: %d succeeded, %d failed, %d retried, %d snoozed, "
             "%d released, %d lost to a newer attempt",
-            self.worker_id, elapsed, self.stats.succeeded, self.stats.failed,
-            self.stats.retried, self.stats.released, self.stats.lost,
-            extra={"action": "worker_stopped"},
+            self.worker_id, elapsed, s.succeeded, s.failed, s.retried, s.snoozed, s.released,
+            s.lost, extra={"action": "worker_stopped"},
         )  # fmt: skip
 
     # ── the loop ─────────────────────────────────────────────────────────────
 
     def _loop(self) -> None:
         while not self._stopping:
+            self._timers()
             self._flush()
             claimed = self._claim()
             if self._stopping:
                 break
-            if self._in_flight == 0 and not claimed:
-                if self.burst:
+            idle = self._in_flight == 0 and not claimed
+            if idle and self.burst and self.pool.capacity > 0 and self._db_down_since is None:
+                self._flush(force=True)
+                if not self._buffer:
                     return
-                # Idle: sleep until a notification, or the next poll (jittered so that
-                # many workers started together do not poll in step).
-                self._wait(self.poll_interval * (0.9 + 0.2 * random.random()))  # noqa: S311
+            if idle:
+                # Sleep until a notification or the next poll (jittered so that workers
+                # started together do not poll in step), or the next timer.
+                jitter = 0.9 + 0.2 * random.random()  # noqa: S311
+                self._collect(min(self.poll_interval * jitter, self._time_to_timers()))
             elif not claimed:
                 # Busy: wake for the next outcome, or when buffered ones are due.
-                self._wait(self._time_to_flush())
+                self._collect(min(self._time_to_flush(), self._time_to_timers()))
 
-    def _wait(self, timeout: float) -> None:
-        self._collect(timeout=timeout)
+    def _timers(self) -> None:
+        now = time.monotonic()
+        if now >= self._next_heartbeat:
+            self._next_heartbeat = now + self.options.HEARTBEAT_INTERVAL
+            ok, alive = self._db(
+                lambda cur: protocol.heartbeat(
+                    cur, worker_id=self.worker_id, concurrency=self._slots()
+                )
+            )
+            if ok and not alive:
+                logger.warning(
+                    "Worker %s had been declared lost; registering again", self.worker_id
+                )
+                self._register()
+        if self.maintenance.due():
+            self._db(self.maintenance.tick)
+
+    def _time_to_timers(self) -> float:
+        now = time.monotonic()
+        return max(0.0, min(self._next_heartbeat, self.maintenance.next_run) - now)
 
     def _collect(self, timeout: float) -> None:
         """Move finished outcomes from the inbox to the buffer, waiting up to ``timeout``."""
@@ -269,11 +343,12 @@ class Worker:
     def _finished(self, outcome: Outcome) -> None:
         self._in_flight -= 1
         self._buffer.append((time.monotonic(), outcome))
-        # An exponentially weighted average of run time steers the prefetch.
-        if self._avg_duration is None:
-            self._avg_duration = outcome.duration
-        else:
-            self._avg_duration += 0.2 * (outcome.duration - self._avg_duration)
+        if outcome.kind in (SUCCEEDED, RECORDED, FAILED):
+            # An exponentially weighted average of run time steers the prefetch.
+            if self._avg_duration is None:
+                self._avg_duration = outcome.duration
+            else:
+                self._avg_duration += 0.2 * (outcome.duration - self._avg_duration)
 
     def _time_to_flush(self) -> float:
         if not self._buffer:
@@ -281,21 +356,26 @@ class Worker:
         return max(0.0, self._buffer[0][0] + self.FLUSH_AFTER - time.monotonic())
 
     def _claim_size(self) -> int:
+        capacity = self.pool.capacity
+        if capacity <= 0:
+            return 0
         extra = 0
         if self._avg_duration is not None:
             expected = max(self._avg_duration, 1e-5)
             extra = min(self.MAX_PREFETCH, int(self.PREFETCH_WINDOW / expected))
-        # Refill at half the prefetch, so the threads never wait on a claim round trip
-        # while one claim still serves a whole batch.
-        if self._in_flight > self.concurrency + extra // 2 - (1 if extra == 0 else 0):
+        # Refill at half the prefetch, so slots never wait on a claim round trip while
+        # one claim still serves a whole batch.
+        if extra == 0:
+            return capacity - self._in_flight
+        if self._in_flight > capacity + extra // 2:
             return 0
-        return self.concurrency + extra - self._in_flight
+        return capacity + extra - self._in_flight
 
     def _claim(self) -> list[ClaimedJob]:
         limit = self._claim_size()
         if limit <= 0:
             return []
-        claimed = self._with_db(
+        ok, claimed = self._db(
             lambda cur: protocol.claim(
                 cur,
                 worker_id=self.worker_id,
@@ -304,12 +384,13 @@ class Worker:
                 limit=limit,
             )
         )
-        if not claimed:
+        if not ok or not claimed:
             return []
+        self.pool.note_demand(len(claimed) == limit)
         self.stats.claimed += len(claimed)
         self._in_flight += len(claimed)
         for job in claimed:
-            self._pool.submit(job)
+            self.pool.submit(job)
         return claimed
 
     def _execute(self, job: ClaimedJob) -> Outcome:
@@ -327,32 +408,54 @@ class Worker:
         ):
             return
         outcomes = [outcome for _, outcome in self._buffer]
-        successes = [
-            protocol.Success(o.job.id, o.job.attempts, o.return_json)
-            for o in outcomes
-            if o.succeeded
-        ]
-        failures = [
-            protocol.Failure(o.job.id, o.job.attempts, encode_json(o.error, "error"), o.retry_in)
-            for o in outcomes
-            if not o.succeeded
-        ]
+        by_kind: dict[str, list[Outcome]] = {}
+        for outcome in outcomes:
+            by_kind.setdefault(outcome.kind, []).append(outcome)
 
-        def record(cur: psycopg.Cursor) -> tuple[dict, dict]:
-            return protocol.complete(cur, successes), protocol.fail(cur, failures)
+        def record(cur: psycopg.Cursor) -> tuple[dict, dict, set, set]:
+            done = protocol.complete(
+                cur,
+                [
+                    protocol.Success(o.job.id, o.job.attempts, o.return_json)
+                    for o in by_kind.get(SUCCEEDED, ())
+                ],
+            )
+            failed = protocol.fail(
+                cur,
+                [
+                    protocol.Failure(
+                        o.job.id, o.job.attempts, encode_json(o.error, "error"), o.delay
+                    )
+                    for o in by_kind.get(FAILED, ())
+                ],
+            )
+            snoozed = protocol.snooze(
+                cur,
+                [
+                    protocol.Snoozed(o.job.id, o.job.attempts, o.delay or 0.0)
+                    for o in by_kind.get(SNOOZED, ())
+                ],
+            )
+            released = protocol.release(cur, [o.job for o in by_kind.get(RELEASED, ())])
+            return done, failed, snoozed, released
 
-        recorded = self._with_db(record, give_up=force)
-        if recorded is None:
+        ok, recorded = self._db(record)
+        if not ok:
             return  # The database is away; keep the buffer and try again later.
         self._buffer.clear()
-        done, failed = recorded
+        done, failed, snoozed, released = recorded
         for outcome in outcomes:
-            self._report(outcome, done, failed)
+            self._report(outcome, done, failed, snoozed, released)
 
-    def _report(self, outcome: Outcome, done: dict, failed: dict) -> None:
+    def _report(
+        self, outcome: Outcome, done: dict, failed: dict, snoozed: set, released: set
+    ) -> None:
         job_id = outcome.job.id
-        result = outcome.task_result
-        if job_id in done:
+        finished_at = None
+        if outcome.kind == RECORDED:
+            self.stats.succeeded += 1
+            status = TaskResultStatus.SUCCESSFUL
+        elif job_id in done:
             self.stats.succeeded += 1
             status, finished_at = TaskResultStatus.SUCCESSFUL, done[job_id]
         elif job_id in failed:
@@ -363,21 +466,36 @@ class Worker:
             else:
                 self.stats.failed += 1
                 status = TaskResultStatus.FAILED
+        elif job_id in snoozed:
+            self.stats.snoozed += 1
+            status = TaskResultStatus.READY
+        elif job_id in released:
+            self.stats.released += 1
+            return
         else:
             self.stats.lost += 1
-            logger.warning(
-                "Job %s attempt %d finished, but the job was taken over by a newer "
-                "attempt meanwhile; this late outcome was discarded",
-                job_id, outcome.job.attempts, extra={"action": "job_lost_lease"},
-            )  # fmt: skip
+            if outcome.kind != LOST:
+                logger.warning(
+                    "Job %s attempt %d finished, but the job was taken over by a newer "
+                    "attempt meanwhile; this late outcome was discarded",
+                    job_id, outcome.job.attempts, extra={"action": "job_lost_lease"},
+                )  # fmt: skip
             return
+        self._send_finished(outcome, status, finished_at)
+
+    def _send_finished(self, outcome: Outcome, status: str, finished_at: Any) -> None:
+        result = outcome.task_result
         if result is None:
-            return
+            # The job ran in a child process: rebuild its result here for the signal.
+            if registry.get(outcome.job.task_path) is None:
+                return
+            row = {name: getattr(outcome.job, name) for name in JOB_COLUMNS}
+            result = self.backend.result_from_row(row)
         object.__setattr__(result, "status", status)
         object.__setattr__(result, "finished_at", finished_at)
-        if outcome.succeeded:
+        if outcome.succeeded and outcome.return_json is not None:
             object.__setattr__(result, "_return_value", json.loads(outcome.return_json))
-        else:
+        elif outcome.error is not None:
             result.errors.append(
                 TaskError(
                     exception_class_path=outcome.error["exception_class_path"],
@@ -386,30 +504,43 @@ class Worker:
             )
         task_finished.send(type(self.backend), task_result=result)
 
-    # ── database access with outage handling ────────────────────────────────
+    # ── database access that survives an outage ─────────────────────────────
 
-    def _with_db(self, work: Callable[[psycopg.Cursor], Any], give_up: bool = False) -> Any:
-        """Run ``work`` on the worker's connection; on a lost connection, back off and retry."""
-        delay = 0.5
-        while True:
-            try:
-                if self._conn is None or self._conn.closed:
-                    self._conn = dbconn.connect(self.backend.database, purpose="worker")
-                # Autocommit: each protocol statement is its own short transaction, and
-                # the statements of one flush need no atomicity between them (each is
-                # fenced on its own).
-                with self._conn.cursor() as cur:
-                    return work(cur)
-            except psycopg.OperationalError as exc:
-                if self._conn is not None:
-                    self._conn.close()
-                self._conn = None
-                if self._stopping and give_up:
-                    logger.error("Database unavailable during shutdown: %s", exc)
-                    return None
-                logger.warning(
-                    "Database unavailable (%s); retrying in %.1f s", exc, delay,
-                    extra={"action": "db_unavailable"},
-                )  # fmt: skip
-                time.sleep(delay + random.random() * delay)  # noqa: S311
-                delay = min(delay * 2, 30.0)
+    def _db(self, work: Callable[[psycopg.Cursor], Any]) -> tuple[bool, Any]:
+        """Run ``work`` on the queue connection; (False, None) while the database is away.
+
+        Never blocks on an outage: the loop goes on collecting outcomes and enforcing
+        time limits, and the call is tried again after a growing, jittered delay.
+        """
+        now = time.monotonic()
+        if now < self._db_retry_at:
+            return False, None
+        try:
+            if self._conn is None or self._conn.closed:
+                self._conn = dbconn.connect(self.backend.database, purpose="worker")
+            # Autocommit: each protocol statement is its own short transaction; the
+            # statements of one flush need no atomicity between them (each is fenced).
+            with self._conn.cursor() as cur:
+                value = work(cur)
+        except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
+            if self._conn is not None:
+                self._conn.close()
+            self._conn = None
+            if self._db_down_since is None:
+                self._db_down_since = now
+            self._db_retry_at = now + self._db_delay * (0.5 + random.random())  # noqa: S311
+            logger.warning(
+                "Database unavailable (%s); retrying in %.1f s",
+                str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__,
+                self._db_retry_at - now, extra={"action": "db_unavailable"},
+            )  # fmt: skip
+            self._db_delay = min(self._db_delay * 2, 15.0)
+            return False, None
+        if self._db_down_since is not None:
+            logger.warning(
+                "Database is back after %.1f s", now - self._db_down_since,
+                extra={"action": "db_back"},
+            )  # fmt: skip
+            self._db_down_since = None
+            self._db_delay = 0.5
+        return True, value

@@ -78,3 +78,39 @@ def flaky_reports_attempt(context) -> int:
 @task
 def noop() -> None:
     """Does nothing: the benchmark's job, so only the queue's own cost is measured."""
+
+
+@job(max_attempts=2)
+def crash_process(code: int = 1) -> None:
+    """Kill the process running it, as a segfault or the OOM killer would."""
+    import os
+
+    os._exit(code)
+
+
+@job(timeout=1.0, max_attempts=1)
+def hang(seconds: float = 60) -> None:
+    """Block past its hard limit: the process running it is killed."""
+    time.sleep(seconds)
+
+
+@job(soft_timeout=0.5, timeout=5.0, max_attempts=1)
+def overrun_soft_limit(seconds: float = 3) -> str:
+    """Run past the soft limit, catch it, and clean up in time."""
+    from django_jobs.exceptions import SoftTimeLimitExceeded
+
+    try:
+        time.sleep(seconds)
+    except SoftTimeLimitExceeded:
+        return "cleaned up after the soft limit"
+    return "finished"
+
+
+@task
+def sleep_ms(milliseconds: int, key: str) -> str:
+    """Sleep, then write a ledger row: a job that takes time and must not run twice."""
+    from .models import LedgerEntry
+
+    time.sleep(milliseconds / 1000)
+    LedgerEntry.objects.create(key=key)
+    return key

@@ -67,7 +67,7 @@ def test_priority_then_run_after_then_enqueue_order():
     high = tasks.record.using(priority=10).enqueue("high")
     older = tasks.record.using(run_after=now - timedelta(minutes=5)).enqueue("older")
     later = tasks.record.using(run_after=now + timedelta(hours=1)).enqueue("later")
-    run_worker(concurrency=1)
+    run_worker(threads=1)
     order = list(LedgerEntry.objects.order_by("id").values_list("key", flat=True))
     assert order == ["high", "older", "default-1", "default-2", "low"]
     for result in (low, first_default, second_default, high, older):
@@ -200,7 +200,7 @@ def test_signals_carry_the_right_results():
 
 def test_many_jobs_with_threads_each_run_once():
     tasks.record.enqueue_many([((f"k{n}",), {}) for n in range(300)])
-    worker = run_worker(concurrency=4)
+    worker = run_worker(threads=4)
     assert worker.stats.succeeded == 300
     assert LedgerEntry.objects.count() == 300
     assert set(Job.objects.values_list("state", flat=True)) == {"SUCCESSFUL"}

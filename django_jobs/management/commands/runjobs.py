@@ -10,6 +10,7 @@ from django.tasks import task_backends
 from django.tasks.exceptions import InvalidTaskBackend
 
 from django_jobs.backend import JobsBackend
+from django_jobs.pool import default_processes
 from django_jobs.worker import Worker
 
 
@@ -40,6 +41,39 @@ def _queue_list(text: str) -> list[str]:
     return queues
 
 
+def _autoscale(text: str) -> tuple[int, int]:
+    try:
+        low, high = (int(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected MIN,MAX process counts such as 1,8, got {text!r}"
+        ) from None
+    if not 1 <= low <= high:
+        raise argparse.ArgumentTypeError(f"need 1 <= MIN <= MAX, got {low},{high}")
+    return low, high
+
+
+_UNITS = {"K": 1, "M": 1024, "G": 1024 * 1024}
+
+
+def _memory_kib(text: str) -> int:
+    """A size in KiB (a plain number, as Celery takes it) or with a K, M or G suffix."""
+    cleaned = text.strip().upper().removesuffix("B").removesuffix("I")
+    unit = 1
+    if cleaned and cleaned[-1] in _UNITS:
+        unit = _UNITS[cleaned[-1]]
+        cleaned = cleaned[:-1]
+    try:
+        value = int(float(cleaned) * unit)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected a size such as 204800 (KiB), 200M or 1G, got {text!r}"
+        ) from None
+    if value < 1024:
+        raise argparse.ArgumentTypeError(f"{text!r} is under 1 MiB; no Python process fits")
+    return value
+
+
 class Command(BaseCommand):
     help = "Run background jobs stored by a django_jobs backend. SIGTERM/SIGINT stop gracefully."
 
@@ -55,8 +89,52 @@ class Command(BaseCommand):
         parser.add_argument(
             "--concurrency",
             type=_positive_int,
+            help="Child processes that run jobs (default: the number of CPUs).",
+        )
+        parser.add_argument(
+            "--threads",
+            type=_positive_int,
             default=1,
-            help="Jobs run at the same time, each on its own thread (default: %(default)s).",
+            help="Threads per child process, for I/O-bound jobs (default: %(default)s).",
+        )
+        parser.add_argument(
+            "--pool",
+            choices=["processes", "threads"],
+            default="processes",
+            help="'processes' (default): jobs run in child processes the worker can kill "
+            "and replace. 'threads': jobs run on threads of the worker itself (no hard time "
+            "limits; for debugging).",
+        )
+        parser.add_argument(
+            "--autoscale",
+            type=_autoscale,
+            metavar="MIN,MAX",
+            help="Grow the pool up to MAX processes while jobs wait, shrink to MIN when idle.",
+        )
+        parser.add_argument(
+            "--max-jobs-per-child",
+            type=_positive_int,
+            help="Replace a child process after it has run this many jobs.",
+        )
+        parser.add_argument(
+            "--max-memory-per-child",
+            type=_memory_kib,
+            metavar="SIZE",
+            help="Replace a child whose resident memory exceeds SIZE after a job "
+            "(KiB, or with a K/M/G suffix: 512M).",
+        )
+        parser.add_argument(
+            "--grace",
+            type=_positive_float,
+            default=30.0,
+            help="On SIGTERM/SIGINT, seconds to let running jobs finish before they are "
+            "stopped and put back in the queue (default: %(default)s).",
+        )
+        parser.add_argument(
+            "--reload",
+            action="store_true",
+            help="Restart when Python files change (development only: running jobs are "
+            "abandoned and rescued later).",
         )
         parser.add_argument(
             "--burst", action="store_true", help="Exit (status 0) once no job is runnable."
@@ -96,14 +174,32 @@ class Command(BaseCommand):
                 )
         if not queues and backend.queues:
             queues = sorted(backend.queues)
-        Worker(
+        process_only = ("autoscale", "max_jobs_per_child", "max_memory_per_child")
+        if options["pool"] == "threads" and any(options[name] for name in process_only):
+            raise CommandError(
+                "--autoscale, --max-jobs-per-child and --max-memory-per-child need child "
+                "processes; drop --pool threads."
+            )
+        processes = options["concurrency"] or default_processes()
+        worker = Worker(
             backend=alias,
             queues=queues,
-            concurrency=options["concurrency"],
+            processes=processes if options["pool"] == "processes" else None,
+            threads=options["threads"] if options["pool"] == "processes" else processes,
             burst=options["burst"],
             poll_interval=options["poll_interval"],
             listen=False if options["no_listen"] else None,
-        ).run()
+            grace=options["grace"],
+            max_jobs_per_child=options["max_jobs_per_child"],
+            max_memory_kib=options["max_memory_per_child"],
+            autoscale=options["autoscale"],
+        )
+        if options["reload"]:
+            from django.utils import autoreload
+
+            autoreload.run_with_reloader(worker.run)
+        else:
+            worker.run()
 
 
 def _configure_logging(verbosity: int) -> None:

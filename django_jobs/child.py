@@ -1,0 +1,132 @@
+"""A child process of ``runjobs``: runs the jobs its supervisor hands it, nothing else.
+
+It has no queue connection of its own. It receives jobs over a pipe, runs each with
+the executor (on its main thread, or on ``threads`` threads), and sends back what
+happened. It ignores SIGINT/SIGTERM: the supervisor decides when it stops, and kills
+it at a hard time limit. It dies with its supervisor (PR_SET_PDEATHSIG on Linux, and
+an EOF on the pipe everywhere), so no orphan keeps running jobs that get rescued.
+"""
+
+import ctypes
+import os
+import queue
+import signal
+import sys
+import threading
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+from typing import Any
+
+
+@dataclass(frozen=True)
+class ChildConfig:
+    backend: str
+    worker_id: str
+    threads: int
+    max_jobs: int | None
+    max_memory_kib: int | None
+
+
+def _die_with_parent() -> None:
+    if sys.platform.startswith("linux"):
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        except (OSError, AttributeError):
+            pass
+
+
+def rss_kib() -> int | None:
+    """Current resident memory of this process in KiB (Linux), or None where unknown."""
+    try:
+        with open("/proc/self/statm") as statm:
+            pages = int(statm.read().split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+    return pages * os.sysconf("SC_PAGE_SIZE") // 1024
+
+
+def main(pipe: Connection, config: ChildConfig) -> None:
+    """Entry point of a child (spawned, so it starts clean: no inherited connections)."""
+    _die_with_parent()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+    import django
+
+    django.setup()
+
+    from django.db import connections
+    from django.tasks import task_backends
+
+    from . import registry
+    from .executor import execute
+
+    backend = task_backends[config.backend]
+    registry.discover(backend.jobs_options.TASK_MODULES)
+    send_lock = threading.Lock()
+
+    def send(message: tuple) -> None:
+        with send_lock:
+            pipe.send(message)
+
+    jobs_done = 0
+    retiring = False
+
+    def after_job() -> None:
+        # Recycling: ask the supervisor for a replacement once a limit is passed; it stops
+        # dispatching here and sends "stop" when this child's jobs are done.
+        nonlocal jobs_done, retiring
+        jobs_done += 1
+        if retiring:
+            return
+        reason = None
+        if config.max_jobs and jobs_done >= config.max_jobs:
+            reason = f"ran {jobs_done} jobs (--max-jobs-per-child {config.max_jobs})"
+        elif config.max_memory_kib and (rss := rss_kib()) and rss > config.max_memory_kib:
+            reason = f"uses {rss} KiB (--max-memory-per-child {config.max_memory_kib} KiB)"
+        if reason:
+            retiring = True
+            send(("retire", reason))
+
+    def run(job: Any) -> None:
+        outcome = execute(job, backend, config.worker_id)
+        send(("done", job.id, outcome.to_wire()))
+        after_job()
+
+    send(("ready", os.getpid()))
+    work: queue.SimpleQueue = queue.SimpleQueue()
+    threads = []
+    if config.threads > 1:
+
+        def serve() -> None:
+            try:
+                while (job := work.get()) is not None:
+                    run(job)
+            finally:
+                connections.close_all()
+
+        threads = [threading.Thread(target=serve, daemon=True) for _ in range(config.threads)]
+        for thread in threads:
+            thread.start()
+    try:
+        while True:
+            try:
+                message = pipe.recv()
+            except (EOFError, OSError):
+                return  # the supervisor is gone
+            if message[0] == "stop":
+                return
+            if message[0] == "run":
+                if threads:
+                    work.put(message[1])
+                else:
+                    run(message[1])
+    except (BrokenPipeError, EOFError):
+        return
+    finally:
+        for _ in threads:
+            work.put(None)
+        for thread in threads:
+            thread.join()
+        connections.close_all()

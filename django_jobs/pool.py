@@ -1,0 +1,423 @@
+"""Where claimed jobs run: threads in this process, or a pool of child processes.
+
+Both pools take jobs with ``submit()`` and put an ``Outcome`` for each on the inbox
+they were given; the worker loop never needs to know which one it drives.
+``ProcessPool`` is the production pool (prefork, as Celery): a crash, a leak or a
+hard time limit costs one child process, never the worker.
+"""
+
+import contextlib
+import logging
+import multiprocessing
+import os
+import queue
+import signal
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from multiprocessing.connection import Connection, wait
+
+from django.db import connections
+
+from . import registry
+from .backend import JobsBackend
+from .child import ChildConfig
+from .child import main as child_main
+from .exceptions import TimeLimitExceeded, WorkerProcessDied
+from .executor import FAILED, RELEASED, Outcome, error_record, hard_timeout_for, retry_delay
+from .protocol import ClaimedJob
+
+logger = logging.getLogger("django_jobs.pool")
+
+
+class ThreadPool:
+    """Run jobs on ``size`` threads of this process (tests, and ``--pool threads``)."""
+
+    def __init__(
+        self, size: int, run: Callable[[ClaimedJob], Outcome], inbox: queue.SimpleQueue
+    ) -> None:
+        self.size = size
+        self._run = run
+        self._inbox = inbox
+        self._work: queue.SimpleQueue[ClaimedJob | None] = queue.SimpleQueue()
+        self._threads = [
+            threading.Thread(target=self._serve, name=f"django_jobs-run-{n}", daemon=True)
+            for n in range(size)
+        ]
+
+    @property
+    def capacity(self) -> int:
+        return self.size
+
+    def start(self) -> None:
+        for thread in self._threads:
+            thread.start()
+
+    def submit(self, job: ClaimedJob) -> None:
+        self._work.put(job)
+
+    def note_demand(self, more_waiting: bool) -> None:
+        pass
+
+    def take_unstarted(self) -> list[ClaimedJob]:
+        """Remove and return the jobs no thread has picked up yet."""
+        jobs = []
+        while True:
+            try:
+                job = self._work.get_nowait()
+            except queue.Empty:
+                return jobs
+            if job is not None:
+                jobs.append(job)
+
+    def abort(self) -> None:
+        """Threads cannot be killed: running jobs finish (documented for --pool threads)."""
+
+    def stop(self, timeout: float = 5.0) -> None:
+        for _ in self._threads:
+            self._work.put(None)
+        for thread in self._threads:
+            thread.join(timeout)
+
+    def _serve(self) -> None:
+        try:
+            while (job := self._work.get()) is not None:
+                self._inbox.put(self._run(job))
+        finally:
+            connections.close_all()
+
+
+class _Child:
+    def __init__(self, process: multiprocessing.Process, pipe: Connection) -> None:
+        self.process = process
+        self.pipe = pipe
+        self.ready = False
+        self.retiring = False
+        self.stopping = False
+        #: job id -> (job, started (monotonic), hard deadline or None)
+        self.running: dict[int, tuple[ClaimedJob, float, float | None]] = {}
+        self.idle_since = time.monotonic()
+        self.spawned_at = time.monotonic()
+
+
+class ProcessPool:
+    """A supervisor's children: dispatch, watch, kill at hard limits, replace, scale."""
+
+    #: Grow when jobs waited for a slot within this many seconds; shrink after this idle.
+    SCALE_UP_AFTER = 1.0
+    SCALE_DOWN_IDLE = 10.0
+    #: Margin past a hard limit before killing, for the pipe's latency.
+    KILL_MARGIN = 0.05
+
+    def __init__(
+        self,
+        *,
+        backend: JobsBackend,
+        worker_id: str,
+        processes: int,
+        threads: int,
+        inbox: queue.SimpleQueue,
+        max_jobs_per_child: int | None = None,
+        max_memory_kib: int | None = None,
+        autoscale: tuple[int, int] | None = None,
+    ) -> None:
+        self.backend = backend
+        self.worker_id = worker_id
+        self.threads = threads
+        self.target = processes if autoscale is None else autoscale[0]
+        self.autoscale = autoscale
+        self._inbox = inbox
+        self._config = ChildConfig(
+            backend=backend.alias,
+            worker_id=worker_id,
+            threads=threads,
+            max_jobs=max_jobs_per_child,
+            max_memory_kib=max_memory_kib,
+        )
+        # spawn, not fork: the supervisor has threads and open connections, and a forked
+        # child would inherit both (a psycopg connection shared across fork corrupts).
+        self._context = multiprocessing.get_context("spawn")
+        self._lock = threading.RLock()
+        self._children: list[_Child] = []
+        self._pending: deque[ClaimedJob] = deque()
+        self._stopping = False
+        self._last_demand = 0.0
+        self._last_scale = 0.0
+        self._spawn_failures = 0
+        self._next_spawn = 0.0
+        self._reader = threading.Thread(target=self._watch, name="django_jobs-pool", daemon=True)
+
+    # ── the worker's side ──────────────────────────────────────────────────
+
+    @property
+    def capacity(self) -> int:
+        """Slots that can take a job now: ready children that are not on their way out."""
+        with self._lock:
+            return sum(
+                self.threads for c in self._children if c.ready and not (c.retiring or c.stopping)
+            )
+
+    @property
+    def size(self) -> int:
+        with self._lock:
+            return len([c for c in self._children if not c.stopping])
+
+    def start(self) -> None:
+        with self._lock:
+            for _ in range(self.target):
+                self._spawn()
+        self._reader.start()
+
+    def submit(self, job: ClaimedJob) -> None:
+        with self._lock:
+            self._pending.append(job)
+            self._dispatch()
+
+    def note_demand(self, more_waiting: bool) -> None:
+        if more_waiting:
+            self._last_demand = time.monotonic()
+
+    def take_unstarted(self) -> list[ClaimedJob]:
+        with self._lock:
+            jobs = list(self._pending)
+            self._pending.clear()
+            return jobs
+
+    def abort(self) -> None:
+        """Kill every child now; their running jobs are released (no attempt spent)."""
+        with self._lock:
+            self._stopping = True
+            for child in self._children:
+                self._kill(child, released=list(child.running), reason="shutdown")
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop children that are idle, then wait for them; kill what remains."""
+        with self._lock:
+            self._stopping = True
+            for child in self._children:
+                self._send_stop(child)
+        deadline = time.monotonic() + timeout
+        for child in list(self._children):
+            child.process.join(max(0.0, deadline - time.monotonic()))
+            if child.process.is_alive():
+                child.process.kill()
+                child.process.join(5)
+        self._reader.join(timeout=2)
+
+    # ── children ───────────────────────────────────────────────────────────
+
+    def _spawn(self) -> None:
+        parent_end, child_end = self._context.Pipe()
+        process = self._context.Process(
+            target=child_main,
+            args=(child_end, self._config),
+            name="django_jobs-child",
+            daemon=True,
+        )
+        process.start()
+        child_end.close()
+        self._children.append(_Child(process, parent_end))
+
+    def _send_stop(self, child: _Child) -> None:
+        if not child.stopping:
+            child.stopping = True
+            with contextlib.suppress(OSError):
+                child.pipe.send(("stop",))
+
+    def _dispatch(self) -> None:
+        now = time.monotonic()
+        for child in self._children:
+            if not child.ready or child.retiring or child.stopping:
+                continue
+            while self._pending and len(child.running) < self.threads:
+                job = self._pending.popleft()
+                limit = hard_timeout_for(registry.get(job.task_path), self.backend)
+                deadline = now + limit + self.KILL_MARGIN if limit else None
+                child.running[job.id] = (job, now, deadline)
+                try:
+                    child.pipe.send(("run", job))
+                except OSError:
+                    # The child just died; its sentinel will report the job.
+                    break
+        if self._pending and self._stopping is False:
+            # A job waits for a slot: the pool is saturated.
+            self._last_demand = now
+
+    def _kill(self, child: _Child, *, released: list[int], reason: str) -> None:
+        for job_id in released:
+            job, _, _ = child.running.pop(job_id)
+            self._inbox.put(Outcome(job, RELEASED))
+        child.stopping = True
+        if child.process.is_alive():
+            logger.warning(
+                "Killing child %s (%s)", child.process.pid, reason, extra={"action": "child_kill"}
+            )
+            child.process.kill()
+
+    def _watch(self) -> None:
+        while True:
+            with self._lock:
+                children = list(self._children)
+                if self._stopping and not children:
+                    return
+            waitables: list = []
+            for child in children:
+                waitables.append(child.pipe)
+                waitables.append(child.process.sentinel)
+            try:
+                ready = wait(waitables, timeout=0.1) if waitables else []
+            except OSError:
+                ready = []
+            if not waitables:
+                time.sleep(0.1)
+            with self._lock:
+                for child in children:
+                    if child.pipe in ready:
+                        self._read(child)
+                    if child.process.sentinel in ready and not child.process.is_alive():
+                        self._reap(child)
+                self._enforce_time_limits()
+                self._scale()
+                self._dispatch()
+
+    def _read(self, child: _Child) -> None:
+        while True:
+            try:
+                if not child.pipe.poll():
+                    return
+                message = child.pipe.recv()
+            except (EOFError, OSError):
+                return
+            kind = message[0]
+            if kind == "done":
+                entry = child.running.pop(message[1], None)
+                if entry is not None:
+                    self._inbox.put(Outcome.from_wire(entry[0], message[2]))
+                if not child.running:
+                    child.idle_since = time.monotonic()
+                    if child.retiring:
+                        self._send_stop(child)
+            elif kind == "ready":
+                child.ready = True
+                self._spawn_failures = 0
+            elif kind == "retire":
+                logger.info(
+                    "Recycling child %s: it %s", child.process.pid, message[1],
+                    extra={"action": "child_recycle"},
+                )  # fmt: skip
+                child.retiring = True
+                if not child.running:
+                    self._send_stop(child)
+
+    def _reap(self, child: _Child) -> None:
+        child.process.join()
+        self._children.remove(child)
+        child.pipe.close()
+        code = child.process.exitcode
+        if child.running:
+            how = (
+                f"signal {-code} ({signal.Signals(-code).name})"
+                if code is not None and code < 0
+                else f"code {code}"
+            )
+            for job, _, _ in child.running.values():
+                message = (
+                    f"worker process {child.process.pid} exited with {how} while running this job"
+                )
+                logger.error("Job %s %s: %s", job.id, job.task_path, message)
+                error = error_record(
+                    None,
+                    job,
+                    self.worker_id,
+                    class_path=f"{WorkerProcessDied.__module__}.{WorkerProcessDied.__qualname__}",
+                    message=message,
+                )
+                task = registry.get(job.task_path)
+                delay = retry_delay(task, job, self.backend, None)
+                self._inbox.put(Outcome(job, FAILED, error=error, delay=delay))
+            child.running.clear()
+        elif not child.ready and not self._stopping:
+            # Died before it could serve (settings or import error): do not spin.
+            self._spawn_failures += 1
+            wait_for = min(30.0, 0.5 * 2**self._spawn_failures)
+            self._next_spawn = time.monotonic() + wait_for
+            logger.error(
+                "Child %s exited with code %s before it was ready; starting another in %.1f s",
+                child.process.pid, code, wait_for, extra={"action": "child_start_failed"},
+            )  # fmt: skip
+        if not self._stopping:
+            self._top_up()
+
+    def _top_up(self) -> None:
+        live = [c for c in self._children if not c.stopping]
+        missing = self.target - len(live)
+        if missing > 0 and time.monotonic() >= self._next_spawn:
+            for _ in range(missing):
+                self._spawn()
+
+    def _enforce_time_limits(self) -> None:
+        now = time.monotonic()
+        for child in self._children:
+            late = [
+                job_id
+                for job_id, (_, _, deadline) in child.running.items()
+                if deadline is not None and now > deadline
+            ]
+            if not late or not child.process.is_alive():
+                continue
+            for job_id in late:
+                job, started, _ = child.running.pop(job_id)
+                limit = hard_timeout_for(registry.get(job.task_path), self.backend)
+                message = (
+                    f"the job ran past its hard time limit of {limit} s and worker process "
+                    f"{child.process.pid} was killed"
+                )
+                logger.error("Job %s %s: %s", job.id, job.task_path, message)
+                error = error_record(
+                    None,
+                    job,
+                    self.worker_id,
+                    class_path=f"{TimeLimitExceeded.__module__}.{TimeLimitExceeded.__qualname__}",
+                    message=message,
+                )
+                delay = retry_delay(registry.get(job.task_path), job, self.backend, None)
+                self._inbox.put(
+                    Outcome(job, FAILED, duration=now - started, error=error, delay=delay)
+                )
+            # Other jobs sharing the process did nothing wrong: they go back unharmed.
+            self._kill(child, released=list(child.running), reason="hard time limit")
+
+    def _scale(self) -> None:
+        if self._stopping:
+            return
+        if self.autoscale is None:
+            self._top_up()
+            return
+        low, high = self.autoscale
+        now = time.monotonic()
+        live = [c for c in self._children if not c.stopping]
+        busy = all(len(c.running) >= self.threads for c in live if c.ready)
+        if (
+            len(live) < high
+            and busy
+            and now - self._last_demand < self.SCALE_UP_AFTER
+            and now - self._last_scale > self.SCALE_UP_AFTER
+            and all(c.ready for c in live)
+        ):
+            self.target = len(live) + 1
+            self._last_scale = now
+            logger.info("Autoscale: growing to %d processes", self.target)
+            self._spawn()
+        elif len(live) > low and now - self._last_scale > self.SCALE_DOWN_IDLE:
+            idle = [c for c in live if not c.running and now - c.idle_since > self.SCALE_DOWN_IDLE]
+            if idle:
+                self.target = len(live) - 1
+                self._last_scale = now
+                logger.info("Autoscale: shrinking to %d processes", self.target)
+                self._send_stop(idle[0])
+        self._top_up()
+
+
+def default_processes() -> int:
+    return os.cpu_count() or 1
