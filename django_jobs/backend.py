@@ -252,7 +252,38 @@ class JobsBackend(BaseTaskBackend):
                     id="django_jobs.E003",
                 )
             )
-        return messages
+        return messages or self._check_listen()
+
+    def _check_listen(self) -> list[checks.CheckMessage]:
+        options = self.jobs_options
+        where = f"TASKS[{self.alias!r}]['OPTIONS']"
+        if options.LISTEN_DATABASE is not None and options.LISTEN_DATABASE not in connections:
+            return [
+                checks.Error(
+                    f"{where}['LISTEN_DATABASE'] is {options.LISTEN_DATABASE!r}, which is not "
+                    "in settings.DATABASES.",
+                    hint="Name a database alias that connects to PostgreSQL directly "
+                    "(not through PgBouncer), or remove the option.",
+                    id="django_jobs.E004",
+                )
+            ]
+        # Django's documentation has transaction-pooling users set this; LISTEN through
+        # such a pooler silently never hears a thing, so the workers fall back to polling.
+        pooled = connections.settings[self.database].get("DISABLE_SERVER_SIDE_CURSORS")
+        if options.LISTEN and options.LISTEN_DATABASE is None and pooled:
+            return [
+                checks.Warning(
+                    f"The jobs database {self.database!r} has DISABLE_SERVER_SIDE_CURSORS, "
+                    "which suggests a transaction-mode pooler such as PgBouncer; LISTEN does "
+                    "not work through one, so idle workers would only notice new jobs when "
+                    "they poll.",
+                    hint=f"Set {where}['LISTEN_DATABASE'] to an alias that connects to "
+                    f"PostgreSQL directly, or {where}['LISTEN'] = False to poll on purpose "
+                    "(latency then is up to POLL_INTERVAL).",
+                    id="django_jobs.W002",
+                )
+            ]
+        return []
 
 
 _RESULT_FIELDS = (

@@ -151,12 +151,13 @@ class Worker:
                 self.listener = Listener(listen_db, self.queues, self.wake)
                 self.listener.start()
             self.pool.start()
+            paths = registry.registered_paths()
             logger.info(
-                "Worker %s serving backend %r, queues %s, %s, tasks: %s",
+                "Worker %s serving backend %r, queues %s, %s, %d declared task(s)",
                 self.worker_id, self.backend.alias, ", ".join(self.queues or ["(all)"]),
-                self._describe_pool(), ", ".join(registry.registered_paths()) or "(none)",
-                extra={"action": "worker_started"},
+                self._describe_pool(), len(paths), extra={"action": "worker_started"},
             )  # fmt: skip
+            logger.debug("Declared tasks: %s", ", ".join(paths) or "(none)")
             self._loop()
         finally:
             self._shutdown()

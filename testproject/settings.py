@@ -40,7 +40,14 @@ TASKS = {
     "default": {
         "BACKEND": "django_jobs.backend.JobsBackend",
         "QUEUES": ["default", "emails", "slow"],
-        "OPTIONS": {"POLL_INTERVAL": env.float("JOBS_POLL_INTERVAL", default=1.0)},
+        # Tests shorten the timings through the environment; the defaults are the library's.
+        "OPTIONS": {
+            "POLL_INTERVAL": env.float("JOBS_POLL_INTERVAL", default=1.0),
+            "HEARTBEAT_INTERVAL": env.float("JOBS_HEARTBEAT_INTERVAL", default=5.0),
+            "WORKER_TIMEOUT": env.float("JOBS_WORKER_TIMEOUT", default=30.0),
+            "MAINTENANCE_INTERVAL": env.float("JOBS_MAINTENANCE_INTERVAL", default=5.0),
+            "RETRY_BASE_DELAY": env.float("JOBS_RETRY_BASE_DELAY", default=1.0),
+        },
     }
 }
 

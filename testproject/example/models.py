@@ -10,3 +10,13 @@ class LedgerEntry(models.Model):
 
     def __str__(self) -> str:
         return self.key
+
+
+class Execution(models.Model):
+    """A row per run of a job (no unique key): counts how often each job really ran."""
+
+    key = models.CharField(max_length=100, db_index=True)
+    pid = models.PositiveIntegerField()
+
+    def __str__(self) -> str:
+        return f"{self.key} in {self.pid}"

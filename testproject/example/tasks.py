@@ -114,3 +114,75 @@ def sleep_ms(milliseconds: int, key: str) -> str:
     time.sleep(milliseconds / 1000)
     LedgerEntry.objects.create(key=key)
     return key
+
+
+@job(max_attempts=10)
+def chaos_step(milliseconds: int, key: str) -> str:
+    """Sleep, then log this execution: the chaos test counts runs per job."""
+    import os
+
+    from .models import Execution
+
+    time.sleep(milliseconds / 1000)
+    Execution.objects.create(key=key, pid=os.getpid())
+    return key
+
+
+@job(max_attempts=3, retry_on=(ConnectionError,), retry_base_delay=0.01)
+def fails_with(exception_name: str) -> None:
+    """Raise the named builtin exception: only ConnectionError is retried."""
+    import builtins
+
+    raise getattr(builtins, exception_name)("raised on purpose")
+
+
+@job(max_attempts=1, takes_context=True)
+def snooze_once(context) -> int:
+    """Ask to run again later on the first attempt, then succeed."""
+    from django_jobs.exceptions import Snooze
+
+    if context.attempt == 1:
+        raise Snooze(0)
+    return context.attempt
+
+
+@job(max_attempts=2, takes_context=True)
+def retry_explicitly(context) -> int:
+    from django_jobs.exceptions import Retry
+
+    if context.attempt == 1:
+        raise Retry("not yet", after=0)
+    return context.attempt
+
+
+@job(atomic=True, max_attempts=1)
+def atomic_write(key: str, fail: bool = False) -> str:
+    """Write a ledger row in the job's own transaction."""
+    from .models import LedgerEntry
+
+    LedgerEntry.objects.create(key=key)
+    if fail:
+        raise RuntimeError("fails after writing: the write must roll back")
+    return key
+
+
+@job(atomic=True, max_attempts=1, takes_context=True)
+def atomic_superseded(context, key: str) -> str:
+    """Write a row, then let another "worker" take the job over before we finish."""
+    from django.db import connections
+
+    from django_jobs import dbconn
+
+    from .models import LedgerEntry
+
+    LedgerEntry.objects.create(key=key)
+    # As if the job had been rescued and claimed again meanwhile: the attempt moves on.
+    other = dbconn.connect(connections["default"].alias, purpose="test")
+    try:
+        other.execute(
+            "UPDATE django_jobs_job SET attempts = attempts + 1 WHERE id = %s",
+            [int(context.task_result.id)],
+        )
+    finally:
+        other.close()
+    return key

@@ -4,7 +4,7 @@ from datetime import timedelta
 
 import pytest
 from asgiref.sync import async_to_sync
-from django.db import transaction
+from django.db import connection, transaction
 from django.tasks import TaskResultStatus, default_task_backend, task_backends
 from django.tasks.exceptions import InvalidTask, TaskResultDoesNotExist
 from django.tasks.signals import task_enqueued
@@ -215,3 +215,24 @@ def test_constructing_a_backend_touches_no_database(django_assert_num_queries):
     with django_assert_num_queries(0):
         backend = JobsBackend("fresh", {"OPTIONS": {"DATABASE": "nowhere", "LISTEN": "x"}})
     assert backend.alias == "fresh"
+
+
+def test_listen_through_a_pooler_is_flagged():
+    pooled = {**connection.settings_dict, "DISABLE_SERVER_SIDE_CURSORS": True}
+    backend = JobsBackend("pooled", {"OPTIONS": {"DATABASE": "pooled"}})
+    with override_settings(DATABASES={"default": connection.settings_dict, "pooled": pooled}):
+        from django.db import connections
+
+        connections.settings = connections.configure_settings(None)
+        try:
+            assert [m.id for m in backend.check()] == ["django_jobs.W002"]
+            direct = JobsBackend(
+                "pooled", {"OPTIONS": {"DATABASE": "pooled", "LISTEN_DATABASE": "default"}}
+            )
+            assert direct.check() == []
+            polling = JobsBackend("pooled", {"OPTIONS": {"DATABASE": "pooled", "LISTEN": False}})
+            assert polling.check() == []
+            wrong = JobsBackend("x", {"OPTIONS": {"LISTEN_DATABASE": "nowhere"}})
+            assert [m.id for m in wrong.check()] == ["django_jobs.E004"]
+        finally:
+            connections.settings = connections.configure_settings(None)

@@ -1,0 +1,159 @@
+"""Retry policy, snooze, atomic tasks, rescue and leadership, against committed rows."""
+
+import time
+
+import pytest
+from django.db import connection
+from django.tasks import TaskResultStatus
+from django.utils import timezone
+
+from django_jobs import dbconn, protocol
+from django_jobs.maintenance import Maintenance
+from django_jobs.models import Job, Lease, Worker
+from testproject.example import tasks
+from testproject.example.models import LedgerEntry
+
+from ..conftest import run_worker
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def run_until_finished(result, rounds: int = 50):
+    for _ in range(rounds):
+        run_worker()
+        result.refresh()
+        if result.is_finished:
+            return result
+        time.sleep(0.02)
+    raise AssertionError(f"job {result.id} still {result.status} after {rounds} rounds")
+
+
+def test_retry_on_retries_listed_exceptions_only():
+    retried = run_until_finished(tasks.fails_with.enqueue("ConnectionError"))
+    assert retried.status == TaskResultStatus.FAILED
+    assert retried.attempts == 3
+    assert len(retried.errors) == 3
+    not_listed = run_until_finished(tasks.fails_with.enqueue("ValueError"))
+    assert not_listed.attempts == 1
+    assert not_listed.errors[0].exception_class_path == "builtins.ValueError"
+
+
+def test_snooze_runs_again_without_an_error_or_a_spent_attempt():
+    result = run_until_finished(tasks.snooze_once.enqueue())
+    assert result.status == TaskResultStatus.SUCCESSFUL
+    assert result.return_value == 2
+    assert result.errors == []
+    row = Job.objects.get(pk=int(result.id))
+    assert (row.attempts, row.max_attempts) == (2, 2)
+
+
+def test_explicit_retry_counts_as_a_failed_attempt():
+    result = run_until_finished(tasks.retry_explicitly.enqueue())
+    assert result.status == TaskResultStatus.SUCCESSFUL
+    assert result.return_value == 2
+    assert [e.exception_class_path for e in result.errors] == ["django_jobs.exceptions.Retry"]
+
+
+def test_atomic_task_commits_its_writes_with_its_success():
+    result = tasks.atomic_write.enqueue("atomic-ok")
+    worker = run_worker()
+    result.refresh()
+    assert result.status == TaskResultStatus.SUCCESSFUL
+    assert result.return_value == "atomic-ok"
+    assert LedgerEntry.objects.filter(key="atomic-ok").exists()
+    assert worker.stats.succeeded == 1
+
+
+def test_atomic_task_that_fails_leaves_no_writes():
+    result = tasks.atomic_write.enqueue("atomic-fails", fail=True)
+    run_worker()
+    result.refresh()
+    assert result.status == TaskResultStatus.FAILED
+    assert not LedgerEntry.objects.filter(key="atomic-fails").exists()
+
+
+def test_atomic_task_superseded_mid_run_rolls_its_writes_back():
+    result = tasks.atomic_superseded.enqueue("superseded")
+    worker = run_worker()
+    assert not LedgerEntry.objects.filter(key="superseded").exists()
+    row = Job.objects.get(pk=int(result.id))
+    # Still RUNNING for the (simulated) newer attempt, which owns the outcome now.
+    assert (row.state, row.attempts) == ("RUNNING", 2)
+    assert worker.stats.lost == 1
+
+
+def register(worker_id: str, heartbeat_age: float) -> None:
+    Worker.objects.create(id=worker_id, host="h", pid=1, queues=[], concurrency=1)
+    with connection.cursor() as cur:
+        cur.execute(
+            "UPDATE django_jobs_worker SET last_heartbeat = now() - make_interval(secs => %s) "
+            "WHERE id = %s",
+            [heartbeat_age, worker_id],
+        )
+
+
+def claim_as(worker_id: str) -> protocol.ClaimedJob:
+    with connection.cursor() as cur:
+        (job,) = protocol.claim(cur, worker_id=worker_id, backend="default", queues=None, limit=1)
+    return job
+
+
+def test_rescue_retries_jobs_of_silent_workers_and_fences_their_late_results():
+    alive = tasks.add.enqueue(1, 1)
+    claim_as_alive = None
+    register("alive", heartbeat_age=1)
+    claim_as_alive = claim_as("alive")
+    lost = tasks.add.using(max_attempts=2).enqueue(2, 2)
+    register("gone", heartbeat_age=120)
+    stale = claim_as("gone")
+    last_chance = tasks.add.enqueue(3, 3)
+    orphan = claim_as("never-registered")
+
+    with connection.cursor() as cur:
+        rescued = Maintenance("leader", interval=1, worker_timeout=30).run_once(cur)
+
+    assert {job_id for job_id, _, _ in rescued} == {stale.id, orphan.id}
+    assert Job.objects.get(pk=claim_as_alive.id).state == "RUNNING"
+    row = Job.objects.get(pk=int(lost.id))
+    assert row.state == "READY"
+    assert row.errors[0]["exception_class_path"] == "django_jobs.exceptions.WorkerLost"
+    assert "worker gone was lost" in row.errors[0]["message"]
+    final = Job.objects.get(pk=int(last_chance.id))
+    assert final.state == "FAILED"  # max_attempts 1: no attempt left
+    assert final.finished_at is not None
+
+    # The lost worker comes back and reports: its outcome belongs to an old attempt.
+    with connection.cursor() as cur:
+        assert protocol.complete(cur, [protocol.Success(stale.id, stale.attempts, "4")]) == {}
+    assert Job.objects.get(pk=stale.id).state == "READY"
+    assert alive.id
+
+
+def test_one_leader_at_a_time_and_takeover_after_expiry():
+    first, second = dbconn.connect("default", purpose="a"), dbconn.connect("default", purpose="b")
+    try:
+        with first.cursor() as a, second.cursor() as b:
+            assert protocol.acquire_lease(a, name="maintenance", holder="w1", ttl=0.3)
+            assert not protocol.acquire_lease(b, name="maintenance", holder="w2", ttl=0.3)
+            assert protocol.acquire_lease(a, name="maintenance", holder="w1", ttl=0.3)
+            time.sleep(0.4)
+            assert protocol.acquire_lease(b, name="maintenance", holder="w2", ttl=0.3)
+            assert not protocol.acquire_lease(a, name="maintenance", holder="w1", ttl=0.3)
+        assert Lease.objects.get().holder == "w2"
+    finally:
+        first.close()
+        second.close()
+
+
+def test_worker_registers_heartbeats_and_leaves():
+    seen = []
+
+    def peek():
+        seen.extend(Worker.objects.values_list("id", "last_heartbeat"))
+        return tasks.add.func(1, 1)
+
+    tasks.add.enqueue(1, 1)
+    worker = run_worker()
+    assert Worker.objects.filter(id=worker.worker_id).count() == 0  # deregistered at exit
+    assert Lease.objects.count() == 0  # the lease was handed back
+    assert timezone.now()

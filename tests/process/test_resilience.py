@@ -1,0 +1,202 @@
+"""What happens to jobs when processes die, overrun, are stopped, or lose the database."""
+
+import os
+import random
+import shutil
+import signal
+import subprocess
+import time
+from collections import Counter
+from datetime import timedelta
+
+import pytest
+from django.db import connection
+
+from django_jobs.models import Job
+from testproject.example import tasks
+from testproject.example.models import Execution
+
+from ..conftest import wait_for
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+FAST_RESCUE = {
+    "JOBS_HEARTBEAT_INTERVAL": "0.5",
+    "JOBS_WORKER_TIMEOUT": "2",
+    "JOBS_MAINTENANCE_INTERVAL": "0.5",
+    "JOBS_RETRY_BASE_DELAY": "0.1",
+}
+
+
+def children_of(pid: int) -> list[int]:
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            return [int(p) for p in f.read().split()]
+    except OSError:
+        return []
+
+
+def states() -> Counter:
+    return Counter(Job.objects.values_list("state", flat=True))
+
+
+def test_crash_hard_limit_and_soft_limit_each_end_in_their_state(start_worker):
+    crash = tasks.crash_process.enqueue(3)
+    hang = tasks.hang.enqueue(60)
+    soft = tasks.overrun_soft_limit.enqueue(10)
+    after = tasks.add.enqueue(20, 22)
+    worker = start_worker("--burst", "--concurrency", "2", env={"JOBS_RETRY_BASE_DELAY": "0.05"})
+    assert worker.wait(timeout=60) == 0, worker.output()
+    for result in (crash, hang, soft, after):
+        result.refresh()
+    assert crash.status == "FAILED"
+    assert crash.attempts == 2  # retried once, as its max_attempts allows
+    crash_row = Job.objects.get(pk=int(crash.id))
+    assert "exited with code 3 while running this job" in crash_row.errors[0]["message"]
+    assert crash.errors[0].exception_class_path == "django_jobs.exceptions.WorkerProcessDied"
+    assert hang.status == "FAILED"
+    assert hang.errors[0].exception_class_path == "django_jobs.exceptions.TimeLimitExceeded"
+    hang_row = Job.objects.get(pk=int(hang.id))
+    assert hang_row.finished_at - hang_row.started_at < timedelta(seconds=10)
+    assert soft.status == "SUCCESSFUL"
+    assert soft.return_value == "cleaned up after the soft limit"
+    assert after.status == "SUCCESSFUL"
+    assert after.return_value == 42
+
+
+def test_sigterm_with_grace_releases_a_long_job_without_spending_an_attempt(start_worker):
+    result = tasks.sleep_for.enqueue(60)
+    worker = start_worker("--grace", "1", "--concurrency", "1")
+    wait_for(
+        lambda: Job.objects.filter(pk=int(result.id), state="RUNNING").exists(),
+        timeout=30,
+        what="the job to start",
+    )
+    time.sleep(0.3)
+    began = time.monotonic()
+    worker.signal(signal.SIGTERM)
+    assert worker.wait(timeout=20) == 0, worker.output()
+    assert time.monotonic() - began < 10
+    row = Job.objects.get(pk=int(result.id))
+    assert (row.state, row.attempts, row.errors, row.worker_ids) == ("READY", 0, [], [])
+
+
+def test_a_second_signal_stops_at_once(start_worker):
+    result = tasks.sleep_for.enqueue(60)
+    worker = start_worker("--concurrency", "1")  # default grace: 30 s
+    wait_for(
+        lambda: Job.objects.filter(pk=int(result.id), state="RUNNING").exists(),
+        timeout=30,
+        what="the job to start",
+    )
+    began = time.monotonic()
+    worker.signal(signal.SIGINT)
+    time.sleep(0.5)
+    worker.signal(signal.SIGINT)
+    assert worker.wait(timeout=20) == 0, worker.output()
+    assert time.monotonic() - began < 10
+    assert Job.objects.get(pk=int(result.id)).state == "READY"
+
+
+def test_supervisor_sigkill_is_rescued_by_another_worker(start_worker):
+    result = tasks.sleep_for.using(max_attempts=2).enqueue(1)
+    doomed = start_worker("--concurrency", "1", env=FAST_RESCUE)
+    wait_for(
+        lambda: Job.objects.filter(pk=int(result.id), state="RUNNING").exists(),
+        timeout=30,
+        what="the job to start",
+    )
+    doomed.signal(signal.SIGKILL)
+    doomed.wait(timeout=10)
+    killed_at = time.monotonic()
+    rescuer = start_worker("--concurrency", "1", env=FAST_RESCUE)
+    wait_for(
+        lambda: Job.objects.filter(pk=int(result.id), state="SUCCESSFUL").exists(),
+        timeout=60,
+        what="the rescued job to run again",
+    )
+    rescued_after = time.monotonic() - killed_at
+    row = Job.objects.get(pk=int(result.id))
+    assert row.attempts == 2
+    assert row.errors[0]["exception_class_path"] == "django_jobs.exceptions.WorkerLost"
+    assert rescued_after < 30
+    rescuer.signal(signal.SIGTERM)
+    assert rescuer.wait(timeout=20) == 0
+
+
+def test_chaos_kills_lose_nothing_and_only_killed_work_runs_twice(start_worker):
+    rng = random.Random(1234)
+    tasks.chaos_step.enqueue_many(
+        [((rng.randint(10, 100), f"chaos-{n}"), {}) for n in range(2000)]
+    )
+    args = ("--concurrency", "2")
+    workers = [start_worker(*args, env=FAST_RESCUE) for _ in range(2)]
+    deadline = time.monotonic() + 150
+    kills = 0
+    while kills < 5 and time.monotonic() < deadline:
+        time.sleep(rng.uniform(1.5, 3.0))
+        live = [w for w in workers if w.popen.poll() is None]
+        victim = rng.choice(live)
+        kids = children_of(victim.pid)
+        if kills % 2 == 0 and kids:
+            os.kill(rng.choice(kids), signal.SIGKILL)  # one child: the supervisor replaces it
+        else:
+            victim.signal(signal.SIGKILL)  # the whole worker: another must rescue its jobs
+            victim.wait(timeout=10)
+            workers.append(start_worker(*args, env=FAST_RESCUE))
+        kills += 1
+    wait_for(
+        lambda: states() == Counter({"SUCCESSFUL": 2000}),
+        timeout=max(10.0, deadline - time.monotonic()),
+        what=f"every job to succeed (now {states()})",
+        interval=0.5,
+    )
+    runs = Counter(Execution.objects.values_list("key", flat=True))
+    assert len(runs) == 2000
+    twice = [key for key, count in runs.items() if count > 1]
+    killed_kinds = {
+        "django_jobs.exceptions.WorkerLost",
+        "django_jobs.exceptions.WorkerProcessDied",
+    }
+    for row in Job.objects.filter(args__1__in=twice):
+        assert row.attempts > 1
+        assert {e["exception_class_path"] for e in row.errors} <= killed_kinds, row.errors
+    for worker in workers:
+        if worker.popen.poll() is None:
+            worker.signal(signal.SIGTERM)
+            assert worker.wait(timeout=30) == 0, worker.output()
+
+
+@pytest.mark.skipif(
+    shutil.which("pg_ctlcluster") is None or os.geteuid() != 0,
+    reason="needs the machine's PostgreSQL cluster and the right to restart it",
+)
+def test_database_restart_loses_no_job(start_worker):
+    settings = connection.settings_dict
+    if settings["HOST"] not in ("127.0.0.1", "localhost") or str(settings["PORT"]) != "5432":
+        pytest.skip("the test database is not the machine's cluster on port 5432")
+    # Jobs that touch the database fail while it is down; their retries must succeed.
+    tasks.chaos_step.enqueue_many([((5, f"restart-{n}"), {}) for n in range(1000)])
+    workers = [start_worker("--concurrency", "2", env=FAST_RESCUE) for _ in range(2)]
+    wait_for(
+        lambda: Job.objects.filter(state="SUCCESSFUL").count() > 100,
+        timeout=60,
+        what="the workers to get going",
+    )
+    connection.close()
+    version = os.listdir("/etc/postgresql")[0]
+    subprocess.run(
+        ["pg_ctlcluster", "--skip-systemctl-redirect", version, "main", "restart"],
+        check=True,
+        timeout=60,
+    )
+    wait_for(
+        lambda: states() == Counter({"SUCCESSFUL": 1000}),
+        timeout=120,
+        what="every job to succeed after the restart",
+        interval=0.5,
+    )
+    for worker in workers:
+        worker.signal(signal.SIGTERM)
+        assert worker.wait(timeout=30) == 0, worker.output()
+        assert "Database is back" in worker.output()
