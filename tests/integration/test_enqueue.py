@@ -217,22 +217,19 @@ def test_constructing_a_backend_touches_no_database(django_assert_num_queries):
     assert backend.alias == "fresh"
 
 
-def test_listen_through_a_pooler_is_flagged():
-    pooled = {**connection.settings_dict, "DISABLE_SERVER_SIDE_CURSORS": True}
-    backend = JobsBackend("pooled", {"OPTIONS": {"DATABASE": "pooled"}})
-    with override_settings(DATABASES={"default": connection.settings_dict, "pooled": pooled}):
-        from django.db import connections
+def test_listen_through_a_pooler_is_flagged(monkeypatch):
+    from django.db import connections
 
-        connections.settings = connections.configure_settings(None)
-        try:
-            assert [m.id for m in backend.check()] == ["django_jobs.W002"]
-            direct = JobsBackend(
-                "pooled", {"OPTIONS": {"DATABASE": "pooled", "LISTEN_DATABASE": "default"}}
-            )
-            assert direct.check() == []
-            polling = JobsBackend("pooled", {"OPTIONS": {"DATABASE": "pooled", "LISTEN": False}})
-            assert polling.check() == []
-            wrong = JobsBackend("x", {"OPTIONS": {"LISTEN_DATABASE": "nowhere"}})
-            assert [m.id for m in wrong.check()] == ["django_jobs.E004"]
-        finally:
-            connections.settings = connections.configure_settings(None)
+    # A second alias shaped as Django's docs set up transaction-mode pooling.
+    pooled = {**connection.settings_dict, "DISABLE_SERVER_SIDE_CURSORS": True}
+    monkeypatch.setitem(connections.settings, "pooled", pooled)
+    backend = JobsBackend("pooled", {"OPTIONS": {"DATABASE": "pooled"}})
+    assert [m.id for m in backend.check()] == ["django_jobs.W002"]
+    direct = JobsBackend(
+        "pooled", {"OPTIONS": {"DATABASE": "pooled", "LISTEN_DATABASE": "default"}}
+    )
+    assert direct.check() == []
+    polling = JobsBackend("pooled", {"OPTIONS": {"DATABASE": "pooled", "LISTEN": False}})
+    assert polling.check() == []
+    wrong = JobsBackend("x", {"OPTIONS": {"LISTEN_DATABASE": "nowhere"}})
+    assert [m.id for m in wrong.check()] == ["django_jobs.E004"]
