@@ -95,8 +95,9 @@ class _Child:
         self.ready = False
         self.retiring = False
         self.stopping = False
-        #: job id -> (job, started (monotonic), hard deadline or None)
-        self.running: dict[int, tuple[ClaimedJob, float, float | None]] = {}
+        #: job id -> [job, started (monotonic) or None while queued in the child, deadline].
+        #: In dispatch order: the child runs them first in, first out, ``threads`` at once.
+        self.assigned: dict[int, list] = {}
         self.idle_since = time.monotonic()
         self.spawned_at = time.monotonic()
 
@@ -109,6 +110,10 @@ class ProcessPool:
     SCALE_DOWN_IDLE = 10.0
     #: Margin past a hard limit before killing, for the pipe's latency.
     KILL_MARGIN = 0.05
+    #: Queue in each child only as many jobs beyond its threads as recent jobs would finish
+    #: in this many seconds: short jobs then never wait for a round trip to the supervisor.
+    CHILD_PREFETCH_WINDOW = 0.02
+    CHILD_MAX_PREFETCH = 64
 
     def __init__(
         self,
@@ -146,6 +151,7 @@ class ProcessPool:
         self._last_scale = 0.0
         self._spawn_failures = 0
         self._next_spawn = 0.0
+        self._avg_duration: float | None = None
         self._reader = threading.Thread(target=self._watch, name="django_jobs-pool", daemon=True)
 
     # ── the worker's side ──────────────────────────────────────────────────
@@ -189,7 +195,7 @@ class ProcessPool:
         with self._lock:
             self._stopping = True
             for child in self._children:
-                self._kill(child, released=list(child.running), reason="shutdown")
+                self._kill(child, released=list(child.assigned), reason="shutdown")
 
     def stop(self, timeout: float = 10.0) -> None:
         """Stop children that are idle, then wait for them; kill what remains."""
@@ -225,28 +231,44 @@ class ProcessPool:
             with contextlib.suppress(OSError):
                 child.pipe.send(("stop",))
 
+    def _depth(self) -> int:
+        if self._avg_duration is None:
+            return self.threads
+        extra = int(self.CHILD_PREFETCH_WINDOW / max(self._avg_duration, 1e-5))
+        return self.threads + min(self.CHILD_MAX_PREFETCH, extra)
+
     def _dispatch(self) -> None:
-        now = time.monotonic()
+        depth = self._depth()
         for child in self._children:
             if not child.ready or child.retiring or child.stopping:
                 continue
-            while self._pending and len(child.running) < self.threads:
+            while self._pending and len(child.assigned) < depth:
                 job = self._pending.popleft()
-                limit = hard_timeout_for(registry.get(job.task_path), self.backend)
-                deadline = now + limit + self.KILL_MARGIN if limit else None
-                child.running[job.id] = (job, now, deadline)
+                child.assigned[job.id] = [job, None, None]
                 try:
                     child.pipe.send(("run", job))
                 except OSError:
                     # The child just died; its sentinel will report the job.
                     break
-        if self._pending and self._stopping is False:
+            self._mark_started(child)
+        if self._pending and not self._stopping:
             # A job waits for a slot: the pool is saturated.
-            self._last_demand = now
+            self._last_demand = time.monotonic()
+
+    def _mark_started(self, child: _Child) -> None:
+        """The first ``threads`` assigned jobs are the ones running: start their clocks."""
+        now = time.monotonic()
+        for position, entry in enumerate(child.assigned.values()):
+            if position >= self.threads:
+                return
+            if entry[1] is None:
+                entry[1] = now
+                limit = hard_timeout_for(registry.get(entry[0].task_path), self.backend)
+                entry[2] = now + limit + self.KILL_MARGIN if limit else None
 
     def _kill(self, child: _Child, *, released: list[int], reason: str) -> None:
         for job_id in released:
-            job, _, _ = child.running.pop(job_id)
+            job = child.assigned.pop(job_id)[0]
             self._inbox.put(Outcome(job, RELEASED))
         child.stopping = True
         if child.process.is_alive():
@@ -291,10 +313,16 @@ class ProcessPool:
                 return
             kind = message[0]
             if kind == "done":
-                entry = child.running.pop(message[1], None)
+                entry = child.assigned.pop(message[1], None)
                 if entry is not None:
-                    self._inbox.put(Outcome.from_wire(entry[0], message[2]))
-                if not child.running:
+                    outcome = Outcome.from_wire(entry[0], message[2])
+                    self._inbox.put(outcome)
+                    if self._avg_duration is None:
+                        self._avg_duration = outcome.duration
+                    else:
+                        self._avg_duration += 0.2 * (outcome.duration - self._avg_duration)
+                self._mark_started(child)
+                if not child.assigned:
                     child.idle_since = time.monotonic()
                     if child.retiring:
                         self._send_stop(child)
@@ -307,7 +335,7 @@ class ProcessPool:
                     extra={"action": "child_recycle"},
                 )  # fmt: skip
                 child.retiring = True
-                if not child.running:
+                if not child.assigned:
                     self._send_stop(child)
 
     def _reap(self, child: _Child) -> None:
@@ -315,13 +343,17 @@ class ProcessPool:
         self._children.remove(child)
         child.pipe.close()
         code = child.process.exitcode
-        if child.running:
+        if child.assigned:
             how = (
                 f"signal {-code} ({signal.Signals(-code).name})"
                 if code is not None and code < 0
                 else f"code {code}"
             )
-            for job, _, _ in child.running.values():
+            for job, started, _ in child.assigned.values():
+                if started is None:
+                    # Queued in the child, never started: no attempt is spent.
+                    self._inbox.put(Outcome(job, RELEASED))
+                    continue
                 message = (
                     f"worker process {child.process.pid} exited with {how} while running this job"
                 )
@@ -336,7 +368,7 @@ class ProcessPool:
                 task = registry.get(job.task_path)
                 delay = retry_delay(task, job, self.backend, None)
                 self._inbox.put(Outcome(job, FAILED, error=error, delay=delay))
-            child.running.clear()
+            child.assigned.clear()
         elif not child.ready and not self._stopping:
             # Died before it could serve (settings or import error): do not spin.
             self._spawn_failures += 1
@@ -361,13 +393,13 @@ class ProcessPool:
         for child in self._children:
             late = [
                 job_id
-                for job_id, (_, _, deadline) in child.running.items()
+                for job_id, (_, _, deadline) in child.assigned.items()
                 if deadline is not None and now > deadline
             ]
             if not late or not child.process.is_alive():
                 continue
             for job_id in late:
-                job, started, _ = child.running.pop(job_id)
+                job, started, _ = child.assigned.pop(job_id)
                 limit = hard_timeout_for(registry.get(job.task_path), self.backend)
                 message = (
                     f"the job ran past its hard time limit of {limit} s and worker process "
@@ -386,7 +418,7 @@ class ProcessPool:
                     Outcome(job, FAILED, duration=now - started, error=error, delay=delay)
                 )
             # Other jobs sharing the process did nothing wrong: they go back unharmed.
-            self._kill(child, released=list(child.running), reason="hard time limit")
+            self._kill(child, released=list(child.assigned), reason="hard time limit")
 
     def _scale(self) -> None:
         if self._stopping:
@@ -397,7 +429,7 @@ class ProcessPool:
         low, high = self.autoscale
         now = time.monotonic()
         live = [c for c in self._children if not c.stopping]
-        busy = all(len(c.running) >= self.threads for c in live if c.ready)
+        busy = all(len(c.assigned) >= self.threads for c in live if c.ready)
         if (
             len(live) < high
             and busy
@@ -410,7 +442,9 @@ class ProcessPool:
             logger.info("Autoscale: growing to %d processes", self.target)
             self._spawn()
         elif len(live) > low and now - self._last_scale > self.SCALE_DOWN_IDLE:
-            idle = [c for c in live if not c.running and now - c.idle_since > self.SCALE_DOWN_IDLE]
+            idle = [
+                c for c in live if not c.assigned and now - c.idle_since > self.SCALE_DOWN_IDLE
+            ]
             if idle:
                 self.target = len(live) - 1
                 self._last_scale = now
