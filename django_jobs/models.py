@@ -45,6 +45,13 @@ class Job(models.Model):
 
     class Meta:
         ordering = ["-id"]
+        # Operations have their own permissions: staff who may view jobs may not
+        # necessarily re-run or cancel them.
+        permissions = [
+            ("retry_job", "Can retry jobs"),
+            ("cancel_job", "Can cancel jobs"),
+            ("run_job_now", "Can run delayed jobs now"),
+        ]
         indexes = [
             # The claim path. Partial on READY so finished history never slows claiming,
             # and ordered exactly as the claim query sorts so LIMIT stops early.
