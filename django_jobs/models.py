@@ -60,6 +60,12 @@ class Job(models.Model):
                 name="django_jobs_job_claim",
                 condition=models.Q(state="READY"),
             ),
+            # History by age, for pruning in bounded batches and "finished since" filters.
+            models.Index(
+                fields=["finished_at"],
+                name="django_jobs_job_finished",
+                condition=models.Q(state__in=["SUCCESSFUL", "FAILED", "CANCELLED"]),
+            ),
             # Who holds what: rescue of a lost worker, and "running now" in the admin.
             models.Index(
                 fields=["worker_id"],

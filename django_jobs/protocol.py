@@ -266,3 +266,59 @@ def rescue(
 
 def prune_workers(cursor: Cursor, *, older_than: float) -> None:
     cursor.execute(sql.PRUNE_WORKERS, {"older_than": older_than})
+
+
+# ── operations (admin actions and the `jobs` command) ───────────────────────
+
+
+def retry_jobs(cursor: Cursor, ids: Iterable[int]) -> list[int]:
+    """Re-queue FAILED or CANCELLED jobs now; return the ids that moved (others are skipped)."""
+    cursor.execute(sql.RETRY_JOBS, {"ids": list(ids)})
+    return [row[0] for row in cursor.fetchall()]
+
+
+def cancel_jobs(cursor: Cursor, ids: Iterable[int]) -> list[int]:
+    """Cancel READY or BLOCKED jobs; return the ids that moved (running ones are skipped)."""
+    cursor.execute(sql.CANCEL_JOBS, {"ids": list(ids)})
+    return [row[0] for row in cursor.fetchall()]
+
+
+def run_jobs_now(cursor: Cursor, ids: Iterable[int]) -> list[int]:
+    """Make delayed READY jobs due now; return the ids that moved."""
+    cursor.execute(sql.RUN_JOBS_NOW, {"ids": list(ids)})
+    return [row[0] for row in cursor.fetchall()]
+
+
+FINISHED = ("SUCCESSFUL", "FAILED", "CANCELLED")
+
+
+def prune(
+    cursor: Cursor,
+    *,
+    older_than: float,
+    states: Sequence[str] = FINISHED,
+    batch: int = 10_000,
+    max_batches: int | None = None,
+) -> int:
+    """Delete finished jobs older than ``older_than`` seconds in batches; return the count.
+
+    Each batch is its own statement: with autocommit each commits on its own.
+    """
+    unknown = set(states) - set(FINISHED)
+    if unknown:
+        raise ValueError(
+            f"prune deletes only finished jobs ({', '.join(FINISHED)}), not {unknown}"
+        )
+    deleted = 0
+    batches = 0
+    while max_batches is None or batches < max_batches:
+        cursor.execute(
+            sql.PRUNE_BATCH,
+            {"older_than": older_than, "states": list(states), "limit": batch},
+        )
+        count = cursor.rowcount
+        deleted += count
+        batches += 1
+        if count < batch:
+            break
+    return deleted

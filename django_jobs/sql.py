@@ -227,3 +227,49 @@ FROM unnest(%(ids)s::bigint[], %(attempts)s::int[], %(snooze_for)s::float8[])
 WHERE j.id = o.id AND j.state = 'RUNNING' AND j.attempts = o.attempt
 RETURNING j.id
 """
+
+# ── operations (admin actions and the `jobs` command) ───────────────────────
+
+# Re-queue finished-but-unsuccessful jobs. They get one more attempt than they have used,
+# so a job that exhausted max_attempts can run again.
+RETRY_JOBS = f"""
+WITH moved AS (
+    UPDATE django_jobs_job AS j
+    SET state = 'READY', available_at = now(), finished_at = NULL,
+        max_attempts = GREATEST(j.max_attempts, j.attempts + 1)
+    WHERE j.id = ANY(%(ids)s::bigint[]) AND j.state IN ('FAILED', 'CANCELLED')
+    RETURNING j.id, j.queue_name
+)
+SELECT moved.id, pg_notify('{NOTIFY_CHANNEL}', moved.queue_name) FROM moved
+"""
+
+CANCEL_JOBS = """
+UPDATE django_jobs_job AS j
+SET state = 'CANCELLED', finished_at = now()
+WHERE j.id = ANY(%(ids)s::bigint[]) AND j.state IN ('READY', 'BLOCKED')
+RETURNING j.id
+"""
+
+RUN_JOBS_NOW = f"""
+WITH moved AS (
+    UPDATE django_jobs_job AS j
+    SET available_at = now()
+    WHERE j.id = ANY(%(ids)s::bigint[]) AND j.state = 'READY' AND j.available_at > now()
+    RETURNING j.id, j.queue_name
+)
+SELECT moved.id, pg_notify('{NOTIFY_CHANNEL}', moved.queue_name) FROM moved
+"""
+
+# Delete finished jobs older than the cut-off, one bounded batch per statement so a big
+# backlog never holds locks or bloats one transaction. Uses django_jobs_job_finished.
+PRUNE_BATCH = """
+DELETE FROM django_jobs_job
+WHERE id IN (
+    SELECT id FROM django_jobs_job
+    WHERE state IN ('SUCCESSFUL', 'FAILED', 'CANCELLED')
+      AND finished_at < now() - make_interval(secs => %(older_than)s)
+      AND state = ANY(%(states)s::text[])
+    ORDER BY finished_at
+    LIMIT %(limit)s
+)
+"""

@@ -1,0 +1,63 @@
+"""Operator moves: retry, cancel, run now, prune. Each reports which jobs it moved."""
+
+from datetime import timedelta
+
+import pytest
+from django.db import connection
+from django.utils import timezone
+
+from django_jobs import protocol
+from django_jobs.models import Job
+from testproject.example import tasks
+
+pytestmark = pytest.mark.django_db
+
+
+def ids(*results) -> list[int]:
+    return [int(r.id) for r in results]
+
+
+def test_retry_moves_failed_and_cancelled_only():
+    failed, cancelled, ready = (tasks.add.enqueue(1, 1) for _ in range(3))
+    Job.objects.filter(pk=int(failed.id)).update(state="FAILED", attempts=1, max_attempts=1)
+    Job.objects.filter(pk=int(cancelled.id)).update(state="CANCELLED")
+    with connection.cursor() as cur:
+        moved = protocol.retry_jobs(cur, ids(failed, cancelled, ready))
+    assert sorted(moved) == sorted(ids(failed, cancelled))
+    row = Job.objects.get(pk=int(failed.id))
+    assert (row.state, row.max_attempts, row.finished_at) == ("READY", 2, None)
+
+
+def test_cancel_skips_running_jobs():
+    ready, running = tasks.add.enqueue(1, 1), tasks.add.enqueue(2, 2)
+    Job.objects.filter(pk=int(running.id)).update(state="RUNNING")
+    with connection.cursor() as cur:
+        moved = protocol.cancel_jobs(cur, ids(ready, running))
+    assert moved == ids(ready)
+    assert Job.objects.get(pk=int(ready.id)).state == "CANCELLED"
+
+
+def test_run_now_moves_only_delayed_jobs():
+    later = tasks.add.using(run_after=timezone.now() + timedelta(hours=1)).enqueue(1, 1)
+    due = tasks.add.enqueue(1, 1)
+    with connection.cursor() as cur:
+        moved = protocol.run_jobs_now(cur, ids(later, due))
+    assert moved == ids(later)
+    assert Job.objects.get(pk=int(later.id)).available_at <= timezone.now()
+
+
+def test_prune_deletes_old_finished_jobs_in_batches():
+    results = tasks.add.enqueue_many([((n, n), {}) for n in range(25)])
+    old = ids(*results[:20])
+    Job.objects.filter(pk__in=old).update(
+        state="SUCCESSFUL", finished_at=timezone.now() - timedelta(days=10)
+    )
+    Job.objects.filter(pk=int(results[20].id)).update(
+        state="FAILED", finished_at=timezone.now() - timedelta(hours=1)
+    )
+    with connection.cursor() as cur:
+        deleted = protocol.prune(cur, older_than=86400, batch=7)
+        with pytest.raises(ValueError, match="only finished jobs"):
+            protocol.prune(cur, older_than=1, states=["READY"])
+    assert deleted == 20
+    assert Job.objects.count() == 5
