@@ -9,6 +9,7 @@ recorded one statement per kind, which is what lets one process run thousands of
 short jobs per second.
 """
 
+import atexit
 import json
 import logging
 import os
@@ -136,6 +137,7 @@ class Worker:
         self._stopping = False
         self._aborting = False
         self._wake_pending = False
+        self._finished = threading.Event()
         self.listener: Listener | None = None
 
     # ── lifecycle ────────────────────────────────────────────────────────────
@@ -144,6 +146,9 @@ class Worker:
         """Serve until stopped; every claimed job is finished or released on the way out."""
         registry.discover(self.options.TASK_MODULES)
         previous_handlers = self._install_signal_handlers()
+        # When the interpreter exits under us (the autoreloader's restart), stop first:
+        # running jobs go back to the queue instead of waiting for a rescue.
+        atexit.register(self._stop_at_exit)
         try:
             self._register()
             if self.listen:
@@ -163,6 +168,13 @@ class Worker:
             self._shutdown()
             for signum, handler in previous_handlers.items():
                 signal.signal(signum, handler)
+            atexit.unregister(self._stop_at_exit)
+            self._finished.set()
+
+    def _stop_at_exit(self) -> None:
+        if not self._finished.is_set():
+            self.stop(abort=True)
+            self._finished.wait(15)
 
     def stop(self, abort: bool = False) -> None:
         """Stop claiming and finish what is running (safe from any thread)."""
