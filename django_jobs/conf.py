@@ -92,6 +92,12 @@ def validate(raw: dict[str, Any]) -> list[str]:
     for key in ("TIMEOUT", "SOFT_TIMEOUT"):
         if raw.get(key) is not None and not _positive_number(raw[key]):
             problems.append(f"{key} must be None or a number of seconds > 0, got {raw[key]!r}")
+    hard, soft = raw.get("TIMEOUT"), raw.get("SOFT_TIMEOUT")
+    if _positive_number(hard) and _positive_number(soft) and soft >= hard:
+        problems.append(
+            f"SOFT_TIMEOUT ({soft}) must be shorter than TIMEOUT ({hard}), or tasks are "
+            "killed before they can clean up"
+        )
     beat, lost = raw.get("HEARTBEAT_INTERVAL", 5.0), raw.get("WORKER_TIMEOUT", 30.0)
     if _positive_number(beat) and _positive_number(lost) and lost < 2 * beat:
         problems.append(

@@ -15,6 +15,8 @@ def connect(alias: str, *, purpose: str) -> psycopg.Connection:
     # Django's adapter context and cursor class are for its ORM; we speak plain psycopg.
     params.pop("context", None)
     params.pop("cursor_factory", None)
+    # A silently dropped network must not hang the worker's loop on connect.
+    params.setdefault("connect_timeout", 10)
     conn = psycopg.connect(**params, autocommit=True)
     # UTC like Django, and a name that shows up in pg_stat_activity.
     conn.execute("SET TIME ZONE 'UTC'")

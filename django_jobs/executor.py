@@ -65,6 +65,16 @@ class Outcome:
         return cls(job, kind, duration, return_json, error, delay)
 
 
+#: Longest delay we store (ten years): beyond it PostgreSQL's timestamps overflow.
+MAX_DELAY = 10 * 365 * 24 * 3600.0
+
+
+def storable_text(text: str) -> str:
+    """Text as jsonb can hold it: no NUL characters, no lone surrogates."""
+    text = text.replace("\x00", "\\x00")
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def error_record(
     exc: BaseException | None,
     job: ClaimedJob,
@@ -83,8 +93,8 @@ def error_record(
         trace = ""
     return {
         "exception_class_path": class_path,
-        "message": message,
-        "traceback": trace,
+        "message": storable_text(message or ""),
+        "traceback": storable_text(trace),
         "worker_id": worker_id,
         "attempt": job.attempts,
     }
@@ -95,7 +105,7 @@ def retry_delay(
 ) -> float | None:
     """Seconds until the next attempt after a failure, or None if this one was final."""
     if isinstance(exc, Retry) and exc.after is not None:
-        return exc.after if job.attempts < job.max_attempts else None
+        return min(exc.after, MAX_DELAY) if job.attempts < job.max_attempts else None
     retry_on = getattr(task, "retry_on", None)
     if retry_on is not None and exc is not None and not isinstance(exc, (Retry, *retry_on)):
         return None
@@ -150,7 +160,8 @@ def execute(job: ClaimedJob, backend: JobsBackend, worker_id: str) -> Outcome:
             extra={"action": "job_snoozed", "job_id": job.id},
         )  # fmt: skip
         duration = time.perf_counter() - started
-        return Outcome(job, SNOOZED, duration, delay=snooze.after, task_result=result)
+        delay = min(snooze.after, MAX_DELAY)
+        return Outcome(job, SNOOZED, duration, delay=delay, task_result=result)
     except BaseException as exc:
         duration = time.perf_counter() - started
         if isinstance(exc, _LostLease):

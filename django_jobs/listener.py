@@ -9,8 +9,6 @@ import random
 import threading
 from collections.abc import Callable, Collection
 
-import psycopg
-
 from . import dbconn
 from .sql import NOTIFY_CHANNEL
 
@@ -52,7 +50,7 @@ class Listener:
                         for note in conn.notifies(timeout=1.0):
                             if self.queues is None or note.payload in self.queues:
                                 self.on_wake()
-            except psycopg.Error as exc:
+            except Exception as exc:  # the thread must outlive any one error
                 logger.warning(
                     "LISTEN connection lost (%s); polling until it is back, retry in %.1f s",
                     exc, delay, extra={"action": "listener_reconnect"},

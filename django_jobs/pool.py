@@ -209,7 +209,8 @@ class ProcessPool:
             if child.process.is_alive():
                 child.process.kill()
                 child.process.join(5)
-        self._reader.join(timeout=2)
+        if self._reader.is_alive():
+            self._reader.join(timeout=2)
 
     # ── children ───────────────────────────────────────────────────────────
 

@@ -322,3 +322,9 @@ def prune(
         if count < batch:
             break
     return deleted
+
+
+def release_orphans(cursor: Cursor, *, worker_id: str, held: Iterable[int]) -> list[int]:
+    """Release RUNNING jobs claimed under ``worker_id`` that the worker does not hold."""
+    cursor.execute(sql.RELEASE_ORPHANS, {"worker_id": worker_id, "held": list(held)})
+    return [row[0] for row in cursor.fetchall()]

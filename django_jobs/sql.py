@@ -273,3 +273,21 @@ WHERE id IN (
     LIMIT %(limit)s
 )
 """
+
+# After a reconnect: RUNNING rows under this worker's id that it does not hold (a claim
+# committed but its reply was lost with the connection) go back, no attempt spent.
+RELEASE_ORPHANS = """
+UPDATE django_jobs_job AS j
+SET state = 'READY',
+    attempts = j.attempts - 1,
+    worker_ids = j.worker_ids - (jsonb_array_length(j.worker_ids) - 1),
+    started_at = CASE WHEN j.attempts = 1 THEN NULL ELSE j.started_at END,
+    last_attempted_at = CASE WHEN j.attempts = 1 THEN NULL ELSE j.last_attempted_at END
+WHERE j.worker_id = %(worker_id)s AND j.state = 'RUNNING'
+  AND NOT (j.id = ANY(%(held)s::bigint[]))
+RETURNING j.id
+"""
+
+# ── schedules (scheduler.py, the admin's schedule actions) ──────────────────
+
+#: Columns the scheduler needs to fire a schedule, in this order.

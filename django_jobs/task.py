@@ -33,6 +33,11 @@ class JobsTask(Task):
     atomic: bool = False
 
     def __post_init__(self) -> None:
+        # Django's @task passes our options through as given: accept one class, or a list.
+        if isinstance(self.retry_on, type):
+            object.__setattr__(self, "retry_on", (self.retry_on,))
+        elif isinstance(self.retry_on, list):
+            object.__setattr__(self, "retry_on", tuple(self.retry_on))
         _check_options(self)
         # Not super(): slots dataclasses are rebuilt classes, so the zero-argument form
         # cannot find its cell on Python < 3.14.

@@ -36,13 +36,15 @@ def soft_time_limit(seconds: float | None) -> Iterator[None]:
             signal.signal(signal.SIGALRM, previous)
         return
     target = threading.get_ident()
-    done = threading.Event()
+    lock = threading.Lock()
+    state = {"done": False, "fired": False}
 
     def interrupt() -> None:
-        if not done.is_set():
-            ctypes.pythonapi.PyThreadState_SetAsyncExc(
-                ctypes.c_ulong(target), ctypes.py_object(SoftTimeLimitExceeded)
-            )
+        # Under the lock, so the exception is never set after the block has ended.
+        with lock:
+            if not state["done"]:
+                state["fired"] = True
+                _set_async_exc(target, SoftTimeLimitExceeded)
 
     timer = threading.Timer(seconds, interrupt)
     timer.daemon = True
@@ -50,5 +52,16 @@ def soft_time_limit(seconds: float | None) -> Iterator[None]:
     try:
         yield
     finally:
-        done.set()
         timer.cancel()
+        with lock:
+            state["done"] = True
+            if state["fired"]:
+                # Fired, but maybe not delivered yet (the thread was in a long C call):
+                # withdraw it, or it would strike the code that runs after the job.
+                _set_async_exc(target, None)
+
+
+def _set_async_exc(thread_id: int, exception: type[BaseException] | None) -> None:
+    ctypes.pythonapi.PyThreadState_SetAsyncExc(
+        ctypes.c_ulong(thread_id), ctypes.py_object(exception) if exception else None
+    )

@@ -29,10 +29,22 @@ import psycopg
 from django.tasks import TaskResultStatus, task_backends
 from django.tasks.base import TaskError
 from django.tasks.signals import task_finished
+from django.utils import timezone
 
 from . import __version__, dbconn, protocol, registry
 from .backend import JobsBackend, encode_json
-from .executor import FAILED, LOST, RECORDED, RELEASED, SNOOZED, SUCCEEDED, Outcome, execute
+from .executor import (
+    FAILED,
+    LOST,
+    RECORDED,
+    RELEASED,
+    SNOOZED,
+    SUCCEEDED,
+    Outcome,
+    error_record,
+    execute,
+    storable_text,
+)
 from .listener import Listener
 from .maintenance import Maintenance
 from .pool import ProcessPool, ThreadPool
@@ -132,6 +144,9 @@ class Worker:
         self._db_down_since: float | None = None
         self._next_heartbeat = 0.0
         self._in_flight = 0
+        #: Ids of jobs claimed and not yet recorded: what this worker really holds.
+        self._held: set[int] = set()
+        self._reconcile = False
         self._buffer: deque[tuple[float, Outcome]] = deque()
         self._avg_duration: float | None = None
         self._stopping = False
@@ -250,6 +265,13 @@ class Worker:
         return self.pool.size
 
     def _shutdown(self) -> None:
+        try:
+            self._drain()
+        finally:
+            self._close()
+
+    def _drain(self) -> None:
+        """Release what never started, let the rest finish (up to the grace), record all."""
         unstarted = self.pool.take_unstarted()
         for job in unstarted:
             self._buffer.append((time.monotonic(), Outcome(job, RELEASED)))
@@ -277,6 +299,8 @@ class Worker:
             self._flush(force=True)
             if self._buffer:
                 time.sleep(0.2)
+
+    def _close(self) -> None:
         self.pool.stop()
         if self.listener:
             self.listener.stop()
@@ -330,6 +354,19 @@ class Worker:
                     "Worker %s had been declared lost; registering again", self.worker_id
                 )
                 self._register()
+        if self._reconcile:
+            ok, orphans = self._db(
+                lambda cur: protocol.release_orphans(
+                    cur, worker_id=self.worker_id, held=self._held
+                )
+            )
+            if ok:
+                self._reconcile = False
+                if orphans:
+                    logger.warning(
+                        "Released %d job(s) claimed while the connection was failing: %s",
+                        len(orphans), orphans, extra={"action": "orphans_released"},
+                    )  # fmt: skip
         if self.maintenance.due():
             self._db(self.maintenance.tick)
 
@@ -402,6 +439,7 @@ class Worker:
         self.pool.note_demand(len(claimed) == limit)
         self.stats.claimed += len(claimed)
         self._in_flight += len(claimed)
+        self._held.update(job.id for job in claimed)
         for job in claimed:
             self.pool.submit(job)
         return claimed
@@ -421,38 +459,13 @@ class Worker:
         ):
             return
         outcomes = [outcome for _, outcome in self._buffer]
-        by_kind: dict[str, list[Outcome]] = {}
-        for outcome in outcomes:
-            by_kind.setdefault(outcome.kind, []).append(outcome)
-
-        def record(cur: psycopg.Cursor) -> tuple[dict, dict, set, set]:
-            done = protocol.complete(
-                cur,
-                [
-                    protocol.Success(o.job.id, o.job.attempts, o.return_json)
-                    for o in by_kind.get(SUCCEEDED, ())
-                ],
-            )
-            failed = protocol.fail(
-                cur,
-                [
-                    protocol.Failure(
-                        o.job.id, o.job.attempts, encode_json(o.error, "error"), o.delay
-                    )
-                    for o in by_kind.get(FAILED, ())
-                ],
-            )
-            snoozed = protocol.snooze(
-                cur,
-                [
-                    protocol.Snoozed(o.job.id, o.job.attempts, o.delay or 0.0)
-                    for o in by_kind.get(SNOOZED, ())
-                ],
-            )
-            released = protocol.release(cur, [o.job for o in by_kind.get(RELEASED, ())])
-            return done, failed, snoozed, released
-
-        ok, recorded = self._db(record)
+        try:
+            ok, recorded = self._db(lambda cur: _record(cur, outcomes))
+        except (psycopg.DatabaseError, TypeError, ValueError):
+            # Not an outage: the database refused a value. Record the rest one by one so
+            # one bad outcome cannot hold up (or crash) the others.
+            logger.exception("Could not record %d outcome(s) together", len(outcomes))
+            ok, recorded = self._record_one_by_one(outcomes)
         if not ok:
             return  # The database is away; keep the buffer and try again later.
         self._buffer.clear()
@@ -460,10 +473,41 @@ class Worker:
         for outcome in outcomes:
             self._report(outcome, done, failed, snoozed, released)
 
+    def _record_one_by_one(self, outcomes: list[Outcome]) -> tuple[bool, Any]:
+        merged: tuple[dict, dict, set, set] = ({}, {}, set(), set())
+        for outcome in outcomes:
+            try:
+                ok, part = self._db(lambda cur, o=outcome: _record(cur, [o]))
+            except (psycopg.DatabaseError, TypeError, ValueError) as exc:
+                failure = Outcome(
+                    outcome.job,
+                    FAILED,
+                    outcome.duration,
+                    error=error_record(
+                        None,
+                        outcome.job,
+                        self.worker_id,
+                        class_path="django_jobs.exceptions.OutcomeNotStored",
+                        message=storable_text(f"the outcome of this attempt was refused: {exc}"),
+                    ),
+                )
+                try:
+                    ok, part = self._db(lambda cur, o=failure: _record(cur, [o]))
+                except (psycopg.DatabaseError, TypeError, ValueError):
+                    logger.exception("Job %s: no outcome could be recorded", outcome.job.id)
+                    self._held.discard(outcome.job.id)
+                    continue
+            if not ok:
+                return False, None
+            for whole, piece in zip(merged, part, strict=True):
+                whole.update(piece)
+        return True, merged
+
     def _report(
         self, outcome: Outcome, done: dict, failed: dict, snoozed: set, released: set
     ) -> None:
         job_id = outcome.job.id
+        self._held.discard(job_id)
         finished_at = None
         if outcome.kind == RECORDED:
             self.stats.succeeded += 1
@@ -505,6 +549,8 @@ class Worker:
             row = {name: getattr(outcome.job, name) for name in JOB_COLUMNS}
             result = self.backend.result_from_row(row)
         object.__setattr__(result, "status", status)
+        if finished_at is None and status == TaskResultStatus.SUCCESSFUL:
+            finished_at = timezone.now()  # an atomic task recorded it in its own transaction
         object.__setattr__(result, "finished_at", finished_at)
         if outcome.succeeded and outcome.return_json is not None:
             object.__setattr__(result, "_return_value", json.loads(outcome.return_json))
@@ -547,7 +593,9 @@ class Worker:
                 str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__,
                 self._db_retry_at - now, extra={"action": "db_unavailable"},
             )  # fmt: skip
-            self._db_delay = min(self._db_delay * 2, 15.0)
+            # Capped well under WORKER_TIMEOUT, so a short outage never gets a live
+            # worker's jobs rescued (and run twice) just because we were backing off.
+            self._db_delay = min(self._db_delay * 2, 4.0)
             return False, None
         if self._db_down_since is not None:
             logger.warning(
@@ -556,4 +604,36 @@ class Worker:
             )  # fmt: skip
             self._db_down_since = None
             self._db_delay = 0.5
+            # A claim may have committed without its reply reaching us.
+            self._reconcile = True
         return True, value
+
+
+def _record(cur: psycopg.Cursor, outcomes: list[Outcome]) -> tuple[dict, dict, set, set]:
+    """Record a batch of outcomes: one fenced statement per kind."""
+    by_kind: dict[str, list[Outcome]] = {}
+    for outcome in outcomes:
+        by_kind.setdefault(outcome.kind, []).append(outcome)
+    done = protocol.complete(
+        cur,
+        [
+            protocol.Success(o.job.id, o.job.attempts, o.return_json)
+            for o in by_kind.get(SUCCEEDED, ())
+        ],
+    )
+    failed = protocol.fail(
+        cur,
+        [
+            protocol.Failure(o.job.id, o.job.attempts, encode_json(o.error, "error"), o.delay)
+            for o in by_kind.get(FAILED, ())
+        ],
+    )
+    snoozed = protocol.snooze(
+        cur,
+        [
+            protocol.Snoozed(o.job.id, o.job.attempts, o.delay or 0.0)
+            for o in by_kind.get(SNOOZED, ())
+        ],
+    )
+    released = protocol.release(cur, [o.job for o in by_kind.get(RELEASED, ())])
+    return done, failed, snoozed, released

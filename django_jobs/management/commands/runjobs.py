@@ -53,19 +53,20 @@ def _autoscale(text: str) -> tuple[int, int]:
     return low, high
 
 
-_UNITS = {"K": 1, "M": 1024, "G": 1024 * 1024}
+_UNITS = {"": 1, "K": 1, "KB": 1, "KIB": 1, "M": 1024, "MB": 1024, "MIB": 1024}
+_UNITS |= {"G": 1024 * 1024, "GB": 1024 * 1024, "GIB": 1024 * 1024}
 
 
 def _memory_kib(text: str) -> int:
     """A size in KiB (a plain number, as Celery takes it) or with a K, M or G suffix."""
-    cleaned = text.strip().upper().removesuffix("B").removesuffix("I")
-    unit = 1
-    if cleaned and cleaned[-1] in _UNITS:
-        unit = _UNITS[cleaned[-1]]
-        cleaned = cleaned[:-1]
+    cleaned = text.strip().upper()
+    number = cleaned.rstrip("KMGIB")
+    unit = cleaned[len(number) :].strip()
     try:
-        value = int(float(cleaned) * unit)
-    except ValueError:
+        if unit not in _UNITS:
+            raise ValueError(unit)
+        value = int(float(number) * _UNITS[unit])
+    except (ValueError, OverflowError):
         raise argparse.ArgumentTypeError(
             f"expected a size such as 204800 (KiB), 200M or 1G, got {text!r}"
         ) from None
@@ -94,8 +95,7 @@ class Command(BaseCommand):
         parser.add_argument(
             "--threads",
             type=_positive_int,
-            default=1,
-            help="Threads per child process, for I/O-bound jobs (default: %(default)s).",
+            help="Threads per child process, for I/O-bound jobs (default: 1).",
         )
         parser.add_argument(
             "--pool",
@@ -134,7 +134,7 @@ class Command(BaseCommand):
             "--reload",
             action="store_true",
             help="Restart when Python files change (development only: running jobs are "
-            "abandoned and rescued later).",
+            "stopped and put back in the queue).",
         )
         parser.add_argument(
             "--burst", action="store_true", help="Exit (status 0) once no job is runnable."
@@ -174,6 +174,14 @@ class Command(BaseCommand):
                 )
         if not queues and backend.queues:
             queues = sorted(backend.queues)
+        if options["autoscale"] and options["concurrency"]:
+            raise CommandError(
+                "--autoscale MIN,MAX sets the number of processes; drop --concurrency."
+            )
+        if options["pool"] == "threads" and options["threads"]:
+            raise CommandError(
+                "With --pool threads, --concurrency is the number of threads; drop --threads."
+            )
         process_only = ("autoscale", "max_jobs_per_child", "max_memory_per_child")
         if options["pool"] == "threads" and any(options[name] for name in process_only):
             raise CommandError(
@@ -185,7 +193,7 @@ class Command(BaseCommand):
             backend=alias,
             queues=queues,
             processes=processes if options["pool"] == "processes" else None,
-            threads=options["threads"] if options["pool"] == "processes" else processes,
+            threads=(options["threads"] or 1) if options["pool"] == "processes" else processes,
             burst=options["burst"],
             poll_interval=options["poll_interval"],
             listen=False if options["no_listen"] else None,
