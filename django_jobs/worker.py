@@ -152,7 +152,7 @@ class Worker:
         self._stopping = False
         self._aborting = False
         self._wake_pending = False
-        self._finished = threading.Event()
+        self._run_done = threading.Event()
         self.listener: Listener | None = None
 
     # ── lifecycle ────────────────────────────────────────────────────────────
@@ -184,12 +184,12 @@ class Worker:
             for signum, handler in previous_handlers.items():
                 signal.signal(signum, handler)
             atexit.unregister(self._stop_at_exit)
-            self._finished.set()
+            self._run_done.set()
 
     def _stop_at_exit(self) -> None:
-        if not self._finished.is_set():
+        if not self._run_done.is_set():
             self.stop(abort=True)
-            self._finished.wait(15)
+            self._run_done.wait(15)
 
     def stop(self, abort: bool = False) -> None:
         """Stop claiming and finish what is running (safe from any thread)."""
