@@ -358,17 +358,7 @@ class ProcessPool:
                 message = (
                     f"worker process {child.process.pid} exited with {how} while running this job"
                 )
-                logger.error("Job %s %s: %s", job.id, job.task_path, message)
-                error = error_record(
-                    None,
-                    job,
-                    self.worker_id,
-                    class_path=f"{WorkerProcessDied.__module__}.{WorkerProcessDied.__qualname__}",
-                    message=message,
-                )
-                task = registry.get(job.task_path)
-                delay = retry_delay(task, job, self.backend, None)
-                self._inbox.put(Outcome(job, FAILED, error=error, delay=delay))
+                self._fail_killed(job, WorkerProcessDied, message, time.monotonic() - started)
             child.assigned.clear()
         elif not child.ready and not self._stopping:
             # Died before it could serve (settings or import error): do not spin.
@@ -381,6 +371,21 @@ class ProcessPool:
             )  # fmt: skip
         if not self._stopping:
             self._top_up()
+
+    def _fail_killed(
+        self, job: ClaimedJob, kind: type[Exception], message: str, duration: float
+    ) -> None:
+        """Report a job whose process died under it; its retry policy decides what next."""
+        logger.error("Job %s %s: %s", job.id, job.task_path, message)
+        error = error_record(
+            None,
+            job,
+            self.worker_id,
+            class_path=f"{kind.__module__}.{kind.__qualname__}",
+            message=message,
+        )
+        delay = retry_delay(registry.get(job.task_path), job, self.backend, None)
+        self._inbox.put(Outcome(job, FAILED, duration=duration, error=error, delay=delay))
 
     def _top_up(self) -> None:
         live = [c for c in self._children if not c.stopping]
@@ -406,18 +411,7 @@ class ProcessPool:
                     f"the job ran past its hard time limit of {limit} s and worker process "
                     f"{child.process.pid} was killed"
                 )
-                logger.error("Job %s %s: %s", job.id, job.task_path, message)
-                error = error_record(
-                    None,
-                    job,
-                    self.worker_id,
-                    class_path=f"{TimeLimitExceeded.__module__}.{TimeLimitExceeded.__qualname__}",
-                    message=message,
-                )
-                delay = retry_delay(registry.get(job.task_path), job, self.backend, None)
-                self._inbox.put(
-                    Outcome(job, FAILED, duration=now - started, error=error, delay=delay)
-                )
+                self._fail_killed(job, TimeLimitExceeded, message, now - started)
             # Other jobs sharing the process did nothing wrong: they go back unharmed.
             self._kill(child, released=list(child.assigned), reason="hard time limit")
 

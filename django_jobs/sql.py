@@ -130,13 +130,18 @@ RETURNING j.id, j.state, j.finished_at
 
 # Hand claimed-but-unstarted jobs back (shutdown, or a prefetch the worker will not
 # run): READY again, and the claim is undone so no attempt is spent.
-RELEASE_MANY = """
-UPDATE django_jobs_job AS j
+# Undo a claim: back to READY, and the attempt, its worker entry and its times go too.
+_UNCLAIM = """
 SET state = 'READY',
     attempts = j.attempts - 1,
     worker_ids = j.worker_ids - (jsonb_array_length(j.worker_ids) - 1),
     started_at = CASE WHEN j.attempts = 1 THEN NULL ELSE j.started_at END,
     last_attempted_at = CASE WHEN j.attempts = 1 THEN NULL ELSE j.last_attempted_at END
+"""
+
+RELEASE_MANY = f"""
+UPDATE django_jobs_job AS j
+{_UNCLAIM}
 FROM unnest(%(ids)s::bigint[], %(attempts)s::int[]) AS o(id, attempt)
 WHERE j.id = o.id AND j.state = 'RUNNING' AND j.attempts = o.attempt
 RETURNING j.id
@@ -276,18 +281,10 @@ WHERE id IN (
 
 # After a reconnect: RUNNING rows under this worker's id that it does not hold (a claim
 # committed but its reply was lost with the connection) go back, no attempt spent.
-RELEASE_ORPHANS = """
+RELEASE_ORPHANS = f"""
 UPDATE django_jobs_job AS j
-SET state = 'READY',
-    attempts = j.attempts - 1,
-    worker_ids = j.worker_ids - (jsonb_array_length(j.worker_ids) - 1),
-    started_at = CASE WHEN j.attempts = 1 THEN NULL ELSE j.started_at END,
-    last_attempted_at = CASE WHEN j.attempts = 1 THEN NULL ELSE j.last_attempted_at END
+{_UNCLAIM}
 WHERE j.worker_id = %(worker_id)s AND j.state = 'RUNNING'
   AND NOT (j.id = ANY(%(held)s::bigint[]))
 RETURNING j.id
 """
-
-# ── schedules (scheduler.py, the admin's schedule actions) ──────────────────
-
-#: Columns the scheduler needs to fire a schedule, in this order.
