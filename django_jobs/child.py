@@ -13,9 +13,13 @@ import queue
 import signal
 import sys
 import threading
+import time
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from typing import Any
+
+#: A single-threaded child reports finished jobs at least this often (seconds).
+REPORT_EVERY = 0.002
 
 
 @dataclass(frozen=True)
@@ -91,8 +95,22 @@ def main(pipe: Connection, config: ChildConfig) -> None:
 
     def run(job: Any) -> None:
         outcome = execute(job, backend, config.worker_id)
-        send(("done", job.id, outcome.to_wire()))
+        send(("done", [(job.id, outcome.to_wire())]))
         after_job()
+
+    def run_batch(jobs: list) -> None:
+        # One thread: run in order, and report in small batches (at most a few ms late)
+        # so a burst of short jobs costs a handful of pipe messages, not one each.
+        finished: list = []
+        last_send = time.monotonic()
+        for job in jobs:
+            outcome = execute(job, backend, config.worker_id)
+            finished.append((job.id, outcome.to_wire()))
+            if time.monotonic() - last_send > REPORT_EVERY or job is jobs[-1]:
+                send(("done", finished))
+                finished = []
+                last_send = time.monotonic()
+            after_job()
 
     send(("ready", os.getpid()))
     work: queue.SimpleQueue = queue.SimpleQueue()
@@ -119,9 +137,10 @@ def main(pipe: Connection, config: ChildConfig) -> None:
                 return
             if message[0] == "run":
                 if threads:
-                    work.put(message[1])
+                    for job in message[1]:
+                        work.put(job)
                 else:
-                    run(message[1])
+                    run_batch(message[1])
     except (BrokenPipeError, EOFError):
         return
     finally:

@@ -243,14 +243,16 @@ class ProcessPool:
         for child in self._children:
             if not child.ready or child.retiring or child.stopping:
                 continue
+            batch = []
             while self._pending and len(child.assigned) < depth:
                 job = self._pending.popleft()
                 child.assigned[job.id] = [job, None, None]
-                try:
-                    child.pipe.send(("run", job))
-                except OSError:
-                    # The child just died; its sentinel will report the job.
-                    break
+                batch.append(job)
+            if batch:
+                # One message per child per round; a child that just died is reported by
+                # its sentinel, with these jobs.
+                with contextlib.suppress(OSError):
+                    child.pipe.send(("run", batch))
             self._mark_started(child)
         if self._pending and not self._stopping:
             # A job waits for a slot: the pool is saturated.
@@ -314,9 +316,11 @@ class ProcessPool:
                 return
             kind = message[0]
             if kind == "done":
-                entry = child.assigned.pop(message[1], None)
-                if entry is not None:
-                    outcome = Outcome.from_wire(entry[0], message[2])
+                for job_id, wire in message[1]:
+                    entry = child.assigned.pop(job_id, None)
+                    if entry is None:
+                        continue  # reported already (killed at a hard limit meanwhile)
+                    outcome = Outcome.from_wire(entry[0], wire)
                     self._inbox.put(outcome)
                     if self._avg_duration is None:
                         self._avg_duration = outcome.duration
