@@ -2,6 +2,10 @@
 
 Ids: django_jobs.E001 bad OPTIONS value, E002 unknown DATABASE alias, E003 not
 PostgreSQL (backend.py); W001 another app's ``runjobs`` command shadows ours (here).
+
+Schedules declared in ``OPTIONS["SCHEDULES"]`` (here): E010 malformed declaration,
+E011 bad cron expression or interval, E012 unknown time zone, E013 task not declared,
+E014 arguments not JSON or not fitting the task's signature, E015 other bad value.
 """
 
 from typing import Any
@@ -9,6 +13,7 @@ from typing import Any
 from django.apps import apps
 from django.core import checks
 from django.core.management import get_commands
+from django.tasks import task_backends
 
 
 @checks.register()
@@ -31,3 +36,51 @@ def check_runjobs_not_shadowed(
             id="django_jobs.W001",
         )
     ]
+
+
+@checks.register()
+def check_declared_schedules(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
+    from . import registry, scheduler, schedules_conf
+    from .backend import JobsBackend
+
+    messages: list[checks.CheckMessage] = []
+    for alias in task_backends:
+        try:
+            backend = task_backends[alias]
+        except Exception:  # noqa: S112 - a backend that cannot load is Django's check to report
+            continue
+        raw = backend.options.get("SCHEDULES") if isinstance(backend, JobsBackend) else None
+        if not isinstance(raw, dict) or not raw:
+            continue  # Absent, or not a dict (E001 says so).
+        where = f"TASKS[{alias!r}]['OPTIONS']['SCHEDULES']"
+        declared = schedules_conf.read(raw)
+        problems = list(declared.problems)
+        if declared.valid:
+            # Only now import the task modules: the checks of options come first.
+            registry.discover(tuple(backend.options.get("TASK_MODULES", ())))
+        for d in declared.valid:
+            task = registry.get(d.task_path)
+            if task is None:
+                problems.append(
+                    schedules_conf.Problem(
+                        d.name,
+                        "E013",
+                        f"task {d.task_path!r} is not a declared task (declare it with @task "
+                        "or @job in an installed app's tasks.py or a TASK_MODULES module).",
+                    )
+                )
+                continue
+            problem = scheduler.call_problem(task, d.args, d.kwargs)
+            if problem:
+                problems.append(schedules_conf.Problem(d.name, "E014", problem))
+        for p in problems:
+            subject = f"{where}[{p.name!r}]" if p.name is not None else where
+            messages.append(
+                checks.Error(
+                    f"{subject}: {p.message}",
+                    hint=f"Keys: {', '.join(schedules_conf.KEYS)}. See the periodic jobs "
+                    "how-to in the django_jobs docs.",
+                    id=f"django_jobs.{p.check_id}",
+                )
+            )
+    return messages

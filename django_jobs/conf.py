@@ -44,6 +44,9 @@ class JobsOptions:
     #: Extra modules the worker imports at start, for tasks declared outside an
     #: installed app's ``tasks`` module. Only tasks from imported modules can run.
     TASK_MODULES: tuple[str, ...] = field(default_factory=tuple)
+    #: Periodic schedules declared in code, by name (see ``schedules_conf.py``); each is
+    #: checked by the system checks django_jobs.E010-E015.
+    SCHEDULES: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any] | None) -> "JobsOptions":
@@ -112,4 +115,7 @@ def validate(raw: dict[str, Any]) -> list[str]:
     modules = raw.get("TASK_MODULES", ())
     if isinstance(modules, str) or not all(isinstance(m, str) for m in modules):
         problems.append(f"TASK_MODULES must be a list of dotted module paths, got {modules!r}")
+    schedules = raw.get("SCHEDULES", {})
+    if not isinstance(schedules, dict):
+        problems.append(f"SCHEDULES must be a dict of name -> schedule, got {schedules!r}")
     return problems

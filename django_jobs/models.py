@@ -122,3 +122,154 @@ class Lease(models.Model):
 
     def __str__(self) -> str:
         return f"{self.name} held by {self.holder}"
+
+
+class ScheduleSource(models.TextChoices):
+    ADMIN = "admin", "admin"
+    CODE = "code", "settings"
+    #: Was declared in settings and is not any more: disabled, kept for its history.
+    REMOVED = "removed", "removed from settings"
+
+
+class MisfirePolicy(models.TextChoices):
+    ONCE = "once", "run once now"
+    SKIP = "skip", "skip missed runs"
+    ALL = "all", "run each missed run (up to max catch-up)"
+
+
+class Schedule(models.Model):
+    """Enqueue a task on a cron expression or every N seconds; fired by the workers.
+
+    Rows come from the admin, or from ``TASKS[alias]["OPTIONS"]["SCHEDULES"]`` (written
+    when a worker starts). Timing and bookkeeping are changed by ``scheduler.py``
+    through the queue protocol.
+    """
+
+    name = models.CharField(max_length=200, unique=True)
+    source = models.CharField(
+        max_length=16,
+        choices=ScheduleSource.choices,
+        default=ScheduleSource.ADMIN,
+        db_default=ScheduleSource.ADMIN,
+        help_text="Where the schedule is declared. Settings own the fields they declare.",
+    )
+    backend = models.CharField(
+        max_length=255, default="default", help_text="TASKS alias the jobs are enqueued through."
+    )
+    task_path = models.CharField("task", max_length=255, help_text="A declared task.")
+    args = models.JSONField(default=list, blank=True, help_text="A JSON list.")
+    kwargs = models.JSONField(default=dict, blank=True, help_text="A JSON object.")
+    cron = models.CharField(
+        max_length=255,
+        blank=True,
+        default="",
+        help_text="Five fields (minute hour day-of-month month day-of-week) or @hourly, "
+        "@daily, @weekly, @monthly, @yearly, @midnight. Leave empty for an interval.",
+    )
+    interval_seconds = models.PositiveIntegerField(
+        null=True, blank=True, help_text="Run every this many seconds (instead of cron)."
+    )
+    timezone = models.CharField(
+        max_length=64, default="UTC", help_text="IANA name the cron fields are read in."
+    )
+    enabled = models.BooleanField(default=True)
+    queue_name = models.CharField(max_length=255, default="default")
+    priority = models.SmallIntegerField(default=0)
+    start_at = models.DateTimeField(null=True, blank=True, help_text="No runs before this.")
+    end_at = models.DateTimeField(null=True, blank=True, help_text="No runs after this.")
+    misfire_policy = models.CharField(
+        max_length=8,
+        choices=MisfirePolicy.choices,
+        default=MisfirePolicy.ONCE,
+        help_text="What to do with runs that fell due while no worker was up.",
+    )
+    max_catchup = models.PositiveIntegerField(
+        default=10, help_text="With 'run each missed run': at most this many, the newest."
+    )
+    next_run_at = models.DateTimeField(
+        null=True, blank=True, help_text="Next fire time; empty once the schedule has ended."
+    )
+    last_run_at = models.DateTimeField(null=True, blank=True)
+    # DB-level SET NULL: jobs are pruned with plain SQL, not through the ORM.
+    last_job = models.ForeignKey(
+        Job, null=True, blank=True, on_delete=models.DB_SET_NULL, related_name="+"
+    )
+    last_error = models.TextField(
+        blank=True, default="", help_text="Why the last fire failed; empty when healthy."
+    )
+    created_at = models.DateTimeField(db_default=Now())
+    updated_at = models.DateTimeField(db_default=Now())
+
+    class Meta:
+        ordering = ["name"]
+        permissions = [("run_schedule_now", "Can run schedules now")]
+        indexes = [
+            # The scheduler's tick: enabled schedules of one backend by due time.
+            models.Index(
+                fields=["backend", "next_run_at"],
+                name="django_jobs_schedule_due",
+                condition=models.Q(enabled=True),
+            ),
+        ]
+        constraints = [
+            models.CheckConstraint(
+                condition=(
+                    (~models.Q(cron="") & models.Q(interval_seconds__isnull=True))
+                    | (models.Q(cron="") & models.Q(interval_seconds__gte=1))
+                ),
+                name="django_jobs_schedule_cron_xor_interval",
+            ),
+            models.CheckConstraint(
+                condition=models.Q(source__in=ScheduleSource.values),
+                name="django_jobs_schedule_source_valid",
+            ),
+            models.CheckConstraint(
+                condition=models.Q(misfire_policy__in=MisfirePolicy.values),
+                name="django_jobs_schedule_misfire_valid",
+            ),
+            models.CheckConstraint(
+                condition=models.Q(max_catchup__gte=1),
+                name="django_jobs_schedule_catchup_min",
+                violation_error_message="Max catch-up must be at least 1.",
+            ),
+            models.CheckConstraint(
+                condition=models.Q(priority__gte=-100, priority__lte=100),
+                name="django_jobs_schedule_priority_range",
+                violation_error_message="Priority must be between -100 and 100.",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return self.name
+
+    @property
+    def is_broken(self) -> bool:
+        return bool(self.last_error)
+
+
+class ScheduleRun(models.Model):
+    """One fire of a schedule. unique(schedule, fire_at) makes each fire time enqueue once."""
+
+    id = models.BigAutoField(primary_key=True)
+    # The unique (schedule, fire_at) index serves lookups by schedule too.
+    schedule = models.ForeignKey(
+        Schedule, on_delete=models.DB_CASCADE, related_name="runs", db_index=False
+    )
+    fire_at = models.DateTimeField(help_text="The fire time this run is for.")
+    # Indexed (the default) so that pruning jobs finds the runs to clear quickly.
+    job = models.ForeignKey(
+        Job, null=True, blank=True, on_delete=models.DB_SET_NULL, related_name="+"
+    )
+    manual = models.BooleanField(default=False, help_text="Started with 'run now'.")
+    created_at = models.DateTimeField(db_default=Now())
+
+    class Meta:
+        ordering = ["-fire_at"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["schedule", "fire_at"], name="django_jobs_schedulerun_once"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.schedule_id} at {self.fire_at:%Y-%m-%d %H:%M:%S}"

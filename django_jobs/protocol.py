@@ -328,3 +328,165 @@ def release_orphans(cursor: Cursor, *, worker_id: str, held: Iterable[int]) -> l
     """Release RUNNING jobs claimed under ``worker_id`` that the worker does not hold."""
     cursor.execute(sql.RELEASE_ORPHANS, {"worker_id": worker_id, "held": list(held)})
     return [row[0] for row in cursor.fetchall()]
+
+
+# ── schedules ───────────────────────────────────────────────────────────────
+
+
+@dataclass(frozen=True, slots=True)
+class ScheduleRow:
+    """A schedule as the scheduler reads it (``sql.SCHEDULE_COLUMNS``), plus the DB time."""
+
+    id: int
+    name: str
+    backend: str
+    task_path: str
+    args: list[Any]
+    kwargs: dict[str, Any]
+    cron: str
+    interval_seconds: int | None
+    timezone: str
+    queue_name: str
+    priority: int
+    start_at: datetime | None
+    end_at: datetime | None
+    misfire_policy: str
+    max_catchup: int
+    next_run_at: datetime | None
+    #: The database's now() when the row was read (the transaction's start).
+    now: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class DeclaredSchedule:
+    """A schedule from settings, validated, ready to write."""
+
+    name: str
+    backend: str
+    task_path: str
+    args_json: str
+    kwargs_json: str
+    cron: str
+    interval_seconds: int | None
+    timezone: str
+    enabled: bool
+    queue_name: str
+    priority: int
+    start_at: datetime | None
+    end_at: datetime | None
+    misfire_policy: str
+    max_catchup: int
+    next_run_at: datetime | None
+
+
+def lock_due_schedules(cursor: Cursor, *, backend: str, limit: int) -> list[ScheduleRow]:
+    """Lock up to ``limit`` due, enabled schedules, skipping locked ones (in a transaction)."""
+    cursor.execute(sql.LOCK_DUE_SCHEDULES, {"backend": backend, "limit": limit})
+    return [_schedule_row(row) for row in cursor.fetchall()]
+
+
+def lock_schedule(cursor: Cursor, schedule_id: int) -> ScheduleRow | None:
+    """Lock one schedule (waiting for a tick that holds it); call in a transaction."""
+    cursor.execute(sql.SELECT_SCHEDULE, {"id": schedule_id})
+    row = cursor.fetchone()
+    return _schedule_row(row) if row else None
+
+
+def _schedule_row(row: Sequence[Any]) -> ScheduleRow:
+    values = list(row)
+    # Django's cursor hands jsonb over as text (its JSONField decodes); psycopg's decodes.
+    for n in (4, 5):
+        if isinstance(values[n], str):
+            values[n] = json.loads(values[n])
+    return ScheduleRow(*values)
+
+
+def next_schedule_due_in(cursor: Cursor, *, backend: str) -> float | None:
+    """Seconds until the backend's next schedule is due (<= 0: due now), None if none is."""
+    cursor.execute(sql.NEXT_SCHEDULE_DUE_IN, {"backend": backend})
+    row = cursor.fetchone()
+    return None if row is None else row[0]
+
+
+def database_now(cursor: Cursor) -> datetime:
+    """The database's clock: what decides when schedules are due."""
+    cursor.execute(sql.DATABASE_NOW)
+    return cursor.fetchone()[0]
+
+
+def insert_schedule_run(
+    cursor: Cursor, *, schedule_id: int, fire_at: datetime | None, manual: bool = False
+) -> tuple[int, datetime] | None:
+    """Claim fire time ``fire_at`` (None: now) of a schedule; None if it was already run."""
+    cursor.execute(
+        sql.INSERT_SCHEDULE_RUN,
+        {"schedule_id": schedule_id, "fire_at": fire_at, "manual": manual},
+    )
+    row = cursor.fetchone()
+    return None if row is None else (row[0], row[1])
+
+
+def set_schedule_run_job(cursor: Cursor, *, run_id: int, job_id: int) -> None:
+    cursor.execute(sql.SET_SCHEDULE_RUN_JOB, {"id": run_id, "job_id": job_id})
+
+
+def prune_schedule_runs(cursor: Cursor, *, schedule_id: int, keep: int) -> None:
+    """Forget all but the newest ``keep`` runs of a schedule."""
+    cursor.execute(sql.PRUNE_SCHEDULE_RUNS, {"schedule_id": schedule_id, "keep": keep})
+
+
+def mark_schedule_fired(cursor: Cursor, *, schedule_id: int, job_id: int) -> None:
+    """Record that a schedule enqueued ``job_id`` now, and that it is healthy."""
+    cursor.execute(sql.MARK_SCHEDULE_FIRED, {"id": schedule_id, "job_id": job_id})
+
+
+def advance_schedule(
+    cursor: Cursor, *, schedule_id: int, next_run_at: datetime | None, error: str | None = None
+) -> None:
+    """Set a schedule's next fire time, and its problem when ``error`` is given."""
+    cursor.execute(
+        sql.ADVANCE_SCHEDULE, {"id": schedule_id, "next_run_at": next_run_at, "error": error}
+    )
+
+
+def set_schedule_enabled(
+    cursor: Cursor, *, schedule_id: int, enabled: bool, next_run_at: datetime | None
+) -> None:
+    cursor.execute(
+        sql.SET_SCHEDULE_ENABLED,
+        {"id": schedule_id, "enabled": enabled, "next_run_at": next_run_at},
+    )
+
+
+def upsert_declared_schedule(cursor: Cursor, schedule: DeclaredSchedule) -> bool:
+    """Write a schedule declared in settings; return True if the row is new."""
+    cursor.execute(
+        sql.UPSERT_DECLARED_SCHEDULE,
+        {
+            "name": schedule.name,
+            "backend": schedule.backend,
+            "task_path": schedule.task_path,
+            "args": schedule.args_json,
+            "kwargs": schedule.kwargs_json,
+            "cron": schedule.cron,
+            "interval_seconds": schedule.interval_seconds,
+            "timezone": schedule.timezone,
+            "enabled": schedule.enabled,
+            "queue_name": schedule.queue_name,
+            "priority": schedule.priority,
+            "start_at": schedule.start_at,
+            "end_at": schedule.end_at,
+            "misfire_policy": schedule.misfire_policy,
+            "max_catchup": schedule.max_catchup,
+            "next_run_at": schedule.next_run_at,
+        },
+    )
+    return bool(cursor.fetchone()[1])
+
+
+def retire_undeclared_schedules(
+    cursor: Cursor, *, backend: str, names: Sequence[str]
+) -> list[str]:
+    """Disable settings schedules of ``backend`` not in ``names``; return their names."""
+    cursor.execute(sql.RETIRE_UNDECLARED_SCHEDULES, {"backend": backend, "names": list(names)})
+    return [row[0] for row in cursor.fetchall()]

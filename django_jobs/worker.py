@@ -49,6 +49,7 @@ from .listener import Listener
 from .maintenance import Maintenance
 from .pool import ProcessPool, ThreadPool
 from .protocol import ClaimedJob
+from .scheduler import Scheduler
 from .sql import JOB_COLUMNS
 
 logger = logging.getLogger("django_jobs.worker")
@@ -138,6 +139,7 @@ class Worker:
             worker_timeout=options.WORKER_TIMEOUT,
             retry_delay=options.RETRY_BASE_DELAY,
         )
+        self.scheduler = Scheduler(jobs_backend, self.worker_id)
         self._conn: psycopg.Connection | None = None
         self._db_retry_at = 0.0
         self._db_delay = 0.5
@@ -369,10 +371,15 @@ class Worker:
                     )  # fmt: skip
         if self.maintenance.due():
             self._db(self.maintenance.tick)
+        if self.scheduler.due():
+            self._db(self.scheduler.tick)
 
     def _time_to_timers(self) -> float:
         now = time.monotonic()
-        return max(0.0, min(self._next_heartbeat, self.maintenance.next_run) - now)
+        return max(
+            0.0,
+            min(self._next_heartbeat, self.maintenance.next_run, self.scheduler.next_run) - now,
+        )
 
     def _collect(self, timeout: float) -> None:
         """Move finished outcomes from the inbox to the buffer, waiting up to ``timeout``."""
