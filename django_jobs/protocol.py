@@ -490,3 +490,9 @@ def retire_undeclared_schedules(
     """Disable settings schedules of ``backend`` not in ``names``; return their names."""
     cursor.execute(sql.RETIRE_UNDECLARED_SCHEDULES, {"backend": backend, "names": list(names)})
     return [row[0] for row in cursor.fetchall()]
+
+
+def delete_jobs(cursor: Cursor, ids: Iterable[int]) -> list[int]:
+    """Delete jobs that are not running; return the ids deleted (running ones are kept)."""
+    cursor.execute(sql.DELETE_JOBS, {"ids": list(ids)})
+    return [row[0] for row in cursor.fetchall()]

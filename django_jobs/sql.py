@@ -444,3 +444,14 @@ SET source = 'removed', enabled = false, updated_at = now()
 WHERE backend = %(backend)s AND source = 'code' AND NOT (name = ANY(%(names)s::text[]))
 RETURNING name
 """
+
+
+# ── deleting jobs (admin and `jobs` command) ────────────────────────────────
+
+# A running job's worker still owns its row: the state test is inside the one DELETE,
+# so a job claimed between the operator's click and this statement is kept.
+DELETE_JOBS = """
+DELETE FROM django_jobs_job
+WHERE id = ANY(%(ids)s::bigint[]) AND state <> 'RUNNING'
+RETURNING id
+"""

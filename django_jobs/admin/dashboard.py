@@ -1,0 +1,57 @@
+"""The dashboard: queue depth, throughput charts, running jobs, failures and workers.
+
+Served by ``JobAdmin.get_urls`` at ``admin/django_jobs/job/dashboard/`` behind the admin
+login and the view permission on jobs. Every number comes from ``stats.py``, whose
+queries read partial indexes and recent windows only, so the page costs the same with
+five thousand or five million rows. ``?fragment=1`` returns just the numbers, which the
+page's script fetches to refresh itself.
+"""
+
+from typing import Any
+
+from django.http import HttpRequest, HttpResponse
+from django.template.response import TemplateResponse
+from django.utils import timezone
+
+from django_jobs import stats
+
+from .workers import is_stale
+
+
+def context(model_admin: Any) -> dict[str, Any]:
+    from .jobs import jobs_backends
+
+    queues = sorted({q for b in jobs_backends() for q in b.queues})
+    overview = stats.overview(queues=queues)
+    now = timezone.now()
+    workers = stats.workers()
+    for w in workers:
+        w.stale = is_stale(w, now)  # type: ignore[attr-defined]
+    return {
+        "overview": overview,
+        "totals": overview.totals,
+        "running_jobs": stats.running_jobs(),
+        "failures": stats.recent_failures(),
+        "workers": workers,
+        "live_workers": sum(1 for w in workers if not w.stale),  # type: ignore[attr-defined]
+        "now": now,
+    }
+
+
+def render(model_admin: Any, request: HttpRequest) -> HttpResponse:
+    data = context(model_admin)
+    if request.GET.get("fragment"):
+        return TemplateResponse(request, "admin/django_jobs/_dashboard_fragment.html", data)
+    return TemplateResponse(
+        request,
+        "admin/django_jobs/dashboard.html",
+        {
+            **model_admin.admin_site.each_context(request),
+            **data,
+            "title": "Jobs dashboard",
+            "opts": model_admin.opts,
+            "app_label": model_admin.opts.app_label,
+            "refresh_seconds": 10,
+            "media": model_admin.media,
+        },
+    )

@@ -1,0 +1,533 @@
+"""JobAdmin: the job table as an operations console.
+
+Rows are never edited by hand. Retry, cancel and run-now go through the queue protocol
+(via ``operations.py``), each behind its own permission, from the changelist (actions on
+a selection) and from a job's page (buttons). The changelist stays fast on millions of
+rows: no exact total count, large JSON columns deferred, filter choices that come from
+settings and the task registry instead of ``SELECT DISTINCT`` over the table.
+"""
+
+import json
+import re
+from datetime import timedelta
+from functools import lru_cache
+from typing import Any
+
+from django.conf import settings
+from django.contrib import admin, messages
+from django.contrib.admin import ActionLocation
+from django.contrib.admin.utils import unquote
+from django.core.exceptions import PermissionDenied
+from django.db.models import Q, QuerySet
+from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
+from django.shortcuts import get_object_or_404
+from django.tasks import task_backends
+from django.template.response import TemplateResponse
+from django.urls import path, reverse
+from django.utils import timezone
+from django.utils.dateparse import parse_datetime
+from django.utils.html import format_html
+from django.views.decorators.http import require_POST
+
+from django_jobs import operations, registry
+from django_jobs.backend import JobsBackend
+from django_jobs.models import Job
+from django_jobs.states import FINISHED_STATES, JobState
+
+from . import dashboard
+from .pagination import EstimatedCountPaginator
+
+#: Keys whose values the job page hides, unless ``DJANGO_JOBS["ADMIN_REDACT"]`` says else.
+DEFAULT_REDACT = r"password|passwd|token|secret|key|authorization|cookie"
+REDACTED = "********"
+_FINISHED = sorted(FINISHED_STATES)
+_DEFERRED = ("args", "kwargs", "return_value", "errors", "worker_ids")
+
+
+# ── filters: choices from configuration, never from a scan of the table ───────────
+
+
+def jobs_backends() -> list[JobsBackend]:
+    return [b for b in task_backends.all() if isinstance(b, JobsBackend)]
+
+
+class StateFilter(admin.SimpleListFilter):
+    title = "state"
+    parameter_name = "state__exact"
+
+    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
+        # BLOCKED has no index yet: on a big table, listing it would scan every row. It
+        # is offered once workflows (which create BLOCKED jobs) bring their index.
+        return [(s.value, s.label) for s in JobState if s != JobState.BLOCKED]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet) -> QuerySet:
+        return queryset.filter(state=self.value()) if self.value() else queryset
+
+
+class QueueFilter(admin.SimpleListFilter):
+    title = "queue"
+    parameter_name = "queue"
+
+    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
+        # The backends' QUEUES setting: a DISTINCT over millions of rows would be a scan.
+        names = {q for b in jobs_backends() for q in b.queues}
+        if self.value():
+            names.add(self.value())
+        return [(q, q) for q in sorted(names)]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet) -> QuerySet:
+        return queryset.filter(queue_name=self.value()) if self.value() else queryset
+
+
+class TaskFilter(admin.SimpleListFilter):
+    title = "task"
+    parameter_name = "task"
+
+    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
+        # The tasks declared in this process (the same registry the worker runs from).
+        for backend in jobs_backends():
+            registry.discover(backend.jobs_options.TASK_MODULES)
+        paths = set(registry.registered_paths())
+        if self.value():
+            paths.add(self.value())
+        return [(p, short_name(p)) for p in sorted(paths)]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet) -> QuerySet:
+        return queryset.filter(task_path=self.value()) if self.value() else queryset
+
+
+_RANGES = {
+    "1h": ("Last hour", timedelta(hours=1)),
+    "24h": ("Last 24 hours", timedelta(days=1)),
+    "7d": ("Last 7 days", timedelta(days=7)),
+    "30d": ("Last 30 days", timedelta(days=30)),
+}
+
+
+class _SinceFilter(admin.SimpleListFilter):
+    field = ""
+
+    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
+        return [(key, label) for key, (label, _) in _RANGES.items()]
+
+    def since(self) -> Any:
+        return timezone.now() - _RANGES[self.value()][1] if self.value() in _RANGES else None
+
+
+class FinishedFilter(_SinceFilter):
+    title = "finished"
+    parameter_name = "finished"
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet) -> QuerySet:
+        if self.since() is None:
+            return queryset
+        # The state condition is implied by finished_at being set, but spelled out so the
+        # planner can use the partial index on finished_at (a range scan, not a full one).
+        return queryset.filter(state__in=_FINISHED, finished_at__gte=self.since())
+
+
+class EnqueuedFilter(_SinceFilter):
+    title = "enqueued"
+    parameter_name = "enqueued"
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet) -> QuerySet:
+        # Newest first by id: recent windows are the head of the primary key's order.
+        return queryset.filter(enqueued_at__gte=self.since()) if self.since() else queryset
+
+
+# ── display helpers ──────────────────────────────────────────────────────────────
+
+
+def short_name(path: str) -> str:
+    return path.rsplit(".", 1)[-1]
+
+
+def format_duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    if seconds < 1:
+        return f"{seconds * 1000:.0f} ms"
+    if seconds < 120:
+        return f"{seconds:.1f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.1f} min"
+    if seconds < 172_800:
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds / 86400:.1f} d"
+
+
+def state_badge(state: str) -> str:
+    return format_html(
+        '<span class="jobs-badge jobs-badge-{}">{}</span>', state.lower(), JobState(state).label
+    )
+
+
+@lru_cache(maxsize=8)
+def _compile(pattern: str) -> re.Pattern[str]:
+    return re.compile(pattern, re.IGNORECASE)
+
+
+def redact_pattern() -> re.Pattern[str] | None:
+    """``DJANGO_JOBS["ADMIN_REDACT"]``: a regex of keys whose values are hidden ("" for none)."""
+    pattern = getattr(settings, "DJANGO_JOBS", {}).get("ADMIN_REDACT", DEFAULT_REDACT)
+    return _compile(pattern) if pattern else None
+
+
+def redact(value: Any, pattern: re.Pattern[str] | None) -> Any:
+    """Return ``value`` with the values of matching dict keys replaced, at any depth."""
+    if pattern is None:
+        return value
+    if isinstance(value, dict):
+        return {
+            k: REDACTED if pattern.search(str(k)) else redact(v, pattern) for k, v in value.items()
+        }
+    if isinstance(value, list):
+        return [redact(v, pattern) for v in value]
+    return value
+
+
+def pretty_json(value: Any) -> str:
+    text = json.dumps(redact(value, redact_pattern()), indent=2, ensure_ascii=False)
+    return format_html('<pre class="jobs-json">{}</pre>', text)
+
+
+def _datetime(value: Any) -> Any:
+    return parse_datetime(value) if isinstance(value, str) else value
+
+
+def attempts_of(job: Job) -> list[dict[str, Any]]:
+    """One entry per attempt, newest first: worker, times, outcome and error."""
+    errors = {e.get("attempt"): e for e in job.errors or [] if isinstance(e, dict)}
+    rows = []
+    for n in range(1, job.attempts + 1):
+        worker = job.worker_ids[n - 1] if n <= len(job.worker_ids or []) else ""
+        error = errors.get(n)
+        row: dict[str, Any] = {"number": n, "worker": worker, "error": error}
+        if error:
+            row["outcome"] = "failed"
+            row["ended_at"] = _datetime(error.get("failed_at"))
+        elif n == job.attempts:
+            row["outcome"] = {
+                JobState.RUNNING: "running",
+                JobState.SUCCESSFUL: "successful",
+            }.get(job.state, job.state.lower())
+            row["ended_at"] = job.finished_at
+        else:
+            row["outcome"] = "snoozed or released"
+        if n == 1:
+            row["started_at"] = job.started_at
+        if n == job.attempts:
+            row["started_at"] = job.last_attempted_at
+        rows.append(row)
+    return rows[::-1]
+
+
+# ── the admin ───────────────────────────────────────────────────────────────────
+
+# action name -> (permission suffix, operations function, label); the buttons and the
+# changelist actions are the same operations.
+OPERATIONS = {
+    "retry": ("retry", operations.retry, "Retry"),
+    "cancel": ("cancel", operations.cancel, "Cancel"),
+    "run_now": ("run_now", operations.run_now, "Run now"),
+}
+
+
+class JobAdmin(admin.ModelAdmin):
+    list_display = (
+        "id",
+        "status",
+        "task",
+        "queue_name",
+        "priority",
+        "attempts_display",
+        "enqueued_at",
+        "started_at",
+        "finished_at",
+        "duration",
+        "worker_id",
+    )
+    list_display_links = ("id", "task")
+    list_filter = (StateFilter, QueueFilter, TaskFilter, FinishedFilter, EnqueuedFilter)
+    search_fields = ("=id", "task_path")
+    search_help_text = "A job id, or part of a task's name (declared tasks only)."
+    ordering = ("-id",)
+    list_per_page = 50
+    # The exact total is a full scan on a big table; the paginator estimates instead.
+    show_full_result_count = False
+    paginator = EstimatedCountPaginator
+    actions = ("retry_jobs", "cancel_jobs", "run_jobs_now", "delete_jobs")
+    change_form_template = "admin/django_jobs/job/change_form.html"
+    fieldsets = (
+        (None, {"fields": ("status", "task_path", "queue_name", "priority", "backend")}),
+        (
+            "Timing",
+            {
+                "fields": (
+                    "enqueued_at",
+                    "run_after",
+                    "available_at",
+                    "started_at",
+                    "last_attempted_at",
+                    "finished_at",
+                    "duration",
+                )
+            },
+        ),
+        ("Call", {"fields": ("args_json", "kwargs_json", "return_value_json")}),
+        ("Attempts", {"fields": ("attempts_display", "worker_id", "attempts_table")}),
+    )
+
+    class Media:
+        css = {"all": ["django_jobs/admin.css"]}
+
+    # ── permissions ─────────────────────────────────────────────────────────
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        # A running job's row belongs to its worker until the attempt ends.
+        if obj is not None and obj.state == JobState.RUNNING:
+            return False
+        return super().has_delete_permission(request, obj)
+
+    def has_retry_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return request.user.has_perm("django_jobs.retry_job")
+
+    def has_cancel_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return request.user.has_perm("django_jobs.cancel_job")
+
+    def has_run_now_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return request.user.has_perm("django_jobs.run_job_now")
+
+    # ── the changelist ──────────────────────────────────────────────────────
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet:
+        qs = super().get_queryset(request)
+        # The JSON columns can be large; the list shows none of them.
+        if getattr(request, "resolver_match", None) and request.resolver_match.url_name == (
+            "django_jobs_job_changelist"
+        ):
+            qs = qs.defer(*_DEFERRED)
+        return qs
+
+    def get_search_results(
+        self, request: HttpRequest, queryset: QuerySet, search_term: str
+    ) -> tuple[QuerySet, bool]:
+        # Both lookups hit an index or a short list: the primary key, or the exact paths
+        # of declared tasks whose name contains the term (no LIKE '%…%' over the table).
+        term = search_term.strip().lstrip("#")
+        if not term:
+            return queryset, False
+        if term.isdigit():
+            return queryset.filter(pk=int(term)), False
+        needle = term.lower()
+        paths = [p for p in registry.registered_paths() if needle in p.lower()]
+        return queryset.filter(Q(task_path__in=paths) | Q(task_path=term)), False
+
+    def get_actions(
+        self, request: HttpRequest, action_location: Any = ActionLocation.CHANGE_LIST
+    ) -> dict[str, Any]:
+        actions = super().get_actions(request, action_location=action_location)
+        # Django's own delete_selected renders every selected row on its confirmation page
+        # (millions with "select all") and would delete running jobs; ours does neither.
+        actions.pop("delete_selected", None)
+        return actions
+
+    def changelist_view(self, request: HttpRequest, extra_context: Any = None) -> HttpResponse:
+        # An action the user may not run is refused outright (Django would only say
+        # "no action selected"), so a crafted POST cannot pass for a harmless one.
+        if request.method == "POST" and "index" in request.POST:
+            for name in request.POST.getlist("action"):
+                func = getattr(self, name, None)
+                allowed = getattr(func, "allowed_permissions", None)
+                if (
+                    name in self.actions
+                    and allowed
+                    and not all(getattr(self, f"has_{p}_permission")(request) for p in allowed)
+                ):
+                    raise PermissionDenied
+        extra_context = {**(extra_context or {}), "dashboard_url": self._dashboard_url()}
+        return super().changelist_view(request, extra_context)
+
+    @admin.display(description="status", ordering="state")
+    def status(self, job: Job) -> str:
+        return state_badge(job.state)
+
+    @admin.display(description="task", ordering="task_path")
+    def task(self, job: Job) -> str:
+        return format_html('<span title="{}">{}</span>', job.task_path, short_name(job.task_path))
+
+    @admin.display(description="attempts")
+    def attempts_display(self, job: Job) -> str:
+        return f"{job.attempts}/{job.max_attempts}"
+
+    @admin.display(description="duration")
+    def duration(self, job: Job) -> str:
+        if job.started_at is None:
+            return "-"
+        end = job.finished_at or (timezone.now() if job.state == JobState.RUNNING else None)
+        if end is None:
+            return "-"
+        return format_duration((end - job.started_at).total_seconds())
+
+    # ── the job's page ──────────────────────────────────────────────────────
+
+    def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> list[str]:
+        return [
+            *(f.name for f in Job._meta.fields),
+            "status",
+            "duration",
+            "attempts_display",
+            "args_json",
+            "kwargs_json",
+            "return_value_json",
+            "attempts_table",
+        ]
+
+    @admin.display(description="args")
+    def args_json(self, job: Job) -> str:
+        return pretty_json(job.args)
+
+    @admin.display(description="kwargs")
+    def kwargs_json(self, job: Job) -> str:
+        return pretty_json(job.kwargs)
+
+    @admin.display(description="return value")
+    def return_value_json(self, job: Job) -> str:
+        if job.state != JobState.SUCCESSFUL:
+            return "-"
+        return pretty_json(job.return_value)
+
+    @admin.display(description="history")
+    def attempts_table(self, job: Job) -> str:
+        from django.template.loader import render_to_string
+
+        return render_to_string(
+            "admin/django_jobs/job/_attempts.html", {"attempts": attempts_of(job), "job": job}
+        )
+
+    def change_view(
+        self, request: HttpRequest, object_id: str, form_url: str = "", extra_context: Any = None
+    ) -> HttpResponse:
+        job = self.get_object(request, unquote(object_id))
+        buttons = []
+        if job is not None:
+            buttons = self._buttons(request, job)
+        extra_context = {**(extra_context or {}), "job_buttons": buttons}
+        return super().change_view(request, object_id, form_url, extra_context)
+
+    def _buttons(self, request: HttpRequest, job: Job) -> list[dict[str, str]]:
+        """The operations this user may run on this job in its current state."""
+        applicable = {
+            "retry": job.state in (JobState.FAILED, JobState.CANCELLED),
+            "cancel": job.state in (JobState.READY, JobState.BLOCKED),
+            "run_now": job.state == JobState.READY and job.available_at > timezone.now(),
+        }
+        buttons = []
+        for name, (perm, _, label) in OPERATIONS.items():
+            if applicable[name] and getattr(self, f"has_{perm}_permission")(request, job):
+                url = reverse(f"admin:django_jobs_job_{name}", args=[job.pk])
+                buttons.append({"name": name, "label": label, "url": url})
+        return buttons
+
+    def get_urls(self) -> list[Any]:
+        wrap = self.admin_site.admin_view
+        urls = [
+            path("dashboard/", wrap(self.dashboard_view), name="django_jobs_job_dashboard"),
+            *(
+                path(
+                    f"<path:object_id>/{name.replace('_', '-')}/",
+                    wrap(require_POST(self._operation_view(name))),
+                    name=f"django_jobs_job_{name}",
+                )
+                for name in OPERATIONS
+            ),
+        ]
+        return urls + super().get_urls()
+
+    def _operation_view(self, name: str) -> Any:
+        perm, operation, _ = OPERATIONS[name]
+
+        def view(request: HttpRequest, object_id: str) -> HttpResponse:
+            if not getattr(self, f"has_{perm}_permission")(request):
+                raise PermissionDenied
+            job = get_object_or_404(self.get_queryset(request), pk=unquote(object_id))
+            self._report(request, operation([job.pk]))
+            return HttpResponseRedirect(reverse("admin:django_jobs_job_change", args=[job.pk]))
+
+        view.__name__ = f"{name}_view"
+        return view
+
+    def dashboard_view(self, request: HttpRequest) -> HttpResponse:
+        if not self.has_view_permission(request):
+            raise PermissionDenied
+        return dashboard.render(self, request)
+
+    def _dashboard_url(self) -> str:
+        return reverse("admin:django_jobs_job_dashboard", current_app=self.admin_site.name)
+
+    # ── actions ─────────────────────────────────────────────────────────────
+
+    def _selected_ids(self, queryset: QuerySet) -> list[int]:
+        # "Select all" may mean millions of rows: take ids only, and a bounded number.
+        return list(
+            queryset.order_by("-pk").values_list("pk", flat=True)[: operations.MAX_IDS + 1]
+        )
+
+    def _report(self, request: HttpRequest, report: operations.Report) -> None:
+        level = messages.SUCCESS if report.ok and not report.truncated else messages.WARNING
+        self.message_user(request, report.summary(), level)
+
+    @admin.action(permissions=["retry"], description="Retry selected failed or cancelled jobs")
+    def retry_jobs(self, request: HttpRequest, queryset: QuerySet) -> None:
+        self._report(request, operations.retry(self._selected_ids(queryset), queryset.db))
+
+    @admin.action(permissions=["cancel"], description="Cancel selected jobs that have not started")
+    def cancel_jobs(self, request: HttpRequest, queryset: QuerySet) -> None:
+        self._report(request, operations.cancel(self._selected_ids(queryset), queryset.db))
+
+    @admin.action(permissions=["run_now"], description="Run selected delayed jobs now")
+    def run_jobs_now(self, request: HttpRequest, queryset: QuerySet) -> None:
+        self._report(request, operations.run_now(self._selected_ids(queryset), queryset.db))
+
+    @admin.action(permissions=["delete"], description="Delete selected jobs")
+    def delete_jobs(self, request: HttpRequest, queryset: QuerySet) -> HttpResponse | None:
+        ids = self._selected_ids(queryset)
+        if request.POST.get("confirm") != "yes":
+            states = (
+                Job.objects.using(queryset.db)
+                .filter(pk__in=ids)
+                .values_list("state", flat=True)
+                .order_by()
+            )
+            counts: dict[str, int] = {}
+            for state in states:
+                counts[state] = counts.get(state, 0) + 1
+            return TemplateResponse(
+                request,
+                "admin/django_jobs/job/delete_jobs_confirmation.html",
+                {
+                    **self.admin_site.each_context(request),
+                    "title": "Delete jobs?",
+                    "opts": self.opts,
+                    "ids": ids[: operations.MAX_IDS],
+                    "counts": sorted(counts.items()),
+                    "running": counts.get(JobState.RUNNING, 0),
+                    "total": min(len(ids), operations.MAX_IDS),
+                },
+            )
+        self._report(request, operations.delete(ids, queryset.db))
+        return None
+
+    def delete_queryset(self, request: HttpRequest, queryset: QuerySet) -> None:
+        operations.delete(self._selected_ids(queryset), queryset.db)
+
+    def delete_model(self, request: HttpRequest, obj: Job) -> None:
+        report = operations.delete([obj.pk], obj._state.db)
+        if not report.ok:
+            raise PermissionDenied(report.summary())

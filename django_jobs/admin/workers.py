@@ -1,0 +1,104 @@
+"""WorkerAdmin: who is serving, since when, how recently heard from, and what it runs."""
+
+from datetime import timedelta
+from typing import Any
+
+from django.contrib import admin
+from django.db.models import Count, IntegerField, OuterRef, QuerySet, Subquery, Value
+from django.db.models.functions import Coalesce
+from django.http import HttpRequest
+from django.tasks import task_backends
+from django.utils import timezone
+from django.utils.html import format_html
+from django.utils.safestring import mark_safe
+
+from django_jobs.backend import JobsBackend
+from django_jobs.conf import JobsOptions
+from django_jobs.models import Job, Worker
+from django_jobs.states import JobState
+
+
+def worker_timeout(alias: str) -> float:
+    """The backend's WORKER_TIMEOUT: a worker silent this long is lost."""
+    try:
+        backend = task_backends[alias]
+    except Exception:  # a worker row of a backend no longer configured
+        return JobsOptions.WORKER_TIMEOUT
+    if isinstance(backend, JobsBackend):
+        return backend.jobs_options.WORKER_TIMEOUT
+    return JobsOptions.WORKER_TIMEOUT
+
+
+def is_stale(worker: Worker, now: Any = None) -> bool:
+    now = now or timezone.now()
+    return worker.last_heartbeat < now - timedelta(seconds=worker_timeout(worker.backend))
+
+
+def running_now() -> Subquery:
+    """Jobs a worker holds now: one probe of the partial index on RUNNING per worker."""
+    per_worker = (
+        Job.objects.filter(state=JobState.RUNNING, worker_id=OuterRef("id"))
+        .order_by()
+        .values("worker_id")
+        .annotate(n=Count("*"))
+        .values("n")
+    )
+    return Coalesce(Subquery(per_worker, output_field=IntegerField()), Value(0))
+
+
+class WorkerAdmin(admin.ModelAdmin):
+    list_display = (
+        "host",
+        "pid",
+        "queue_list",
+        "concurrency",
+        "started_at",
+        "last_heartbeat",
+        "heartbeat_age",
+        "running",
+        "health",
+        "backend",
+        "version",
+    )
+    list_filter = ("backend", "host")
+    search_fields = ("id", "host")
+    ordering = ("-started_at",)
+
+    class Media:
+        css = {"all": ["django_jobs/admin.css"]}
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet:
+        return super().get_queryset(request).annotate(running_jobs=running_now())
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        # The row is the worker's lease; deleting it would declare a live worker lost.
+        return False
+
+    @admin.display(description="queues")
+    def queue_list(self, worker: Worker) -> str:
+        return ", ".join(worker.queues) if worker.queues else "(all)"
+
+    @admin.display(description="heartbeat age")
+    def heartbeat_age(self, worker: Worker) -> str:
+        seconds = (timezone.now() - worker.last_heartbeat).total_seconds()
+        return f"{max(seconds, 0):.0f} s" if seconds < 120 else f"{seconds / 60:.0f} min"
+
+    @admin.display(description="running now", ordering="running_jobs")
+    def running(self, worker: Worker) -> int:
+        return getattr(worker, "running_jobs", 0)
+
+    @admin.display(description="health")
+    def health(self, worker: Worker) -> str:
+        if is_stale(worker):
+            return format_html(
+                '<span class="jobs-badge jobs-badge-failed" title="No heartbeat for longer '
+                'than WORKER_TIMEOUT ({} s): its jobs will be rescued">stale</span>',
+                f"{worker_timeout(worker.backend):g}",
+            )
+        return mark_safe('<span class="jobs-badge jobs-badge-successful">alive</span>')

@@ -1,0 +1,272 @@
+"""``manage.py jobs``: look at the queue and operate on jobs from a shell.
+
+    jobs status                      per-queue counts and the age of the oldest ready job
+    jobs list [--state S] [--queue Q] [--task T] [--since 1h] [--limit N]
+    jobs retry ID...                 re-queue failed or cancelled jobs
+    jobs cancel ID...                cancel jobs that have not started
+    jobs run-now ID...               make delayed jobs due now
+    jobs prune --older-than 7d [--state FAILED ...]
+
+``--json`` prints machine-readable output. Exit codes: 0 done, 1 some ids were skipped
+or not found, 2 usage error. The work is done by ``stats.py`` and ``operations.py``,
+the same functions the admin uses.
+"""
+
+import argparse
+import json
+import re
+from datetime import datetime, timedelta
+from typing import Any
+
+from django.core.management.base import BaseCommand, CommandError
+from django.db.models import QuerySet
+from django.utils import timezone
+from django.utils.dateparse import parse_datetime
+
+from django_jobs import operations, stats
+from django_jobs.models import Job
+from django_jobs.protocol import FINISHED
+from django_jobs.states import JobState
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|min|h|d|w)?\s*$", re.IGNORECASE)
+_UNIT_SECONDS = {"s": 1, "m": 60, "min": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def duration(text: str) -> float:
+    """``90``, ``90s``, ``15m``, ``12h``, ``7d`` or ``2w`` as seconds."""
+    match = _DURATION.match(text)
+    if not match:
+        raise argparse.ArgumentTypeError(
+            f"expected a duration such as 30s, 15m, 12h or 7d, got {text!r}"
+        )
+    return float(match[1]) * _UNIT_SECONDS[(match[2] or "s").lower()]
+
+
+def since(text: str) -> datetime:
+    """A duration ago (``1h``) or an ISO date/time (``2026-01-31``, ``2026-01-31T12:00``)."""
+    if _DURATION.match(text):
+        return timezone.now() - timedelta(seconds=duration(text))
+    value = parse_datetime(text) or parse_datetime(f"{text}T00:00")
+    if value is None:
+        raise argparse.ArgumentTypeError(
+            f"expected a duration (1h, 7d) or an ISO date/time, got {text!r}"
+        )
+    return value if timezone.is_aware(value) else timezone.make_aware(value)
+
+
+def state(text: str) -> str:
+    value = text.upper()
+    if value not in JobState.values:
+        raise argparse.ArgumentTypeError(
+            f"unknown state {text!r}; one of {', '.join(JobState.values)}"
+        )
+    return value
+
+
+def finished_state(text: str) -> str:
+    value = state(text)
+    if value not in FINISHED:
+        raise argparse.ArgumentTypeError(
+            f"prune deletes finished jobs only: {', '.join(FINISHED)}"
+        )
+    return value
+
+
+def job_id(text: str) -> int:
+    try:
+        value = int(text.lstrip("#"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a job id (a number), got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"job ids are positive, got {value}")
+    return value
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def list_jobs(
+    *,
+    states: list[str] | None = None,
+    queues: list[str] | None = None,
+    tasks: list[str] | None = None,
+    since: datetime | None = None,
+    limit: int = 50,
+) -> QuerySet:
+    """Newest jobs first, filtered as the admin's changelist filters."""
+    qs = Job.objects.defer("args", "kwargs", "return_value", "errors", "worker_ids")
+    if states:
+        qs = qs.filter(state__in=states)
+    if queues:
+        qs = qs.filter(queue_name__in=queues)
+    if tasks:
+        qs = qs.filter(task_path__in=tasks)
+    if since is not None:
+        qs = qs.filter(enqueued_at__gte=since)
+    return qs.order_by("-id")[:limit]
+
+
+def _job_dict(job: Job) -> dict[str, Any]:
+    def iso(value: datetime | None) -> str | None:
+        return value.isoformat() if value else None
+
+    return {
+        "id": job.pk,
+        "state": job.state,
+        "task": job.task_path,
+        "queue": job.queue_name,
+        "priority": job.priority,
+        "attempts": job.attempts,
+        "max_attempts": job.max_attempts,
+        "enqueued_at": iso(job.enqueued_at),
+        "started_at": iso(job.started_at),
+        "finished_at": iso(job.finished_at),
+        "worker_id": job.worker_id,
+    }
+
+
+def _age(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    return f"{seconds:.0f}s" if seconds < 120 else str(timedelta(seconds=round(seconds)))
+
+
+class Command(BaseCommand):
+    help = "Inspect and operate on django_jobs jobs: status, list, retry, cancel, run-now, prune."
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--json", action="store_true", help="Print JSON.")
+        sub = parser.add_subparsers(dest="subcommand", required=True, metavar="subcommand")
+        sub.add_parser("status", help="Per-queue counts by state and the oldest ready job's age.")
+
+        listing = sub.add_parser("list", help="List jobs, newest first.")
+        listing.add_argument("--state", type=state, action="append", dest="states")
+        listing.add_argument("--queue", action="append", dest="queues")
+        listing.add_argument("--task", action="append", dest="tasks", help="Dotted task path.")
+        listing.add_argument("--since", type=since, help="Enqueued since: 1h, 7d or a date.")
+        listing.add_argument("--limit", type=positive_int, default=50)
+
+        for name, text in (
+            ("retry", "Re-queue failed or cancelled jobs."),
+            ("cancel", "Cancel jobs that have not started."),
+            ("run-now", "Make delayed jobs due now."),
+        ):
+            op = sub.add_parser(name, help=text)
+            op.add_argument("ids", nargs="+", type=job_id, metavar="ID")
+
+        prune = sub.add_parser("prune", help="Delete finished jobs older than a cut-off.")
+        prune.add_argument("--older-than", type=duration, required=True, help="e.g. 7d, 12h.")
+        prune.add_argument("--state", type=finished_state, action="append", dest="states")
+
+        # `--json` is accepted after the subcommand too.
+        for p in sub.choices.values():
+            p.add_argument("--json", action="store_true", default=argparse.SUPPRESS)
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        name = options["subcommand"]
+        as_json = options["json"]
+        if name == "status":
+            self._status(as_json)
+        elif name == "list":
+            jobs = list_jobs(
+                states=options["states"],
+                queues=options["queues"],
+                tasks=options["tasks"],
+                since=options["since"],
+                limit=options["limit"],
+            )
+            self._list(jobs, as_json)
+        elif name == "prune":
+            deleted = operations.prune(options["older_than"], options["states"])
+            if as_json:
+                self._print({"deleted": deleted})
+            else:
+                self.stdout.write(f"{deleted} finished job{'s' if deleted != 1 else ''} deleted")
+        else:
+            operation = {
+                "retry": operations.retry,
+                "cancel": operations.cancel,
+                "run-now": operations.run_now,
+            }[name]
+            report = operation(options["ids"])
+            if as_json:
+                self._print(report.as_dict())
+            else:
+                self.stdout.write(report.summary())
+                for job, reason in sorted(report.skipped.items()):
+                    self.stdout.write(f"  #{job}: {reason}")
+            if not report.ok:
+                raise CommandError(f"{len(report.skipped)} job(s) skipped", returncode=1)
+
+    def _print(self, value: Any) -> None:
+        self.stdout.write(json.dumps(value, indent=2))
+
+    def _status(self, as_json: bool) -> None:
+        from django_jobs.admin.jobs import jobs_backends
+
+        queues = sorted({q for b in jobs_backends() for q in b.queues})
+        overview = stats.overview(queues=queues)
+        if as_json:
+            self._print(overview.as_dict())
+            return
+        header = (
+            "queue",
+            "ready",
+            "delayed",
+            "running",
+            "oldest ready",
+            "ok 24h",
+            "failed 24h",
+            "cancelled 24h",
+        )
+        rows = [
+            (
+                q.name,
+                q.runnable,
+                q.delayed,
+                q.running,
+                _age(q.oldest_runnable_age),
+                q.finished.get("SUCCESSFUL", 0),
+                q.finished.get("FAILED", 0),
+                q.finished.get("CANCELLED", 0),
+            )
+            for q in [*overview.queues, overview.totals]
+        ]
+        self._table(header, rows)
+        total = overview.estimated_total
+        self.stdout.write(
+            f"\nFinished counts cover the last 24 h. All history: about "
+            f"{total if total is not None else '?'} rows (planner estimate)."
+        )
+
+    def _list(self, jobs: list[Job], as_json: bool) -> None:
+        if as_json:
+            self._print([_job_dict(j) for j in jobs])
+            return
+        header = ("id", "state", "task", "queue", "attempts", "enqueued", "finished")
+        rows = [
+            (
+                j.pk,
+                j.state,
+                j.task_path,
+                j.queue_name,
+                f"{j.attempts}/{j.max_attempts}",
+                f"{j.enqueued_at:%Y-%m-%d %H:%M:%S}",
+                f"{j.finished_at:%Y-%m-%d %H:%M:%S}" if j.finished_at else "-",
+            )
+            for j in jobs
+        ]
+        self._table(header, rows)
+
+    def _table(self, header: tuple, rows: list[tuple]) -> None:
+        cells = [[str(c) for c in row] for row in [header, *rows]]
+        widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
+        for row in cells:
+            self.stdout.write("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)))
