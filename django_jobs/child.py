@@ -94,6 +94,10 @@ def main(pipe: Connection, config: ChildConfig) -> None:
             send(("retire", reason))
 
     def run(job: Any) -> None:
+        if retiring:
+            # Past a recycling limit: hand queued jobs back for another child to run.
+            send(("returned", [job.id]))
+            return
         outcome = execute(job, backend, config.worker_id)
         send(("done", [(job.id, outcome.to_wire())]))
         after_job()
@@ -103,7 +107,12 @@ def main(pipe: Connection, config: ChildConfig) -> None:
         # so a burst of short jobs costs a handful of pipe messages, not one each.
         finished: list = []
         last_send = time.monotonic()
-        for job in jobs:
+        for position, job in enumerate(jobs):
+            if retiring:
+                if finished:
+                    send(("done", finished))
+                send(("returned", [queued.id for queued in jobs[position:]]))
+                return
             outcome = execute(job, backend, config.worker_id)
             finished.append((job.id, outcome.to_wire()))
             if time.monotonic() - last_send > REPORT_EVERY or job is jobs[-1]:

@@ -331,6 +331,14 @@ class ProcessPool:
                     child.idle_since = time.monotonic()
                     if child.retiring:
                         self._send_stop(child)
+            elif kind == "returned":
+                # A retiring child gives back what it had not started: first in line again.
+                for job_id in reversed(message[1]):
+                    entry = child.assigned.pop(job_id, None)
+                    if entry is not None:
+                        self._pending.appendleft(entry[0])
+                if not child.assigned and child.retiring:
+                    self._send_stop(child)
             elif kind == "ready":
                 child.ready = True
                 self._spawn_failures = 0

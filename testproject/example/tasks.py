@@ -186,3 +186,17 @@ def atomic_superseded(context, key: str) -> str:
     finally:
         other.close()
     return key
+
+
+_HOARD: list[bytearray] = []
+
+
+@task
+def hoard_memory(megabytes: int) -> int:
+    """Keep ``megabytes`` allocated in this process (a leak); return the process id."""
+    import os
+
+    block = bytearray(megabytes * 1024 * 1024)
+    block[::4096] = b"x" * len(block[::4096])  # touch every page so it is resident
+    _HOARD.append(block)
+    return os.getpid()
