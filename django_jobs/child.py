@@ -65,6 +65,7 @@ def main(pipe: Connection, config: ChildConfig) -> None:
 
     from . import registry
     from .executor import execute
+    from .protocol import ClaimedJob
 
     backend = task_backends[config.backend]
     registry.discover(backend.jobs_options.TASK_MODULES)
@@ -145,11 +146,12 @@ def main(pipe: Connection, config: ChildConfig) -> None:
             if message[0] == "stop":
                 return
             if message[0] == "run":
+                jobs = [ClaimedJob(*fields) for fields in message[1]]
                 if threads:
-                    for job in message[1]:
+                    for job in jobs:
                         work.put(job)
                 else:
-                    run_batch(message[1])
+                    run_batch(jobs)
     except (BrokenPipeError, EOFError):
         return
     finally:

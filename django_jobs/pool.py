@@ -252,7 +252,7 @@ class ProcessPool:
                 # One message per child per round; a child that just died is reported by
                 # its sentinel, with these jobs.
                 with contextlib.suppress(OSError):
-                    child.pipe.send(("run", batch))
+                    child.pipe.send(("run", [job.to_wire() for job in batch]))
             self._mark_started(child)
         if self._pending and not self._stopping:
             # A job waits for a slot: the pool is saturated.

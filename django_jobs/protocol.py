@@ -10,6 +10,7 @@ import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from operator import attrgetter
 from typing import Any, Protocol
 
 from . import sql
@@ -57,6 +58,13 @@ class ClaimedJob:
     max_attempts: int
     worker_ids: list[str]
     errors: list[dict[str, Any]]
+
+    def to_wire(self) -> tuple:
+        """A plain tuple for a pipe: pickling a slots dataclass is several times slower."""
+        return _claimed_fields(self)
+
+
+_claimed_fields = attrgetter(*sql.JOB_COLUMNS)
 
 
 @dataclass(frozen=True, slots=True)
