@@ -24,6 +24,7 @@ from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
 from django_jobs import operations, stats
+from django_jobs.management.arguments import positive_int
 from django_jobs.models import Job
 from django_jobs.protocol import FINISHED
 from django_jobs.states import JobState
@@ -79,16 +80,6 @@ def job_id(text: str) -> int:
         raise argparse.ArgumentTypeError(f"expected a job id (a number), got {text!r}") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"job ids are positive, got {value}")
-    return value
-
-
-def positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
     return value
 
 

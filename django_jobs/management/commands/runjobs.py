@@ -10,18 +10,9 @@ from django.tasks import task_backends
 from django.tasks.exceptions import InvalidTaskBackend
 
 from django_jobs.backend import JobsBackend
+from django_jobs.management.arguments import positive_int
 from django_jobs.pool import default_processes
 from django_jobs.worker import Worker
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
 
 
 def _positive_float(text: str) -> float:
@@ -89,12 +80,12 @@ class Command(BaseCommand):
         )
         parser.add_argument(
             "--concurrency",
-            type=_positive_int,
+            type=positive_int,
             help="Child processes that run jobs (default: the number of CPUs).",
         )
         parser.add_argument(
             "--threads",
-            type=_positive_int,
+            type=positive_int,
             help="Threads per child process, for I/O-bound jobs (default: 1).",
         )
         parser.add_argument(
@@ -113,7 +104,7 @@ class Command(BaseCommand):
         )
         parser.add_argument(
             "--max-jobs-per-child",
-            type=_positive_int,
+            type=positive_int,
             help="Replace a child process after it has run this many jobs.",
         )
         parser.add_argument(
