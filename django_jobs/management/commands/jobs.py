@@ -232,10 +232,12 @@ class Command(BaseCommand):
         ]
         self._table(header, rows)
         total = overview.estimated_total
-        self.stdout.write(
-            f"\nFinished counts cover the last 24 h. All history: about "
-            f"{total if total is not None else '?'} rows (planner estimate)."
+        history = (
+            f"about {total} rows (planner estimate)"
+            if total is not None
+            else "not estimated yet (the table has not been analysed)"
         )
+        self.stdout.write(f"\nFinished counts cover the last 24 h. All history: {history}.")
 
     def _list(self, jobs: list[Job], as_json: bool) -> None:
         if as_json:
