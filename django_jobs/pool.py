@@ -1,7 +1,8 @@
 """Where claimed jobs run: threads in this process, or a pool of child processes.
 
-Both pools take jobs with ``submit()`` and put an ``Outcome`` for each on the inbox
-they were given; the worker loop never needs to know which one it drives.
+Both pools take jobs with ``submit()`` (a claimed batch at once) and put an
+``Outcome`` for each on the inbox they were given; the worker loop never needs to know
+which one it drives.
 ``ProcessPool`` is the production pool (prefork, as Celery): a crash, a leak or a
 hard time limit costs one child process, never the worker.
 """
@@ -54,8 +55,9 @@ class ThreadPool:
         for thread in self._threads:
             thread.start()
 
-    def submit(self, job: ClaimedJob) -> None:
-        self._work.put(job)
+    def submit(self, jobs: list[ClaimedJob]) -> None:
+        for job in jobs:
+            self._work.put(job)
 
     def note_demand(self, more_waiting: bool) -> None:
         pass
@@ -175,9 +177,10 @@ class ProcessPool:
                 self._spawn()
         self._reader.start()
 
-    def submit(self, job: ClaimedJob) -> None:
+    def submit(self, jobs: list[ClaimedJob]) -> None:
+        # The whole claim at once: one pipe message per child, not one per job.
         with self._lock:
-            self._pending.append(job)
+            self._pending.extend(jobs)
             self._dispatch()
 
     def note_demand(self, more_waiting: bool) -> None:

@@ -10,7 +10,7 @@ import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from operator import attrgetter
+from operator import attrgetter, itemgetter
 from typing import Any, Protocol
 
 from . import sql
@@ -65,6 +65,21 @@ class ClaimedJob:
 
 
 _claimed_fields = attrgetter(*sql.JOB_COLUMNS)
+# Where each of ClaimedJob's fields sits in (plain columns..., *parsed JSON columns).
+_PLAIN_COUNT = len(sql.JOB_COLUMNS) - len(sql.JSON_COLUMNS)
+_FIELD_ORDER = itemgetter(
+    *(
+        _PLAIN_COUNT + sql.JSON_COLUMNS.index(c)
+        if c in sql.JSON_COLUMNS
+        else [p for p in sql.JOB_COLUMNS if p not in sql.JSON_COLUMNS].index(c)
+        for c in sql.JOB_COLUMNS
+    )
+)
+
+
+def _claimed_job(row: tuple) -> ClaimedJob:
+    """A claim's row: the plain columns, then the JSON ones as one array's text."""
+    return ClaimedJob(*_FIELD_ORDER((*row[:-1], *json.loads(row[-1]))))
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,7 +156,7 @@ def claim(
         cursor.execute(sql.CLAIM_ANY_QUEUE, params)
     else:
         cursor.execute(sql.CLAIM, {**params, "queues": list(queues)})
-    jobs = [ClaimedJob(*row) for row in cursor.fetchall()]
+    jobs = [_claimed_job(row) for row in cursor.fetchall()]
     # RETURNING does not keep the sub-select's order.
     jobs.sort(key=lambda j: (-j.priority, j.available_at, j.id))
     return jobs

@@ -447,8 +447,7 @@ class Worker:
         self.stats.claimed += len(claimed)
         self._in_flight += len(claimed)
         self._held.update(job.id for job in claimed)
-        for job in claimed:
-            self.pool.submit(job)
+        self.pool.submit(claimed)
         return claimed
 
     def _execute(self, job: ClaimedJob) -> Outcome:

@@ -89,5 +89,10 @@ LOGGING = {
     "handlers": {"console": {"class": "logging.StreamHandler"}},
     "loggers": {
         "django_jobs": {"handlers": ["console"], "level": env.str("JOBS_LOG_LEVEL", "INFO")},
+        # Django logs every task start and finish at INFO ("Task id=… state=…"), which our
+        # worker's own lines already say with the duration. Left at INFO, each record is
+        # built and then dropped by the handlers' filters: a measurable share of a short
+        # job's cost (docs/performance.md).
+        "django.tasks": {"level": env.str("DJANGO_TASKS_LOG_LEVEL", "WARNING")},
     },
 }

@@ -88,7 +88,7 @@ def test_claim_uses_the_partial_index_with_a_large_history(conn):
         )
         cur.execute("ANALYZE django_jobs_job")
     tasks.add.enqueue_many([((n, n), {}) for n in range(10)])
-    inner = sql.CLAIM.split("WHERE j.id IN (")[1].rsplit(")", 1)[0]
+    inner = sql.CLAIM.split("WHERE j.id IN (")[1].split("\n)\nRETURNING")[0]
     with conn.cursor() as cur:
         cur.execute(
             "EXPLAIN (FORMAT JSON) " + inner,
