@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
+from django.core.exceptions import EmptyResultSet
 from django.db import connections
 from django.db.models import QuerySet
 from django.utils import timezone
@@ -74,8 +75,14 @@ def estimated_total(using: str | None = None) -> int | None:
 
 
 def estimated_count(queryset: QuerySet) -> int:
-    """Return the planner's estimate of how many rows ``queryset`` yields, without running it."""
-    sql, params = queryset.order_by().values("pk").query.sql_with_params()
+    """Return the planner's estimate of how many rows ``queryset`` yields, without running it.
+
+    A queryset that can match nothing (``.none()``, an id past bigint) has no SQL: 0.
+    """
+    try:
+        sql, params = queryset.order_by().values("pk").query.sql_with_params()
+    except EmptyResultSet:
+        return 0
     with connections[queryset.db].cursor() as cur:
         cur.execute(f"EXPLAIN (FORMAT JSON) {sql}", params)
         plan = cur.fetchone()[0]

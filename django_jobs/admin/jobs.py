@@ -19,8 +19,7 @@ from django.contrib.admin import ActionLocation
 from django.contrib.admin.utils import unquote
 from django.core.exceptions import PermissionDenied
 from django.db.models import Q, QuerySet
-from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
-from django.shortcuts import get_object_or_404
+from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect
 from django.tasks import task_backends
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
@@ -40,6 +39,8 @@ from .pagination import EstimatedCountPaginator
 #: Keys whose values the job page hides, unless ``DJANGO_JOBS["ADMIN_REDACT"]`` says else.
 DEFAULT_REDACT = r"password|passwd|token|secret|key|authorization|cookie"
 REDACTED = "********"
+#: The largest id a job can have (bigint); a larger "id" names no job.
+MAX_JOB_ID = 2**63 - 1
 _FINISHED = sorted(FINISHED_STATES)
 _DEFERRED = ("args", "kwargs", "return_value", "errors", "worker_ids")
 
@@ -323,8 +324,12 @@ class JobAdmin(admin.ModelAdmin):
         term = search_term.strip().lstrip("#")
         if not term:
             return queryset, False
-        if term.isdigit():
-            return queryset.filter(pk=int(term)), False
+        # isascii(): "²" and other Unicode digits pass isdigit() but are no job id.
+        if term.isascii() and term.isdigit():
+            job_id = int(term)
+            if job_id > MAX_JOB_ID:  # past bigint: no such job (and no query to run)
+                return queryset.none(), False
+            return queryset.filter(pk=job_id), False
         needle = term.lower()
         paths = [p for p in registry.registered_paths() if needle in p.lower()]
         return queryset.filter(Q(task_path__in=paths) | Q(task_path=term)), False
@@ -456,7 +461,10 @@ class JobAdmin(admin.ModelAdmin):
         def view(request: HttpRequest, object_id: str) -> HttpResponse:
             if not getattr(self, f"has_{perm}_permission")(request):
                 raise PermissionDenied
-            job = get_object_or_404(self.get_queryset(request), pk=unquote(object_id))
+            # get_object() answers None for an id that is no number ("abc") or past bigint.
+            job = self.get_object(request, unquote(object_id))
+            if job is None:
+                raise Http404(f"No job with id {object_id!r}.")
             self._report(request, operation([job.pk]))
             return HttpResponseRedirect(reverse("admin:django_jobs_job_change", args=[job.pk]))
 

@@ -11,6 +11,7 @@ rows; past the timeout the estimate stands.
 
 from functools import cached_property
 
+from django.core.exceptions import EmptyResultSet
 from django.core.paginator import Paginator
 from django.db import OperationalError, connections, transaction
 from django.db.models import QuerySet
@@ -55,7 +56,10 @@ class EstimatedCountPaginator(Paginator):
         """Count up to ``exact_below + 1`` rows, or None when it takes too long."""
         connection = connections[queryset.db]
         bounded = queryset.order_by().values("pk")[: self.exact_below + 1]
-        sql, params = bounded.query.sql_with_params()
+        try:
+            sql, params = bounded.query.sql_with_params()
+        except EmptyResultSet:  # it can match nothing (an id past bigint, say)
+            return 0
         try:
             # A savepoint (or a transaction in autocommit) scopes SET LOCAL, and rolls
             # it back with the cancelled statement.

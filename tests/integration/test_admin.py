@@ -304,3 +304,27 @@ def test_dashboard_queries_read_indexes_not_the_whole_table():
             cur.execute(f"EXPLAIN {query}", params)
             plan = "\n".join(row[0] for row in cur.fetchall())
             assert "Seq Scan" not in plan, plan
+
+
+# ── odd input gets a page, not a 500 ─────────────────────────────────────────
+
+
+@pytest.mark.parametrize("term", ["²", "٣", "99999999999999999999", "#99999999999999999999"])
+def test_search_for_odd_numbers_finds_nothing_instead_of_failing(admin_client, term):
+    job("FAILED")
+    response = admin_client.get(reverse(CHANGELIST), {"q": term})
+    assert response.status_code == 200
+    assert response.context["cl"].result_count == 0
+
+
+def test_estimated_count_of_an_empty_query_is_zero():
+    assert stats.estimated_count(Job.objects.none()) == 0
+    assert stats.estimated_count(Job.objects.filter(pk=99999999999999999999)) == 0
+    assert EstimatedCountPaginator(Job.objects.none().order_by("-id"), 10).count == 0
+
+
+@pytest.mark.parametrize("operation", ["retry", "cancel", "run_now"])
+def test_an_operation_on_a_job_id_that_is_not_a_number_is_404(admin_client, operation):
+    for object_id in ("abc", "99999999999999999999"):
+        url = reverse(f"admin:django_jobs_job_{operation}", args=[object_id])
+        assert admin_client.post(url).status_code == 404
