@@ -4,8 +4,10 @@ The task is chosen from the declared tasks (never typed as an import path), the
 arguments are checked against its signature, and the next five fire times are shown
 for the expression and time zone, live while editing (``schedule_preview.js`` calls
 :meth:`ScheduleAdmin.preview_view`). Schedules declared in settings are read-only
-here except for their on/off switch. "Run now" and enable/disable go through
-``scheduler.py``; broken schedules (``last_error``) are flagged in the changelist.
+here except for their on/off switch. Arguments shown read-only (schedules from
+settings, staff who may only view) have their secrets hidden, as on a job's page.
+"Run now" and enable/disable go through ``scheduler.py``; broken schedules
+(``last_error``) are flagged in the changelist.
 
 Registered here, and imported by ``django_jobs.admin``.
 """
@@ -23,6 +25,7 @@ from django.urls import NoReverseMatch, path, reverse
 from django.utils.html import format_html, format_html_join
 
 from . import cron, registry, scheduler
+from .admin.redaction import pretty_json
 from .backend import JobsBackend
 from .models import Schedule, ScheduleSource
 
@@ -213,13 +216,26 @@ class ScheduleAdmin(admin.ModelAdmin):
             kwargs["form"] = DeclaredScheduleForm
         return super().get_form(request, obj, change, **kwargs)
 
+    def _redacted(self, request: HttpRequest, obj: Schedule | None) -> bool:
+        """Show the arguments read-only with secrets hidden, rather than as editable JSON.
+
+        Staff who may change an admin schedule see and edit the real values (they could
+        overwrite them anyway, and a masked value must not be saved back over the real
+        one). Everyone else, and every schedule declared in settings, sees them redacted.
+        """
+        if obj is None:
+            return False  # the add form: there is nothing to hide yet
+        return self._declared(obj) or not self.has_change_permission(request, obj)
+
     def get_fieldsets(self, request: HttpRequest, obj: Any = None) -> list:
+        if self._redacted(request, obj):
+            what = ("name", "task_path", "args_redacted", "kwargs_redacted", "enabled")
+        else:
+            what = ("name", "task_path", "args", "kwargs", "enabled")
         if self._declared(obj):
             timing = ("timing", "timezone", "start_at", "end_at", "upcoming")
-            what = ("name", "task_path", "args", "kwargs", "enabled")
         else:
             timing = _TIMING
-            what = ("name", "task_path", "args", "kwargs", "enabled")
         return [
             (None, {"fields": what}),
             ("When", {"fields": timing}),
@@ -282,6 +298,14 @@ class ScheduleAdmin(admin.ModelAdmin):
         else:
             text = f"every {obj.interval_seconds} s"
         return text if obj.timezone == "UTC" else f"{text}, {obj.timezone}"
+
+    @admin.display(description="args")
+    def args_redacted(self, obj: Schedule) -> str:
+        return pretty_json(obj.args)
+
+    @admin.display(description="kwargs")
+    def kwargs_redacted(self, obj: Schedule) -> str:
+        return pretty_json(obj.kwargs)
 
     @admin.display(description="last run")
     def last_run(self, obj: Schedule) -> str:

@@ -7,13 +7,9 @@ rows: no exact total count, large JSON columns deferred, filter choices that com
 settings and the task registry instead of ``SELECT DISTINCT`` over the table.
 """
 
-import json
-import re
 from datetime import timedelta
-from functools import lru_cache
 from typing import Any
 
-from django.conf import settings
 from django.contrib import admin, messages
 from django.contrib.admin import ActionLocation
 from django.contrib.admin.utils import unquote
@@ -35,10 +31,8 @@ from django_jobs.states import FINISHED_STATES, JobState
 
 from . import dashboard
 from .pagination import EstimatedCountPaginator
+from .redaction import pretty_json
 
-#: Keys whose values the job page hides, unless ``DJANGO_JOBS["ADMIN_REDACT"]`` says else.
-DEFAULT_REDACT = r"password|passwd|token|secret|key|authorization|cookie"
-REDACTED = "********"
 #: The largest id a job can have (bigint); a larger "id" names no job.
 MAX_JOB_ID = 2**63 - 1
 _FINISHED = sorted(FINISHED_STATES)
@@ -161,35 +155,6 @@ def state_badge(state: str) -> str:
     return format_html(
         '<span class="jobs-badge jobs-badge-{}">{}</span>', state.lower(), JobState(state).label
     )
-
-
-@lru_cache(maxsize=8)
-def _compile(pattern: str) -> re.Pattern[str]:
-    return re.compile(pattern, re.IGNORECASE)
-
-
-def redact_pattern() -> re.Pattern[str] | None:
-    """``DJANGO_JOBS["ADMIN_REDACT"]``: a regex of keys whose values are hidden ("" for none)."""
-    pattern = getattr(settings, "DJANGO_JOBS", {}).get("ADMIN_REDACT", DEFAULT_REDACT)
-    return _compile(pattern) if pattern else None
-
-
-def redact(value: Any, pattern: re.Pattern[str] | None) -> Any:
-    """Return ``value`` with the values of matching dict keys replaced, at any depth."""
-    if pattern is None:
-        return value
-    if isinstance(value, dict):
-        return {
-            k: REDACTED if pattern.search(str(k)) else redact(v, pattern) for k, v in value.items()
-        }
-    if isinstance(value, list):
-        return [redact(v, pattern) for v in value]
-    return value
-
-
-def pretty_json(value: Any) -> str:
-    text = json.dumps(redact(value, redact_pattern()), indent=2, ensure_ascii=False)
-    return format_html('<pre class="jobs-json">{}</pre>', text)
 
 
 def _datetime(value: Any) -> Any:

@@ -237,3 +237,53 @@ def test_bulk_delete_refuses_schedules_still_declared_in_settings(admin_client):
     assert Schedule.objects.count() == 3  # Django refuses the whole selection
     delete(mine, leftover)
     assert list(Schedule.objects.values_list("name", flat=True)) == ["declared"]
+
+
+# ── secrets in a schedule's arguments ───────────────────────────────────────
+
+SECRETS = {
+    "password": "hunter2",
+    "nested": {"API_KEY": "k-123", "list": [{"dsn": "postgres://u:pw@db/x"}]},
+    "Authorization": "Bearer abc",
+    "user_id": 7,
+}
+HIDDEN = ("hunter2", "k-123", "postgres://u:pw@db/x", "Bearer abc")
+
+
+def test_view_only_staff_see_a_schedules_arguments_redacted(client):
+    schedule = make(name="with-secrets", args=[], kwargs=SECRETS)
+    user = User.objects.create_user("viewer", password="pw", is_staff=True)
+    user.user_permissions.add(Permission.objects.get(codename="view_schedule"))
+    client.force_login(user)
+    page = client.get(reverse("admin:django_jobs_schedule_change", args=[schedule.pk]))
+    assert page.status_code == 200
+    html = page.content.decode()
+    for secret in HIDDEN:
+        assert secret not in html
+    assert "********" in html
+    assert "&quot;user_id&quot;: 7" in html
+
+
+def test_settings_schedules_show_their_arguments_redacted(admin_client):
+    schedule = make(
+        name="declared", source="code", cron="@daily", interval_seconds=None, kwargs=SECRETS
+    )
+    html = admin_client.get(
+        reverse("admin:django_jobs_schedule_change", args=[schedule.pk])
+    ).content.decode()
+    for secret in HIDDEN:
+        assert secret not in html
+    assert "********" in html
+
+
+def test_staff_who_may_change_a_schedule_edit_the_real_values_and_keep_them(admin_client):
+    admin_client.post(ADD_URL, form_data(args="[]", kwargs='{"a": 1, "b": "hunter2"}'))
+    schedule = Schedule.objects.get()
+    url = reverse("admin:django_jobs_schedule_change", args=[schedule.pk])
+    form = admin_client.get(url).context["adminform"].form
+    assert "kwargs" in form.fields  # editable, with the real value
+    assert "hunter2" in form["kwargs"].value()
+    data = form_data(args="[]", kwargs=form["kwargs"].value(), priority="5")
+    assert admin_client.post(url, data).status_code == 302
+    schedule.refresh_from_db()
+    assert (schedule.kwargs, schedule.priority) == ({"a": 1, "b": "hunter2"}, 5)
