@@ -38,6 +38,9 @@ MISFIRE_GRACE = timedelta(seconds=60)
 KEEP_RUNS = 100
 #: Cron fire times counted at most, when reporting how many runs were missed.
 COUNT_CAP = 10_000
+#: The longest interval a schedule may have: ten years. Rarer runs are a cron
+#: expression's job (@yearly); the column is a 32-bit integer (at most 2,147,483,647 s).
+MAX_INTERVAL_SECONDS = 10 * 365 * 24 * 3600
 
 
 class ScheduleError(Exception):
@@ -96,13 +99,16 @@ class Timing:
     def upcoming(self, now: datetime, count: int) -> list[datetime]:
         """Return the next ``count`` fire times after ``now`` (fewer if it ends)."""
         times: list[datetime] = []
-        moment = self.first_after(now)
-        while moment is not None and len(times) < count:
-            times.append(moment)
-            if self.interval_seconds:
-                moment = self._ended(moment + timedelta(seconds=self.interval_seconds))
-            else:
-                moment = self.first_after(moment)
+        try:
+            moment = self.first_after(now)
+            while moment is not None and len(times) < count:
+                times.append(moment)
+                if self.interval_seconds:
+                    moment = self._ended(moment + timedelta(seconds=self.interval_seconds))
+                else:
+                    moment = self.first_after(moment)
+        except OverflowError:
+            pass  # the calendar ends (year 9999) before `count` fire times
         return times
 
     def due(self, since: datetime, now: datetime, keep: int) -> tuple[list[datetime], int]:
@@ -195,6 +201,12 @@ def timing_problems(cron_text: str, interval_seconds: Any, timezone: str) -> dic
     ):
         problems["interval_seconds"] = (
             f"The interval must be a whole number of seconds >= 1, got {interval_seconds!r}."
+        )
+    elif interval_seconds > MAX_INTERVAL_SECONDS:
+        problems["interval_seconds"] = (
+            f"The interval must be at most {MAX_INTERVAL_SECONDS:,} seconds (10 years), got "
+            f"{interval_seconds:,} seconds. For rarer runs use a cron expression such as "
+            "@yearly."
         )
     try:
         cron.zone(timezone)
@@ -328,6 +340,8 @@ class Scheduler:
         self.worker_id = worker_id
         self.next_run = 0.0
         self._synced = False
+        #: When to try writing the settings' schedules again after a failed attempt.
+        self._sync_retry_at = 0.0
 
     def due(self) -> bool:
         return time.monotonic() >= self.next_run
@@ -408,16 +422,23 @@ class Scheduler:
 
         # The worker has done this already (it is done once per process); a scheduler
         # used on its own must know the tasks too.
+        if time.monotonic() < self._sync_retry_at:
+            return
         registry.discover(self.backend.jobs_options.TASK_MODULES)
         try:
             sync_declared(cursor, self.backend)
         except (psycopg.OperationalError, psycopg.InterfaceError):
             raise
         except Exception:
+            # Not one declaration's fault (those are skipped one by one): the table
+            # itself, say, before `migrate`. Try again later, without filling the log.
             logger.exception(
-                "Could not write the schedules declared in settings",
+                "Could not write the schedules declared in settings; retrying in %d s",
+                self.FAILED_SLEEP,
                 extra={"action": "scheduler_error"},
             )
+            self._sync_retry_at = time.monotonic() + self.FAILED_SLEEP
+            return
         self._synced = True
 
 

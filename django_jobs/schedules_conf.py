@@ -205,8 +205,12 @@ def _read_one(name: str, spec: Any) -> tuple[Declaration | None, list[Problem]]:
     ), []
 
 
-def sync_declared(cursor: psycopg.Cursor, backend: JobsBackend) -> None:
-    """Write the backend's declared schedules (one transaction); disable removed ones."""
+def sync_declared(cursor: psycopg.Cursor, backend: JobsBackend) -> list[str]:
+    """Write the backend's declared schedules; disable removed ones; return the names written.
+
+    One transaction, and a savepoint per declaration: one that the database refuses is
+    skipped and logged, and the others are written. The log says what was committed.
+    """
     declared = read(backend.jobs_options.SCHEDULES)
     for p in declared.problems:
         logger.error(
@@ -214,41 +218,64 @@ def sync_declared(cursor: psycopg.Cursor, backend: JobsBackend) -> None:
             p.name, backend.alias, p.message, f"django_jobs.{p.check_id}",
             extra={"action": "schedule_invalid", "schedule": p.name},
         )  # fmt: skip
+    written: list[str] = []
+    created: list[str] = []
     with cursor.connection.transaction():
         now = protocol.database_now(cursor)
         for d in declared.valid:
-            created = protocol.upsert_declared_schedule(
-                cursor,
-                protocol.DeclaredSchedule(
-                    name=d.name,
-                    backend=backend.alias,
-                    task_path=d.task_path,
-                    args_json=encode_json(d.args, "args"),
-                    kwargs_json=encode_json(d.kwargs, "kwargs"),
-                    cron=d.cron,
-                    interval_seconds=d.interval_seconds,
-                    timezone=d.timezone,
-                    enabled=d.enabled,
-                    queue_name=d.queue_name,
-                    priority=d.priority,
-                    start_at=d.start_at,
-                    end_at=d.end_at,
-                    misfire_policy=d.misfire_policy,
-                    max_catchup=d.max_catchup,
-                    next_run_at=d.timing.first_after(now),
-                ),
-            )
-            if created:
-                logger.info(
-                    "Schedule %r declared in settings was added", d.name,
-                    extra={"action": "schedule_declared", "schedule": d.name},
+            try:
+                with cursor.connection.transaction():  # a savepoint
+                    new = _write(cursor, backend, d, now)
+            except (psycopg.OperationalError, psycopg.InterfaceError):
+                raise
+            except Exception as exc:
+                logger.error(
+                    "Schedule %r in TASKS[%r]['OPTIONS']['SCHEDULES'] is not written: %s: %s. "
+                    "Its row, if it has one, is left as it was; fix the declaration.",
+                    d.name, backend.alias, type(exc).__name__, exc,
+                    extra={"action": "schedule_invalid", "schedule": d.name},
                 )  # fmt: skip
+                continue
+            written.append(d.name)
+            if new:
+                created.append(d.name)
         retired = protocol.retire_undeclared_schedules(
             cursor, backend=backend.alias, names=declared.names
         )
+    for name in created:
+        logger.info(
+            "Schedule %r declared in settings was added", name,
+            extra={"action": "schedule_declared", "schedule": name},
+        )  # fmt: skip
     for name in retired:
         logger.warning(
             "Schedule %r is no longer declared in settings: disabled (delete it in the admin, "
             "or declare it again)", name,
             extra={"action": "schedule_removed", "schedule": name},
         )  # fmt: skip
+    return written
+
+
+def _write(cursor: psycopg.Cursor, backend: JobsBackend, d: Declaration, now: datetime) -> bool:
+    """Upsert one declaration; return True if its row is new."""
+    return protocol.upsert_declared_schedule(
+        cursor,
+        protocol.DeclaredSchedule(
+            name=d.name,
+            backend=backend.alias,
+            task_path=d.task_path,
+            args_json=encode_json(d.args, "args"),
+            kwargs_json=encode_json(d.kwargs, "kwargs"),
+            cron=d.cron,
+            interval_seconds=d.interval_seconds,
+            timezone=d.timezone,
+            enabled=d.enabled,
+            queue_name=d.queue_name,
+            priority=d.priority,
+            start_at=d.start_at,
+            end_at=d.end_at,
+            misfire_policy=d.misfire_policy,
+            max_catchup=d.max_catchup,
+            next_run_at=d.timing.first_after(now),
+        ),
+    )

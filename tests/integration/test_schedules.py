@@ -374,3 +374,84 @@ def test_a_worker_fires_schedules_and_survives_a_broken_one():
     job = Job.objects.get()
     assert (job.state, job.return_value) == ("SUCCESSFUL", 5)
     assert "not declared" in Schedule.objects.get(name="gone").last_error
+
+
+# ── declarations the database would refuse ──────────────────────────────────
+
+
+def test_an_oversized_interval_is_refused_and_the_other_declarations_are_written(conn, caplog):
+    with caplog.at_level(logging.INFO, logger="django_jobs.scheduler"):
+        sync(
+            conn,
+            {"huge": {"task": ADD, "every": 3_000_000_000}, "fine": {"task": ADD, "every": 60}},
+        )
+    assert list(Schedule.objects.values_list("name", flat=True)) == ["fine"]
+    assert "at most 315,360,000 seconds (10 years), got 3,000,000,000" in caplog.text
+    assert "django_jobs.E011" in caplog.text
+    assert "'huge' declared in settings was added" not in caplog.text
+    assert "'fine' declared in settings was added" in caplog.text
+
+
+def test_a_declaration_the_database_refuses_is_skipped_alone(conn, caplog, monkeypatch):
+    upsert = protocol.upsert_declared_schedule
+
+    def refuse_one(cursor, schedule):
+        if schedule.name == "refused":
+            cursor.execute("SELECT 1 / 0")  # a real error: the transaction is aborted
+        return upsert(cursor, schedule)
+
+    monkeypatch.setattr(protocol, "upsert_declared_schedule", refuse_one)
+    schedules = {name: {"task": ADD, "every": 60} for name in ("before", "refused", "after")}
+    with caplog.at_level(logging.INFO, logger="django_jobs.scheduler"):
+        with conn.cursor() as cur:
+            written = sync_declared(cur, backend_with(schedules))
+    assert written == ["before", "after"]
+    assert sorted(Schedule.objects.values_list("name", flat=True)) == ["after", "before"]
+    assert "Schedule 'refused' in TASKS['default']['OPTIONS']['SCHEDULES'] is not written" in (
+        caplog.text
+    )
+    assert "DivisionByZero" in caplog.text
+    assert "'refused' declared in settings was added" not in caplog.text
+
+
+def test_the_scheduler_tries_the_settings_again_after_a_failed_sync(conn, monkeypatch):
+    from django_jobs import schedules_conf
+
+    calls = []
+
+    def failing(cursor, backend):
+        calls.append(backend.alias)
+        raise RuntimeError("the table is not there yet")
+
+    monkeypatch.setattr(schedules_conf, "sync_declared", failing)
+    s = Scheduler(task_backends["default"], "test-worker")
+    with conn.cursor() as cur:
+        s.tick(cur)
+        assert not s._synced
+        s.tick(cur)  # not again at once: it waits FAILED_SLEEP
+        assert calls == ["default"]
+        monkeypatch.undo()
+        s._sync_retry_at = 0.0  # the pause is over
+        s.tick(cur)
+    assert s._synced
+
+
+def test_declared_intervals_above_ten_years_fail_the_checks():
+    settings = {
+        "default": {
+            "BACKEND": "django_jobs.backend.JobsBackend",
+            "OPTIONS": {"SCHEDULES": {"huge": {"task": ADD, "every": timedelta(days=4000)}}},
+        }
+    }
+    with override_settings(TASKS=settings):
+        messages = [m for m in run_checks() if m.id.startswith("django_jobs.E01")]
+    assert [m.id for m in messages] == ["django_jobs.E011"]
+    assert "at most 315,360,000 seconds" in messages[0].msg
+
+
+def test_preview_of_a_timing_that_runs_past_year_9999_stops_there():
+    timing = scheduler.Timing(
+        interval_seconds=scheduler.MAX_INTERVAL_SECONDS,
+        start_at=datetime(9985, 1, 1, tzinfo=UTC),
+    )
+    assert len(timing.upcoming(datetime(2026, 1, 1, tzinfo=UTC), 5)) == 2

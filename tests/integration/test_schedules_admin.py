@@ -287,3 +287,22 @@ def test_staff_who_may_change_a_schedule_edit_the_real_values_and_keep_them(admi
     assert admin_client.post(url, data).status_code == 302
     schedule.refresh_from_db()
     assert (schedule.kwargs, schedule.priority) == ({"a": 1, "b": "hunter2"}, 5)
+
+
+# ── intervals too long to store ─────────────────────────────────────────────
+
+
+@pytest.mark.parametrize(
+    ("every", "unit"), [("1000000", "3600"), ("1000000000000", "60"), ("10" * 40, "1")]
+)
+def test_an_interval_longer_than_ten_years_is_a_form_error(admin_client, every, unit):
+    response = admin_client.post(ADD_URL, form_data(cron="", every=every, every_unit=unit))
+    errors = errors_of(response)
+    assert any("at most 315,360,000 seconds (10 years)" in m for m in errors["every"]), errors
+    assert not Schedule.objects.exists()
+
+
+def test_preview_of_an_interval_longer_than_ten_years_is_400(admin_client):
+    response = admin_client.get(PREVIEW_URL, {"every": "99999999999", "unit": "3600"})
+    assert response.status_code == 400
+    assert "at most 315,360,000 seconds" in response.json()["error"]
