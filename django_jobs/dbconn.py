@@ -5,8 +5,16 @@ The queue protocol keeps one long-lived connection whatever the project's
 code keeps Django's usual per-thread connection handling.
 """
 
+import logging
+import random
+import time
+from collections.abc import Callable
+from typing import Any
+
 import psycopg
 from django.db import connections
+
+logger = logging.getLogger("django_jobs.worker")
 
 
 def connect(alias: str, *, purpose: str) -> psycopg.Connection:
@@ -22,3 +30,68 @@ def connect(alias: str, *, purpose: str) -> psycopg.Connection:
     conn.execute("SET TIME ZONE 'UTC'")
     conn.execute("SELECT set_config('application_name', %s, false)", [f"django_jobs {purpose}"])
     return conn
+
+
+class QueueConnection:
+    """One long-lived connection that rides out outages instead of raising.
+
+    ``run(work)`` returns ``(True, value)``, or ``(False, None)`` while the database is
+    away. It never blocks on an outage: the caller's loop goes on collecting outcomes
+    and enforcing time limits, and the next call is tried after a growing, jittered
+    delay. ``on_back`` is called once the database answers again.
+    """
+
+    #: Capped well under WORKER_TIMEOUT, so a short outage never gets a live worker's
+    #: jobs rescued (and run twice) just because it was backing off.
+    MAX_DELAY = 4.0
+
+    def __init__(self, alias: str, *, purpose: str, on_back: Callable[[], None]) -> None:
+        self.alias = alias
+        self.purpose = purpose
+        self.on_back = on_back
+        self.retry_at = 0.0
+        self.down_since: float | None = None
+        self._delay = 0.5
+        self._conn: psycopg.Connection | None = None
+
+    @property
+    def up(self) -> bool:
+        return self.down_since is None
+
+    def run(self, work: Callable[[psycopg.Cursor], Any]) -> tuple[bool, Any]:
+        now = time.monotonic()
+        if now < self.retry_at:
+            return False, None
+        try:
+            if self._conn is None or self._conn.closed:
+                self._conn = connect(self.alias, purpose=self.purpose)
+            # Autocommit: each protocol statement is its own short transaction; the
+            # statements of one flush need no atomicity between them (each is fenced).
+            with self._conn.cursor() as cur:
+                value = work(cur)
+        except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
+            self.close()
+            if self.down_since is None:
+                self.down_since = now
+            self.retry_at = now + self._delay * (0.5 + random.random())  # noqa: S311
+            logger.warning(
+                "Database unavailable (%s); retrying in %.1f s",
+                str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__,
+                self.retry_at - now, extra={"action": "db_unavailable"},
+            )  # fmt: skip
+            self._delay = min(self._delay * 2, self.MAX_DELAY)
+            return False, None
+        if self.down_since is not None:
+            logger.warning(
+                "Database is back after %.1f s", now - self.down_since,
+                extra={"action": "db_back"},
+            )  # fmt: skip
+            self.down_since = None
+            self._delay = 0.5
+            self.on_back()
+        return True, value
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+        self._conn = None

@@ -10,7 +10,6 @@ short jobs per second.
 """
 
 import atexit
-import json
 import logging
 import os
 import queue
@@ -27,18 +26,14 @@ from typing import Any
 
 import psycopg
 from django.tasks import TaskResultStatus, task_backends
-from django.tasks.base import TaskError
-from django.tasks.signals import task_finished
-from django.utils import timezone
 
-from . import __version__, dbconn, protocol, registry
-from .backend import JobsBackend, encode_json
+from . import __version__, dbconn, outcomes, protocol, registry
+from .backend import JobsBackend
 from .executor import (
     FAILED,
     LOST,
     RECORDED,
     RELEASED,
-    SNOOZED,
     SUCCEEDED,
     Outcome,
     error_record,
@@ -50,7 +45,6 @@ from .maintenance import Maintenance
 from .pool import ProcessPool, ThreadPool
 from .protocol import ClaimedJob
 from .scheduler import Scheduler
-from .sql import JOB_COLUMNS
 
 logger = logging.getLogger("django_jobs.worker")
 
@@ -140,10 +134,9 @@ class Worker:
             retry_delay=options.RETRY_BASE_DELAY,
         )
         self.scheduler = Scheduler(jobs_backend, self.worker_id)
-        self._conn: psycopg.Connection | None = None
-        self._db_retry_at = 0.0
-        self._db_delay = 0.5
-        self._db_down_since: float | None = None
+        self._queue_db = dbconn.QueueConnection(
+            jobs_backend.database, purpose="worker", on_back=self._database_back
+        )
         self._next_heartbeat = 0.0
         self._in_flight = 0
         #: Ids of jobs claimed and not yet recorded: what this worker really holds.
@@ -259,7 +252,7 @@ class Worker:
             if ok:
                 self._next_heartbeat = time.monotonic() + self.options.HEARTBEAT_INTERVAL
                 return
-            time.sleep(min(1.0, max(0.0, self._db_retry_at - time.monotonic())))
+            time.sleep(min(1.0, max(0.0, self._queue_db.retry_at - time.monotonic())))
 
     def _slots(self) -> int:
         if isinstance(self.pool, ProcessPool):
@@ -308,8 +301,7 @@ class Worker:
             self.listener.stop()
         self._db(self.maintenance.resign)
         self._db(lambda cur: protocol.deregister_worker(cur, worker_id=self.worker_id))
-        if self._conn is not None:
-            self._conn.close()
+        self._queue_db.close()
         elapsed = time.monotonic() - self.stats.started_at
         s = self.stats
         logger.info(
@@ -329,7 +321,7 @@ class Worker:
             if self._stopping:
                 break
             idle = self._in_flight == 0 and not claimed
-            if idle and self.burst and self.pool.capacity > 0 and self._db_down_since is None:
+            if idle and self.burst and self.pool.capacity > 0 and self._queue_db.up:
                 self._flush(force=True)
                 if not self._buffer:
                     return
@@ -464,26 +456,26 @@ class Worker:
             and self._time_to_flush() > 0
         ):
             return
-        outcomes = [outcome for _, outcome in self._buffer]
+        batch = [outcome for _, outcome in self._buffer]
         try:
-            ok, recorded = self._db(lambda cur: _record(cur, outcomes))
+            ok, recorded = self._db(lambda cur: outcomes.record(cur, batch))
         except (psycopg.DatabaseError, TypeError, ValueError):
             # Not an outage: the database refused a value. Record the rest one by one so
             # one bad outcome cannot hold up (or crash) the others.
-            logger.exception("Could not record %d outcome(s) together", len(outcomes))
-            ok, recorded = self._record_one_by_one(outcomes)
+            logger.exception("Could not record %d outcome(s) together", len(batch))
+            ok, recorded = self._record_one_by_one(batch)
         if not ok:
             return  # The database is away; keep the buffer and try again later.
         self._buffer.clear()
         done, failed, snoozed, released = recorded
-        for outcome in outcomes:
+        for outcome in batch:
             self._report(outcome, done, failed, snoozed, released)
 
-    def _record_one_by_one(self, outcomes: list[Outcome]) -> tuple[bool, Any]:
+    def _record_one_by_one(self, batch: list[Outcome]) -> tuple[bool, Any]:
         merged: tuple[dict, dict, set, set] = ({}, {}, set(), set())
-        for outcome in outcomes:
+        for outcome in batch:
             try:
-                ok, part = self._db(lambda cur, o=outcome: _record(cur, [o]))
+                ok, part = self._db(lambda cur, o=outcome: outcomes.record(cur, [o]))
             except (psycopg.DatabaseError, TypeError, ValueError) as exc:
                 failure = Outcome(
                     outcome.job,
@@ -498,7 +490,7 @@ class Worker:
                     ),
                 )
                 try:
-                    ok, part = self._db(lambda cur, o=failure: _record(cur, [o]))
+                    ok, part = self._db(lambda cur, o=failure: outcomes.record(cur, [o]))
                 except (psycopg.DatabaseError, TypeError, ValueError):
                     logger.exception("Job %s: no outcome could be recorded", outcome.job.id)
                     self._held.discard(outcome.job.id)
@@ -544,102 +536,14 @@ class Worker:
                     job_id, outcome.job.attempts, extra={"action": "job_lost_lease"},
                 )  # fmt: skip
             return
-        self._send_finished(outcome, status, finished_at)
-
-    def _send_finished(self, outcome: Outcome, status: str, finished_at: Any) -> None:
-        result = outcome.task_result
-        if result is None:
-            # The job ran in a child process: rebuild its result here for the signal.
-            if registry.get(outcome.job.task_path) is None:
-                return
-            row = {name: getattr(outcome.job, name) for name in JOB_COLUMNS}
-            result = self.backend.result_from_row(row)
-        object.__setattr__(result, "status", status)
-        if finished_at is None and status == TaskResultStatus.SUCCESSFUL:
-            finished_at = timezone.now()  # an atomic task recorded it in its own transaction
-        object.__setattr__(result, "finished_at", finished_at)
-        if outcome.succeeded and outcome.return_json is not None:
-            object.__setattr__(result, "_return_value", json.loads(outcome.return_json))
-        elif outcome.error is not None:
-            result.errors.append(
-                TaskError(
-                    exception_class_path=outcome.error["exception_class_path"],
-                    traceback=outcome.error["traceback"],
-                )
-            )
-        task_finished.send(type(self.backend), task_result=result)
+        outcomes.send_finished(self.backend, outcome, status, finished_at)
 
     # ── database access that survives an outage ─────────────────────────────
 
     def _db(self, work: Callable[[psycopg.Cursor], Any]) -> tuple[bool, Any]:
-        """Run ``work`` on the queue connection; (False, None) while the database is away.
+        """Run ``work`` on the queue connection; (False, None) while the database is away."""
+        return self._queue_db.run(work)
 
-        Never blocks on an outage: the loop goes on collecting outcomes and enforcing
-        time limits, and the call is tried again after a growing, jittered delay.
-        """
-        now = time.monotonic()
-        if now < self._db_retry_at:
-            return False, None
-        try:
-            if self._conn is None or self._conn.closed:
-                self._conn = dbconn.connect(self.backend.database, purpose="worker")
-            # Autocommit: each protocol statement is its own short transaction; the
-            # statements of one flush need no atomicity between them (each is fenced).
-            with self._conn.cursor() as cur:
-                value = work(cur)
-        except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
-            if self._conn is not None:
-                self._conn.close()
-            self._conn = None
-            if self._db_down_since is None:
-                self._db_down_since = now
-            self._db_retry_at = now + self._db_delay * (0.5 + random.random())  # noqa: S311
-            logger.warning(
-                "Database unavailable (%s); retrying in %.1f s",
-                str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__,
-                self._db_retry_at - now, extra={"action": "db_unavailable"},
-            )  # fmt: skip
-            # Capped well under WORKER_TIMEOUT, so a short outage never gets a live
-            # worker's jobs rescued (and run twice) just because we were backing off.
-            self._db_delay = min(self._db_delay * 2, 4.0)
-            return False, None
-        if self._db_down_since is not None:
-            logger.warning(
-                "Database is back after %.1f s", now - self._db_down_since,
-                extra={"action": "db_back"},
-            )  # fmt: skip
-            self._db_down_since = None
-            self._db_delay = 0.5
-            # A claim may have committed without its reply reaching us.
-            self._reconcile = True
-        return True, value
-
-
-def _record(cur: psycopg.Cursor, outcomes: list[Outcome]) -> tuple[dict, dict, set, set]:
-    """Record a batch of outcomes: one fenced statement per kind."""
-    by_kind: dict[str, list[Outcome]] = {}
-    for outcome in outcomes:
-        by_kind.setdefault(outcome.kind, []).append(outcome)
-    done = protocol.complete(
-        cur,
-        [
-            protocol.Success(o.job.id, o.job.attempts, o.return_json)
-            for o in by_kind.get(SUCCEEDED, ())
-        ],
-    )
-    failed = protocol.fail(
-        cur,
-        [
-            protocol.Failure(o.job.id, o.job.attempts, encode_json(o.error, "error"), o.delay)
-            for o in by_kind.get(FAILED, ())
-        ],
-    )
-    snoozed = protocol.snooze(
-        cur,
-        [
-            protocol.Snoozed(o.job.id, o.job.attempts, o.delay or 0.0)
-            for o in by_kind.get(SNOOZED, ())
-        ],
-    )
-    released = protocol.release(cur, [o.job for o in by_kind.get(RELEASED, ())])
-    return done, failed, snoozed, released
+    def _database_back(self) -> None:
+        # A claim may have committed without its reply reaching us.
+        self._reconcile = True
