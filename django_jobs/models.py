@@ -1,5 +1,6 @@
 """The job table. Rows are written only by the queue protocol (``protocol.py``)."""
 
+from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 from django.db.models.functions import Now
 
@@ -137,6 +138,11 @@ class MisfirePolicy(models.TextChoices):
     ALL = "all", "run each missed run (up to max catch-up)"
 
 
+#: Most missed runs one fire of a schedule enqueues (misfire policy "all"): a schedule
+#: every second that was off for a month must not enqueue 2.6 million jobs at once.
+MAX_CATCHUP = 1000
+
+
 class Schedule(models.Model):
     """Enqueue a task on a cron expression or every N seconds; fired by the workers.
 
@@ -184,7 +190,10 @@ class Schedule(models.Model):
         help_text="What to do with runs that fell due while no worker was up.",
     )
     max_catchup = models.PositiveIntegerField(
-        default=10, help_text="With 'run each missed run': at most this many, the newest."
+        default=10,
+        validators=[MinValueValidator(1), MaxValueValidator(MAX_CATCHUP)],
+        help_text=f"With 'run each missed run': at most this many, the newest "
+        f"(1 to {MAX_CATCHUP}).",
     )
     next_run_at = models.DateTimeField(
         null=True, blank=True, help_text="Next fire time; empty once the schedule has ended."
@@ -231,6 +240,11 @@ class Schedule(models.Model):
                 condition=models.Q(max_catchup__gte=1),
                 name="django_jobs_schedule_catchup_min",
                 violation_error_message="Max catch-up must be at least 1.",
+            ),
+            models.CheckConstraint(
+                condition=models.Q(max_catchup__lte=MAX_CATCHUP),
+                name="django_jobs_schedule_catchup_max",
+                violation_error_message=f"Max catch-up must be at most {MAX_CATCHUP}.",
             ),
             models.CheckConstraint(
                 condition=models.Q(priority__gte=-100, priority__lte=100),

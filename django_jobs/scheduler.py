@@ -26,7 +26,7 @@ from django.tasks import Task, task_backends
 
 from . import cron, protocol, registry
 from .backend import JobsBackend, encode_arguments
-from .models import MisfirePolicy
+from .models import MAX_CATCHUP, MisfirePolicy
 from .protocol import Cursor, ScheduleRow
 
 logger = logging.getLogger("django_jobs.scheduler")
@@ -125,7 +125,8 @@ class Timing:
             step = timedelta(seconds=self.interval_seconds)
             total = (until - since) // step + 1
             first = max(0, total - keep)
-            return [since + step * n for n in range(first, total)], total
+            # Counted like cron's, up to COUNT_CAP, so the log reads the same for both.
+            return [since + step * n for n in range(first, total)], min(total, COUNT_CAP)
         newest: list[datetime] = []
         total = 0
         for fire in cron.at_or_before(self.cron, self.timezone, until):
@@ -163,9 +164,10 @@ def plan(timing: Timing, policy: str, max_catchup: int, since: datetime, now: da
     - ``once``: one job, for the newest fire time, however many were missed;
     - ``skip``: a job only for the newest fire time, and only if it is on time (no more
       than MISFIRE_GRACE behind the clock);
-    - ``all``: a job for each due fire time, the newest ``max_catchup`` of them.
+    - ``all``: a job for each due fire time, the newest ``max_catchup`` of them (never
+      more than MAX_CATCHUP, whatever the row says, cron or interval).
     """
-    keep = max(1, max_catchup) if policy == MisfirePolicy.ALL else 1
+    keep = min(max(1, max_catchup), MAX_CATCHUP) if policy == MisfirePolicy.ALL else 1
     recent, total = timing.due(since, now, keep)
     if not recent:
         fire: list[datetime] = []

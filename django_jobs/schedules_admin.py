@@ -27,7 +27,7 @@ from django.utils.html import format_html, format_html_join
 from . import cron, registry, scheduler
 from .admin.redaction import pretty_json
 from .backend import JobsBackend
-from .models import Schedule, ScheduleSource
+from .models import MAX_CATCHUP, Schedule, ScheduleSource
 
 UPCOMING = 5
 UNITS = (("1", "seconds"), ("60", "minutes"), ("3600", "hours"))
@@ -76,6 +76,14 @@ class ScheduleForm(forms.ModelForm):
     every_unit = forms.ChoiceField(choices=UNITS, initial="60", required=False, label="Unit")
     args = forms.JSONField(required=False, initial=list, help_text='A JSON list: [1, "a"].')
     kwargs = forms.JSONField(required=False, initial=dict, help_text='A JSON object: {"a": 1}.')
+    max_catchup = forms.IntegerField(
+        label="Max catch-up",
+        min_value=1,
+        max_value=MAX_CATCHUP,
+        initial=10,
+        help_text=f"With 'run each missed run': at most this many, the newest "
+        f"(1 to {MAX_CATCHUP}).",
+    )
 
     class Meta:
         model = Schedule

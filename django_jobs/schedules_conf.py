@@ -32,7 +32,7 @@ import psycopg
 
 from . import protocol
 from .backend import JobsBackend, encode_json
-from .models import MisfirePolicy
+from .models import MAX_CATCHUP, MisfirePolicy
 from .scheduler import Timing, timing_problems
 
 logger = logging.getLogger("django_jobs.scheduler")
@@ -50,7 +50,7 @@ KEYS = {
     "start_at": "aware datetime: no runs before it",
     "end_at": "aware datetime: no runs after it",
     "misfire": "'once' (default), 'skip' or 'all'",
-    "max_catchup": "with misfire 'all': most missed runs enqueued (default 10)",
+    "max_catchup": f"with misfire 'all': most missed runs enqueued, 1..{MAX_CATCHUP} (default 10)",
 }
 
 
@@ -163,8 +163,10 @@ def _read_one(name: str, spec: Any) -> tuple[Declaration | None, list[Problem]]:
             problem("E015", f"'misfire' must be one of {MisfirePolicy.values}, got {misfire!r}.")
         )
     catchup = spec.get("max_catchup", 10)
-    if not _whole(catchup) or catchup < 1:
-        problems.append(problem("E015", f"'max_catchup' must be an int >= 1, got {catchup!r}."))
+    if not _whole(catchup) or not 1 <= catchup <= MAX_CATCHUP:
+        problems.append(
+            problem("E015", f"'max_catchup' must be an int 1..{MAX_CATCHUP}, got {catchup!r}.")
+        )
     priority = spec.get("priority", 0)
     if not _whole(priority) or not -100 <= priority <= 100:
         problems.append(problem("E015", f"'priority' must be an int -100..100, got {priority!r}."))

@@ -6,7 +6,8 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 from django.core.checks import run_checks
-from django.db import connection
+from django.core.exceptions import ValidationError
+from django.db import IntegrityError, connection
 from django.tasks import task_backends
 from django.tasks.signals import task_enqueued
 from django.test import override_settings
@@ -14,7 +15,7 @@ from django.utils import timezone
 
 from django_jobs import dbconn, protocol, scheduler
 from django_jobs.backend import JobsBackend
-from django_jobs.models import Job, Schedule, ScheduleRun
+from django_jobs.models import MAX_CATCHUP, Job, Schedule, ScheduleRun
 from django_jobs.scheduler import Scheduler
 from django_jobs.schedules_conf import sync_declared
 
@@ -402,9 +403,8 @@ def test_a_declaration_the_database_refuses_is_skipped_alone(conn, caplog, monke
 
     monkeypatch.setattr(protocol, "upsert_declared_schedule", refuse_one)
     schedules = {name: {"task": ADD, "every": 60} for name in ("before", "refused", "after")}
-    with caplog.at_level(logging.INFO, logger="django_jobs.scheduler"):
-        with conn.cursor() as cur:
-            written = sync_declared(cur, backend_with(schedules))
+    with caplog.at_level(logging.INFO, logger="django_jobs.scheduler"), conn.cursor() as cur:
+        written = sync_declared(cur, backend_with(schedules))
     assert written == ["before", "after"]
     assert sorted(Schedule.objects.values_list("name", flat=True)) == ["after", "before"]
     assert "Schedule 'refused' in TASKS['default']['OPTIONS']['SCHEDULES'] is not written" in (
@@ -455,3 +455,43 @@ def test_preview_of_a_timing_that_runs_past_year_9999_stops_there():
         start_at=datetime(9985, 1, 1, tzinfo=UTC),
     )
     assert len(timing.upcoming(datetime(2026, 1, 1, tzinfo=UTC), 5)) == 2
+
+
+# ── catch-up is bounded ─────────────────────────────────────────────────────
+
+
+@pytest.mark.parametrize(
+    "timing",
+    [scheduler.Timing(interval_seconds=1), scheduler.Timing(cron="* * * * *")],
+    ids=["interval", "cron"],
+)
+def test_catch_up_never_enqueues_more_than_max_catchup_allows(timing):
+    now = datetime(2026, 3, 1, tzinfo=UTC)
+    since = now - timedelta(days=30)  # 2.6 million seconds, 43,200 minutes
+    p = scheduler.plan(timing, "all", 50_000, since, now)
+    assert len(p.fire_times) == MAX_CATCHUP == 1000
+    assert p.fire_times[-1] == now
+    assert p.missed == scheduler.COUNT_CAP - 1000  # counted up to the cap, for both kinds
+
+
+def test_max_catchup_has_a_maximum_everywhere():
+    schedule = Schedule(name="greedy", task_path=ADD, interval_seconds=60, max_catchup=1001)
+    with pytest.raises(ValidationError) as raised:
+        schedule.full_clean()
+    assert "max_catchup" in raised.value.message_dict
+    with pytest.raises(IntegrityError, match="django_jobs_schedule_catchup_max"):
+        schedule.save()  # and the table refuses what skips validation
+    settings = {
+        "default": {
+            "BACKEND": "django_jobs.backend.JobsBackend",
+            "OPTIONS": {
+                "SCHEDULES": {
+                    "greedy": {"task": ADD, "every": 60, "misfire": "all", "max_catchup": 5000}
+                }
+            },
+        }
+    }
+    with override_settings(TASKS=settings):
+        messages = [m for m in run_checks() if m.id.startswith("django_jobs.E01")]
+    assert [m.id for m in messages] == ["django_jobs.E015"]
+    assert "'max_catchup' must be an int 1..1000, got 5000" in messages[0].msg

@@ -306,3 +306,11 @@ def test_preview_of_an_interval_longer_than_ten_years_is_400(admin_client):
     response = admin_client.get(PREVIEW_URL, {"every": "99999999999", "unit": "3600"})
     assert response.status_code == 400
     assert "at most 315,360,000 seconds" in response.json()["error"]
+
+
+def test_max_catchup_above_1000_is_a_form_error(admin_client):
+    response = admin_client.post(ADD_URL, form_data(misfire_policy="all", max_catchup="1001"))
+    assert errors_of(response) == {
+        "max_catchup": ["Ensure this value is less than or equal to 1000."]
+    }
+    assert not Schedule.objects.exists()
