@@ -22,7 +22,7 @@ from typing import Any
 
 import psycopg
 from django.db import connections, transaction
-from django.tasks import Task, task_backends
+from django.tasks import InvalidTaskBackend, Task, task_backends
 
 from . import cron, protocol, registry
 from .backend import JobsBackend, encode_arguments
@@ -452,9 +452,7 @@ def run_now(schedule_id: int) -> Fired:
     from .models import Schedule
 
     schedule = Schedule.objects.get(pk=schedule_id)
-    backend = task_backends[schedule.backend]
-    if not isinstance(backend, JobsBackend):
-        raise ScheduleError(f"TASKS[{schedule.backend!r}] is not a jobs backend.")
+    backend = backend_of(schedule)
     registry.discover(backend.jobs_options.TASK_MODULES)
     database = backend.database
     with transaction.atomic(using=database), connections[database].cursor() as cursor:
@@ -470,17 +468,52 @@ def run_now(schedule_id: int) -> Fired:
     return fired
 
 
+def backend_of(schedule: Any) -> JobsBackend:
+    """The jobs backend a schedule enqueues through; raise ScheduleError if it is gone."""
+    try:
+        backend = task_backends[schedule.backend]
+    except InvalidTaskBackend:
+        raise ScheduleError(
+            f"Its backend {schedule.backend!r} is not in settings.TASKS any more: no worker "
+            "fires it. Add the backend back, or delete the schedule and create it again "
+            "on a configured backend."
+        ) from None
+    if not isinstance(backend, JobsBackend):
+        raise ScheduleError(
+            f"TASKS[{schedule.backend!r}] is not a django_jobs backend "
+            f"({type(backend).__module__}.{type(backend).__name__}): no worker fires it."
+        )
+    return backend
+
+
 def set_enabled(schedule_id: int, enabled: bool) -> datetime | None:
-    """Enable (fire times counted from now) or disable a schedule; return next_run_at."""
+    """Enable (fire times counted from now) or disable a schedule; return next_run_at.
+
+    Raise ScheduleError when a schedule cannot be enabled: its timing cannot be read
+    (a broken cron expression or time zone in the row) or its backend is gone. Disabling
+    always works.
+    """
     from .models import Schedule
 
     schedule = Schedule.objects.get(pk=schedule_id)
-    database = task_backends[schedule.backend].database
+    if enabled:
+        database = backend_of(schedule).database
+    else:
+        try:
+            database = backend_of(schedule).database
+        except ScheduleError:
+            database = schedule._state.db  # its backend is gone; switch it off where it is
     with transaction.atomic(using=database), connections[database].cursor() as cursor:
         next_run_at = schedule.next_run_at
         if enabled:
             # Runs missed while disabled are not owed: start afresh from now.
-            next_run_at = Timing.of(schedule).first_after(protocol.database_now(cursor))
+            try:
+                next_run_at = Timing.of(schedule).first_after(protocol.database_now(cursor))
+            except (cron.CronError, OverflowError) as exc:
+                raise ScheduleError(
+                    f"Its timing cannot be read: {exc} Fix the cron expression, interval "
+                    "or time zone, then enable it."
+                ) from None
         protocol.set_schedule_enabled(
             cursor, schedule_id=schedule_id, enabled=enabled, next_run_at=next_run_at
         )

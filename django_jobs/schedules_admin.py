@@ -376,14 +376,22 @@ class ScheduleAdmin(admin.ModelAdmin):
 
     def _switch(self, request: HttpRequest, queryset: QuerySet, enabled: bool) -> None:
         names = []
+        refused = False
+        verb = "enabled" if enabled else "disabled"
         for schedule in queryset:
             if schedule.enabled != enabled:
-                scheduler.set_enabled(schedule.pk, enabled)
-                names.append(schedule.name)
-        verb = "enabled" if enabled else "disabled"
+                try:
+                    scheduler.set_enabled(schedule.pk, enabled)
+                except scheduler.ScheduleError as exc:
+                    refused = True
+                    self.message_user(
+                        request, f"{schedule.name}: not {verb}: {exc}", messages.ERROR
+                    )
+                else:
+                    names.append(schedule.name)
         if names:
             self.message_user(request, f"{len(names)} schedule(s) {verb}: {', '.join(names)}.")
-        else:
+        elif not refused:
             self.message_user(request, f"Nothing to do: already {verb}.", messages.WARNING)
 
     # ── the live preview ─────────────────────────────────────────────────────
@@ -399,9 +407,15 @@ class ScheduleAdmin(admin.ModelAdmin):
         ]
 
     def preview_view(self, request: HttpRequest) -> JsonResponse:
-        """Next fire times for ?cron= or ?every=&unit=, and ?timezone=, as JSON."""
+        """Next fire times for ?cron= or ?every=&unit=, ?timezone=, and the window
+        ?start_at=&end_at= (ISO, or the form's ``start_at_0`` date and ``start_at_1``
+        time), as JSON."""
         if not self.has_view_or_change_permission(request):
             raise PermissionDenied
+
+        def bad(error: str) -> JsonResponse:
+            return JsonResponse({"times": [], "explain": "", "error": error}, status=400)
+
         cron_text = request.GET.get("cron", "").strip()
         every_text = request.GET.get("every", "").strip()
         interval = None
@@ -410,10 +424,31 @@ class ScheduleAdmin(admin.ModelAdmin):
                 unit = int(request.GET.get("unit") or 1)
                 interval = int(every_text) * (unit if unit in (1, 60, 3600) else 1)
             except ValueError:
-                bad = {"times": [], "explain": "", "error": "The interval must be a number."}
-                return JsonResponse(bad, status=400)
-        data = preview(cron_text, interval, request.GET.get("timezone", "UTC").strip())
+                return bad(f"The interval must be a whole number, got {every_text!r}.")
+        try:
+            start_at = _moment(request.GET, "start_at")
+            end_at = _moment(request.GET, "end_at")
+        except forms.ValidationError as exc:
+            return bad(" ".join(exc.messages))
+        if start_at and end_at and end_at <= start_at:
+            return bad("The end must be after the start.")
+        timezone_name = request.GET.get("timezone", "UTC").strip()
+        data = preview(cron_text, interval, timezone_name, start_at, end_at)
         return JsonResponse(data, status=400 if data["error"] else 200)
+
+
+def _moment(query: Any, name: str) -> datetime | None:
+    """``?name=`` as ISO, or the admin widget's ``?name_0=`` date and ``?name_1=`` time,
+    as an aware datetime in the current time zone (as the form reads it); None if empty."""
+    label = name.replace("_", " ").capitalize()
+    parts = [query.get(f"{name}_0", "").strip(), query.get(f"{name}_1", "").strip()]
+    try:
+        if any(parts):
+            return forms.SplitDateTimeField(required=False).clean(parts)
+        text = query.get(name, "").strip()
+        return forms.DateTimeField(required=False).clean(text) if text else None
+    except forms.ValidationError as exc:
+        raise forms.ValidationError(f"{label}: {' '.join(exc.messages)}") from None
 
 
 def _when(moment: datetime) -> str:

@@ -314,3 +314,76 @@ def test_max_catchup_above_1000_is_a_form_error(admin_client):
         "max_catchup": ["Ensure this value is less than or equal to 1000."]
     }
     assert not Schedule.objects.exists()
+
+
+# ── broken rows and gone backends in the actions; the preview's window ─────
+
+
+def test_enabling_a_schedule_whose_timing_is_broken_reports_it(admin_client):
+    schedule = make(
+        enabled=False, cron="@daily", interval_seconds=None, timezone="Nowhere/Special"
+    )
+    fine = make(name="fine", enabled=False)
+    response = admin_client.post(
+        LIST_URL, {"action": "enable", "_selected_action": [schedule.pk, fine.pk]}, follow=True
+    )
+    assert response.status_code == 200
+    [refused, done] = messages_of(response)
+    assert refused.startswith("often: not enabled: Its timing cannot be read: Unknown time zone")
+    assert done == "1 schedule(s) enabled: fine."
+    schedule.refresh_from_db()
+    assert not schedule.enabled
+
+
+def test_run_now_and_enable_of_a_schedule_whose_backend_is_gone_report_it(admin_client):
+    schedule = make(backend="removed", enabled=False)
+    for action in ("run_now", "enable"):
+        response = admin_client.post(
+            LIST_URL, {"action": action, "_selected_action": [schedule.pk]}, follow=True
+        )
+        assert response.status_code == 200
+        [message] = messages_of(response)
+        assert "Its backend 'removed' is not in settings.TASKS any more" in message
+    assert not Job.objects.exists()
+    Schedule.objects.filter(pk=schedule.pk).update(enabled=True)
+    response = admin_client.post(
+        LIST_URL, {"action": "disable", "_selected_action": [schedule.pk]}, follow=True
+    )
+    assert messages_of(response) == ["1 schedule(s) disabled: often."]  # off always works
+
+
+@pytest.mark.parametrize(
+    "window",
+    [
+        {"start_at": "2030-01-01T00:00", "end_at": "2030-01-01T02:30"},
+        {
+            "start_at_0": "2030-01-01",
+            "start_at_1": "00:00",
+            "end_at_0": "2030-01-01",
+            "end_at_1": "02:30",
+        },
+    ],
+    ids=["iso", "split-widget"],
+)
+def test_preview_honours_the_start_and_end(admin_client, window):
+    response = admin_client.get(
+        PREVIEW_URL, {"every": "1", "unit": "3600", "timezone": "UTC", **window}
+    )
+    assert response.status_code == 200, response.json()
+    assert response.json()["times"] == [
+        "Tue 2030-01-01 00:00:00 UTC (UTC+0000)",
+        "Tue 2030-01-01 01:00:00 UTC (UTC+0000)",
+        "Tue 2030-01-01 02:00:00 UTC (UTC+0000)",
+    ]
+
+
+def test_preview_explains_a_bad_window(admin_client):
+    bad_date = admin_client.get(PREVIEW_URL, {"cron": "@daily", "start_at_0": "soon"})
+    assert bad_date.status_code == 400
+    assert bad_date.json()["error"].startswith("Start at: Enter a valid date")
+    backwards = admin_client.get(
+        PREVIEW_URL,
+        {"cron": "@daily", "start_at": "2030-01-02T00:00", "end_at": "2030-01-01T00:00"},
+    )
+    assert backwards.status_code == 400
+    assert backwards.json()["error"] == "The end must be after the start."

@@ -11,7 +11,10 @@
   ready(function () {
     var box = document.getElementById("jobs-schedule-upcoming");
     if (!box || !box.dataset.url) return;
-    var fields = ["cron", "every", "every_unit", "timezone"].map(function (name) {
+    // start_at and end_at are the admin's split widgets: a date (_0) and a time (_1).
+    var names = ["cron", "every", "every_unit", "timezone",
+                 "start_at_0", "start_at_1", "end_at_0", "end_at_1"];
+    var fields = names.map(function (name) {
       return document.getElementById("id_" + name);
     }).filter(Boolean);
     if (!fields.length) return;  // a schedule from settings: nothing is editable
@@ -44,6 +47,10 @@
         every: value("every"),
         unit: value("every_unit"),
         timezone: value("timezone"),
+        start_at_0: value("start_at_0"),
+        start_at_1: value("start_at_1"),
+        end_at_0: value("end_at_0"),
+        end_at_1: value("end_at_1"),
       });
       var request = ++latest;
       fetch(box.dataset.url + "?" + params.toString(), {
