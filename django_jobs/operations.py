@@ -29,11 +29,18 @@ class Report:
     moved: list[int] = field(default_factory=list)
     #: Skipped id -> reason ("still running", "not found", ...).
     skipped: dict[int, str] = field(default_factory=dict)
-    truncated: bool = False
+    #: Ids past the first MAX_IDS, not looked at (for "select all" in the admin, one
+    #: stands for "and more").
+    dropped: list[int] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
-        return not self.skipped
+        """Every id was looked at and moved."""
+        return not self.skipped and not self.dropped
+
+    @property
+    def truncated(self) -> bool:
+        return bool(self.dropped)
 
     def summary(self) -> str:
         """``"3 jobs re-queued, 1 skipped: still running"``."""
@@ -55,6 +62,8 @@ class Report:
             "action": self.verb,
             "moved": self.moved,
             "skipped": {str(k): v for k, v in self.skipped.items()},
+            # Ids not looked at because one operation handles at most MAX_IDS.
+            "truncated": self.dropped,
             "summary": self.summary(),
         }
 
@@ -94,7 +103,7 @@ def _operate(
     using: str | None,
 ) -> Report:
     ids = list(dict.fromkeys(int(i) for i in ids))
-    report = Report(verb, truncated=len(ids) > MAX_IDS)
+    report = Report(verb, dropped=ids[MAX_IDS:])
     ids = ids[:MAX_IDS]
     if not ids:
         return report

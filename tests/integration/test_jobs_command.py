@@ -1,6 +1,7 @@
 """``manage.py jobs``: status, list, retry, cancel, run-now, prune; JSON and exit codes."""
 
 import json
+import re
 import subprocess
 import sys
 from datetime import timedelta
@@ -8,8 +9,10 @@ from io import StringIO
 
 import pytest
 from django.core.management import CommandError, call_command
+from django.db import OperationalError
 from django.utils import timezone
 
+from django_jobs import operations
 from django_jobs.models import Job
 from testproject.example import tasks
 from tests.conftest import ROOT
@@ -90,6 +93,13 @@ def test_prune_deletes_old_finished_jobs():
         ["retry", "abc"],
         ["list", "--state", "lost"],
         [],
+        # Values past what the database or the calendar can hold: usage errors, not
+        # tracebacks (whose exit status 1 would read as "some ids were skipped").
+        ["retry", "99999999999999999999"],
+        ["list", "--since", "99999999999999d"],
+        ["list", "--since", "2026-02-30"],
+        ["list", "--limit", "99999999999999999999"],
+        ["prune", "--older-than", "9" * 400],
     ],
 )
 def test_usage_errors_exit_2(argv):
@@ -98,3 +108,54 @@ def test_usage_errors_exit_2(argv):
     )
     assert done.returncode == 2, done.stderr
     assert "error:" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["retry", "99999999999999999999"], "job ids are at most 9223372036854775807"),
+        (["list", "--since", "99999999999999d"], "at most 36500d (100 years)"),
+        (["list", "--since", "2026-02-30"], "'2026-02-30' is not a valid date/time"),
+        (["list", "--limit", "100001"], "must be at most 100000, got 100001"),
+        (["prune", "--older-than", "9" * 400], "at most 36500d (100 years)"),
+    ],
+)
+def test_usage_errors_say_what_was_wrong(argv, message):
+    with pytest.raises(CommandError, match=re.escape(message)):
+        jobs(*argv)
+
+
+def test_retry_of_more_ids_than_one_call_handles_reports_the_rest_and_exits_1():
+    now = timezone.now()
+    rows = Job.objects.bulk_create(
+        Job(task_path="testproject.example.tasks.add", state="FAILED", finished_at=now)
+        for _ in range(operations.MAX_IDS + 5)
+    )
+    ids = [str(j.pk) for j in rows]
+    out = StringIO()
+    with pytest.raises(CommandError) as raised:
+        call_command("jobs", "retry", *ids, "--json", stdout=out)
+    assert raised.value.returncode == 1
+    assert "5 id(s) not considered (at most 10000 a call)" in str(raised.value)
+    report = json.loads(out.getvalue())
+    assert len(report["moved"]) == operations.MAX_IDS
+    assert report["truncated"] == [int(i) for i in ids[-5:]]
+    assert report["skipped"] == {}
+    assert Job.objects.filter(state="READY").count() == operations.MAX_IDS
+    text = StringIO()
+    with pytest.raises(CommandError):
+        call_command("jobs", "retry", *ids, stdout=text)
+    assert f"5 id(s) past the first 10000 were not considered; run again with them: {ids[-5]}" in (
+        text.getvalue()
+    )
+
+
+def test_a_database_failure_exits_3_not_1(monkeypatch):
+    def broken(ids, using=None):
+        raise OperationalError("connection refused")
+
+    monkeypatch.setattr(operations, "retry", broken)
+    with pytest.raises(CommandError, match="the database failed: OperationalError") as raised:
+        jobs("retry", "1")
+    assert raised.value.returncode == 3

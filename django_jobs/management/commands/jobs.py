@@ -7,52 +7,72 @@
     jobs run-now ID...               make delayed jobs due now
     jobs prune --older-than 7d [--state FAILED ...]
 
-``--json`` prints machine-readable output. Exit codes: 0 done, 1 some ids were skipped
-or not found, 2 usage error. The work is done by ``stats.py`` and ``operations.py``,
-the same functions the admin uses.
+``--json`` prints machine-readable output. Exit codes: 0 done; 1 some ids were skipped,
+not found, or past the 10,000 one call handles (listed as ``truncated``); 2 usage error
+(a bad value is refused before anything is done); 3 the database failed. The work is
+done by ``stats.py`` and ``operations.py``, the same functions the admin uses.
 """
 
 import argparse
 import json
+import math
 import re
 from datetime import datetime, timedelta
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError
+from django.db import DatabaseError
 from django.db.models import QuerySet
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
 from django_jobs import operations, stats
-from django_jobs.management.arguments import positive_int
+from django_jobs.management.arguments import positive_int_at_most
 from django_jobs.models import Job
 from django_jobs.protocol import FINISHED
 from django_jobs.states import JobState
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|min|h|d|w)?\s*$", re.IGNORECASE)
 _UNIT_SECONDS = {"s": 1, "m": 60, "min": 60, "h": 3600, "d": 86400, "w": 604800}
+#: Longest duration taken: a hundred years (past it, dates leave the calendar).
+MAX_DURATION_DAYS = 36_500
+#: Largest job id (the column is a bigint).
+MAX_JOB_ID = 2**63 - 1
+#: Most rows `jobs list` prints.
+MAX_LIST = 100_000
 
 
 def duration(text: str) -> float:
-    """``90``, ``90s``, ``15m``, ``12h``, ``7d`` or ``2w`` as seconds."""
+    """``90``, ``90s``, ``15m``, ``12h``, ``7d`` or ``2w`` as seconds, up to 100 years."""
     match = _DURATION.match(text)
     if not match:
         raise argparse.ArgumentTypeError(
             f"expected a duration such as 30s, 15m, 12h or 7d, got {text!r}"
         )
-    return float(match[1]) * _UNIT_SECONDS[(match[2] or "s").lower()]
+    seconds = float(match[1]) * _UNIT_SECONDS[(match[2] or "s").lower()]
+    if not math.isfinite(seconds) or seconds > MAX_DURATION_DAYS * 86400:
+        raise argparse.ArgumentTypeError(
+            f"expected a duration of at most {MAX_DURATION_DAYS}d (100 years), got {text!r}"
+        )
+    return seconds
 
 
 def since(text: str) -> datetime:
     """A duration ago (``1h``) or an ISO date/time (``2026-01-31``, ``2026-01-31T12:00``)."""
     if _DURATION.match(text):
         return timezone.now() - timedelta(seconds=duration(text))
-    value = parse_datetime(text) or parse_datetime(f"{text}T00:00")
+    try:
+        value = parse_datetime(text) or parse_datetime(f"{text}T00:00")
+    except ValueError as exc:  # well formed but not a date: 2026-02-30
+        raise argparse.ArgumentTypeError(f"{text!r} is not a valid date/time: {exc}") from None
     if value is None:
         raise argparse.ArgumentTypeError(
             f"expected a duration (1h, 7d) or an ISO date/time, got {text!r}"
         )
-    return value if timezone.is_aware(value) else timezone.make_aware(value)
+    try:
+        return value if timezone.is_aware(value) else timezone.make_aware(value)
+    except (ValueError, OverflowError) as exc:  # at the calendar's ends
+        raise argparse.ArgumentTypeError(f"{text!r} is out of range: {exc}") from None
 
 
 def state(text: str) -> str:
@@ -80,6 +100,8 @@ def job_id(text: str) -> int:
         raise argparse.ArgumentTypeError(f"expected a job id (a number), got {text!r}") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"job ids are positive, got {value}")
+    if value > MAX_JOB_ID:
+        raise argparse.ArgumentTypeError(f"job ids are at most {MAX_JOB_ID}, got {value}")
     return value
 
 
@@ -142,14 +164,19 @@ class Command(BaseCommand):
         listing.add_argument("--queue", action="append", dest="queues")
         listing.add_argument("--task", action="append", dest="tasks", help="Dotted task path.")
         listing.add_argument("--since", type=since, help="Enqueued since: 1h, 7d or a date.")
-        listing.add_argument("--limit", type=positive_int, default=50)
+        listing.add_argument(
+            "--limit",
+            type=positive_int_at_most(MAX_LIST),
+            default=50,
+            help=f"Most jobs listed, 1 to {MAX_LIST} (default: 50).",
+        )
 
         for name, text in (
             ("retry", "Re-queue failed or cancelled jobs."),
             ("cancel", "Cancel jobs that have not started."),
             ("run-now", "Make delayed jobs due now."),
         ):
-            op = sub.add_parser(name, help=text)
+            op = sub.add_parser(name, help=f"{text} At most {operations.MAX_IDS} ids a call.")
             op.add_argument("ids", nargs="+", type=job_id, metavar="ID")
 
         prune = sub.add_parser("prune", help="Delete finished jobs older than a cut-off.")
@@ -161,6 +188,15 @@ class Command(BaseCommand):
             p.add_argument("--json", action="store_true", default=argparse.SUPPRESS)
 
     def handle(self, *args: Any, **options: Any) -> None:
+        try:
+            self._handle(**options)
+        except DatabaseError as exc:
+            # Exit 3, not a traceback's 1, which means "some ids were skipped".
+            raise CommandError(
+                f"the database failed: {type(exc).__name__}: {exc}", returncode=3
+            ) from exc
+
+    def _handle(self, **options: Any) -> None:
         name = options["subcommand"]
         as_json = options["json"]
         if name == "status":
@@ -193,8 +229,22 @@ class Command(BaseCommand):
                 self.stdout.write(report.summary())
                 for job, reason in sorted(report.skipped.items()):
                     self.stdout.write(f"  #{job}: {reason}")
+                if report.dropped:
+                    self.stdout.write(
+                        f"  {len(report.dropped)} id(s) past the first {operations.MAX_IDS} "
+                        f"were not considered; run again with them: "
+                        + " ".join(str(i) for i in report.dropped)
+                    )
             if not report.ok:
-                raise CommandError(f"{len(report.skipped)} job(s) skipped", returncode=1)
+                problems = []
+                if report.skipped:
+                    problems.append(f"{len(report.skipped)} job(s) skipped")
+                if report.dropped:
+                    problems.append(
+                        f"{len(report.dropped)} id(s) not considered (at most "
+                        f"{operations.MAX_IDS} a call)"
+                    )
+                raise CommandError("; ".join(problems), returncode=1)
 
     def _print(self, value: Any) -> None:
         self.stdout.write(json.dumps(value, indent=2))
