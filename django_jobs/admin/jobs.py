@@ -8,11 +8,13 @@ settings and the task registry instead of ``SELECT DISTINCT`` over the table.
 """
 
 from datetime import timedelta
+from itertools import accumulate
 from typing import Any
 
 from django.contrib import admin, messages
 from django.contrib.admin import ActionLocation
 from django.contrib.admin.utils import unquote
+from django.core import signing
 from django.core.exceptions import PermissionDenied
 from django.db.models import Q, QuerySet
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect
@@ -33,6 +35,8 @@ from . import dashboard
 from .pagination import EstimatedCountPaginator
 from .redaction import pretty_json
 
+#: Seconds a delete confirmation page stays valid.
+DELETE_CONFIRMATION_MAX_AGE = 3600
 #: The largest id a job can have (bigint); a larger "id" names no job.
 MAX_JOB_ID = 2**63 - 1
 _FINISHED = sorted(FINISHED_STATES)
@@ -470,32 +474,75 @@ class JobAdmin(admin.ModelAdmin):
 
     @admin.action(permissions=["delete"], description="Delete selected jobs")
     def delete_jobs(self, request: HttpRequest, queryset: QuerySet) -> HttpResponse | None:
+        if request.POST.get("confirm") == "yes":
+            if "selection" in request.POST:
+                ids = self._confirmed_selection(request)
+                if ids is None:
+                    self.message_user(
+                        request,
+                        "Nothing was deleted: this confirmation is not valid any more (it "
+                        f"expires after {DELETE_CONFIRMATION_MAX_AGE // 60} minutes, and "
+                        "belongs to the user who asked). Select the jobs and choose the "
+                        "action again.",
+                        messages.ERROR,
+                    )
+                    return None
+            else:
+                ids = self._selected_ids(queryset)
+            self._report(request, operations.delete(ids, queryset.db))
+            return None
         ids = self._selected_ids(queryset)
-        if request.POST.get("confirm") != "yes":
-            states = (
-                Job.objects.using(queryset.db)
-                .filter(pk__in=ids)
-                .values_list("state", flat=True)
-                .order_by()
+        if not ids:
+            self.message_user(request, "No jobs match the selection any more.", messages.WARNING)
+            return None
+        states = (
+            Job.objects.using(queryset.db)
+            .filter(pk__in=ids)
+            .values_list("state", flat=True)
+            .order_by()
+        )
+        counts: dict[str, int] = {}
+        for state in states:
+            counts[state] = counts.get(state, 0) + 1
+        return TemplateResponse(
+            request,
+            "admin/django_jobs/job/delete_jobs_confirmation.html",
+            {
+                **self.admin_site.each_context(request),
+                "title": "Delete jobs?",
+                "opts": self.opts,
+                # The selection goes back signed, in one field: one hidden field per id
+                # would pass DATA_UPLOAD_MAX_NUMBER_FIELDS (1,000) and fail with a 400.
+                "selection": self._sign_selection(request, ids),
+                # Django runs an action only with at least one row selected.
+                "first_id": ids[0],
+                "counts": sorted(counts.items()),
+                "running": counts.get(JobState.RUNNING, 0),
+                "total": min(len(ids), operations.MAX_IDS),
+            },
+        )
+
+    def _selection_salt(self, request: HttpRequest) -> str:
+        return f"django_jobs.delete_jobs:{request.user.pk}"
+
+    def _sign_selection(self, request: HttpRequest, ids: list[int]) -> str:
+        # Differences between neighbours: runs of ids compress to almost nothing.
+        deltas = [b - a for a, b in zip([0, *ids], ids, strict=False)]
+        return signing.dumps(deltas, salt=self._selection_salt(request), compress=True)
+
+    def _confirmed_selection(self, request: HttpRequest) -> list[int] | None:
+        """The ids signed into the confirmation page, or None if its token is not valid."""
+        try:
+            deltas = signing.loads(
+                request.POST["selection"],
+                salt=self._selection_salt(request),
+                max_age=DELETE_CONFIRMATION_MAX_AGE,
             )
-            counts: dict[str, int] = {}
-            for state in states:
-                counts[state] = counts.get(state, 0) + 1
-            return TemplateResponse(
-                request,
-                "admin/django_jobs/job/delete_jobs_confirmation.html",
-                {
-                    **self.admin_site.each_context(request),
-                    "title": "Delete jobs?",
-                    "opts": self.opts,
-                    "ids": ids[: operations.MAX_IDS],
-                    "counts": sorted(counts.items()),
-                    "running": counts.get(JobState.RUNNING, 0),
-                    "total": min(len(ids), operations.MAX_IDS),
-                },
-            )
-        self._report(request, operations.delete(ids, queryset.db))
-        return None
+        except signing.BadSignature:  # altered, another user's, or expired
+            return None
+        if not isinstance(deltas, list) or not all(type(d) is int for d in deltas):
+            return None
+        return list(accumulate(deltas))
 
     def delete_queryset(self, request: HttpRequest, queryset: QuerySet) -> None:
         operations.delete(self._selected_ids(queryset), queryset.db)

@@ -1,5 +1,7 @@
 """The admin as an operations console: lists, the job page, guarded actions, the dashboard."""
 
+import html
+import re
 from datetime import timedelta
 
 import pytest
@@ -143,6 +145,50 @@ def test_delete_action_asks_first_and_keeps_running_jobs(operator):
     response = post_action(operator, "delete_jobs", done, running, confirm="yes")
     assert messages_of(response) == ["1 job deleted, 1 skipped: still running"]
     assert list(Job.objects.values_list("pk", flat=True)) == [running.pk]
+
+
+def hidden_fields(response) -> dict[str, list[str]]:
+    fields: dict[str, list[str]] = {}
+    for name, value in re.findall(
+        r'<input type="hidden" name="(\w+)" value="([^"]*)"', response.content.decode()
+    ):
+        fields.setdefault(name, []).append(html.unescape(value))
+    return fields
+
+
+def test_deleting_more_jobs_than_one_form_may_post_fields(operator):
+    now = timezone.now()
+    Job.objects.bulk_create(
+        Job(task_path="testproject.example.tasks.add", state="SUCCESSFUL", finished_at=now)
+        for _ in range(1500)
+    )
+    newest = Job.objects.order_by("-id").first()
+    # "Select all 1500" in the list: one checked row and select_across.
+    confirm = operator.post(
+        reverse(CHANGELIST),
+        {"action": "delete_jobs", "index": 0, "select_across": 1, "_selected_action": newest.pk},
+    )
+    assert b"Delete 1500 jobs?" in confirm.content
+    fields = hidden_fields(confirm)
+    response = operator.post(reverse(CHANGELIST), fields, follow=True)
+    assert response.status_code == 200  # was 400: over DATA_UPLOAD_MAX_NUMBER_FIELDS
+    assert len(fields["_selected_action"]) == 1  # not one field per job
+    assert messages_of(response) == ["1500 jobs deleted"]
+    assert not Job.objects.exists()
+
+
+def test_a_delete_confirmation_is_the_askers_and_cannot_be_altered(operator, django_user_model):
+    done = job("SUCCESSFUL")
+    fields = hidden_fields(post_action(operator, "delete_jobs", done))
+    for token in (fields["selection"][0][:-2] + "xx", "", "[1, 2]"):
+        response = operator.post(reverse(CHANGELIST), {**fields, "selection": token}, follow=True)
+        [message] = messages_of(response)
+        assert message.startswith("Nothing was deleted: this confirmation is not valid any more")
+    other = django_user_model.objects.create_superuser("other", password="pw")
+    operator.force_login(other)
+    response = operator.post(reverse(CHANGELIST), fields, follow=True)
+    assert messages_of(response)[0].startswith("Nothing was deleted")
+    assert Job.objects.filter(pk=done.pk).exists()
 
 
 def test_a_view_only_user_sees_but_cannot_act(viewer):
