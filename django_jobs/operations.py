@@ -11,11 +11,12 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from django.db import connections, router, transaction
+from django.db import connections, transaction
 
 from . import protocol
 from .models import Job
 from .states import FINISHED_STATES, JobState
+from .stats import jobs_database
 
 #: Most ids one operation touches; "select all" on a huge changelist is cut to this.
 MAX_IDS = 10_000
@@ -107,7 +108,7 @@ def _operate(
     ids = ids[:MAX_IDS]
     if not ids:
         return report
-    using = using or router.db_for_write(Job)
+    using = using or jobs_database()
     with transaction.atomic(using=using), connections[using].cursor() as cur:
         report.moved = sorted(move(cur, ids))
     left = sorted(set(ids) - set(report.moved))
@@ -141,6 +142,6 @@ def delete(ids: Iterable[int], using: str | None = None) -> Report:
 
 def prune(older_than: float, states: Iterable[str] | None = None, using: str | None = None) -> int:
     """Delete finished jobs older than ``older_than`` seconds, in bounded batches."""
-    using = using or router.db_for_write(Job)
+    using = using or jobs_database()
     with connections[using].cursor() as cur:
         return protocol.prune(cur, older_than=older_than, states=list(states or protocol.FINISHED))

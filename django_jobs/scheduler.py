@@ -28,6 +28,7 @@ from . import cron, protocol, registry
 from .backend import JobsBackend, encode_arguments
 from .models import MAX_CATCHUP, MisfirePolicy
 from .protocol import Cursor, ScheduleRow
+from .stats import jobs_database
 
 logger = logging.getLogger("django_jobs.scheduler")
 
@@ -451,7 +452,7 @@ def run_now(schedule_id: int) -> Fired:
     """Enqueue one job of a schedule now, outside its timing; raise ScheduleError if not."""
     from .models import Schedule
 
-    schedule = Schedule.objects.get(pk=schedule_id)
+    schedule = Schedule.objects.using(jobs_database()).get(pk=schedule_id)
     backend = backend_of(schedule)
     registry.discover(backend.jobs_options.TASK_MODULES)
     database = backend.database
@@ -495,7 +496,7 @@ def set_enabled(schedule_id: int, enabled: bool) -> datetime | None:
     """
     from .models import Schedule
 
-    schedule = Schedule.objects.get(pk=schedule_id)
+    schedule = Schedule.objects.using(jobs_database()).get(pk=schedule_id)
     if enabled:
         database = backend_of(schedule).database
     else:

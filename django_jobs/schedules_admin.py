@@ -24,21 +24,16 @@ from django.tasks import task_backends
 from django.urls import NoReverseMatch, path, reverse
 from django.utils.html import format_html, format_html_join
 
-from . import cron, registry, scheduler
+from . import cron, registry, scheduler, stats
 from .admin.redaction import pretty_json
-from .backend import JobsBackend
 from .models import MAX_CATCHUP, Schedule, ScheduleSource
 
 UPCOMING = 5
 UNITS = (("1", "seconds"), ("60", "minutes"), ("3600", "hours"))
 
 
-def _jobs_backends() -> list[JobsBackend]:
-    return [b for b in task_backends.all() if isinstance(b, JobsBackend)]
-
-
 def _task_choices(current: str | None) -> list[tuple[str, str]]:
-    for backend in _jobs_backends():
+    for backend in stats.jobs_backends():
         registry.discover(backend.jobs_options.TASK_MODULES)
     paths = registry.registered_paths()
     choices = [("", "---------")] + [(p, p) for p in paths]
@@ -107,7 +102,7 @@ class ScheduleForm(forms.ModelForm):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.fields["task_path"].choices = _task_choices(self.instance.task_path)
-        aliases = [b.alias for b in _jobs_backends()] or ["default"]
+        aliases = [b.alias for b in stats.jobs_backends()] or ["default"]
         self.fields["backend"] = forms.ChoiceField(
             choices=[(a, a) for a in aliases], initial=aliases[0], label="Backend"
         )
@@ -216,6 +211,10 @@ class ScheduleAdmin(admin.ModelAdmin):
     class Media:
         js = ("django_jobs/schedule_preview.js",)
 
+    def get_queryset(self, request: HttpRequest) -> QuerySet:
+        # Where the backends keep their tables (OPTIONS["DATABASE"]), as the scheduler.
+        return super().get_queryset(request).using(stats.jobs_database())
+
     def _declared(self, obj: Schedule | None) -> bool:
         return obj is not None and obj.source != ScheduleSource.ADMIN
 
@@ -280,7 +279,7 @@ class ScheduleAdmin(admin.ModelAdmin):
             obj.next_run_at = scheduler.Timing.of(obj).first_after(now)
         if change and form.changed_data and obj.source == ScheduleSource.ADMIN:
             obj.last_error = ""  # the operator changed it: judge it afresh at its next fire
-        super().save_model(request, obj, form, change)
+        obj.save(using=obj._state.db or stats.jobs_database())
 
     # ── columns ──────────────────────────────────────────────────────────────
 

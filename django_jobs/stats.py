@@ -19,7 +19,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from django.core.exceptions import EmptyResultSet
-from django.db import connections
+from django.db import connections, router
 from django.db.models import QuerySet
 from django.utils import timezone
 
@@ -61,8 +61,33 @@ GROUP BY 1, 2, 3
 ESTIMATED_ROWS = "SELECT reltuples::bigint FROM pg_class WHERE oid = %s::regclass"
 
 
+def jobs_backends() -> list[Any]:
+    """The configured django_jobs backends (``TASKS`` entries of JobsBackend)."""
+    from django.tasks import task_backends
+
+    from .backend import JobsBackend
+
+    return [b for b in task_backends.all() if isinstance(b, JobsBackend)]
+
+
+def jobs_database() -> str:
+    """The database alias that holds the job tables, for callers that name no backend.
+
+    The backends' ``OPTIONS["DATABASE"]`` when they agree on one alias; when they use
+    several, the database router's choice for the Job model decides.
+    """
+    aliases = {b.database for b in jobs_backends()}
+    if len(aliases) == 1:
+        return aliases.pop()
+    return router.db_for_write(Job)
+
+
+def _db(using: str | None) -> str:
+    return using or jobs_database()
+
+
 def _cursor(using: str | None = None) -> Any:
-    return connections[using or "default"].cursor()
+    return connections[_db(using)].cursor()
 
 
 def estimated_total(using: str | None = None) -> int | None:
@@ -186,6 +211,7 @@ def overview(
 
     ``queues`` lists queues to show even when they hold no jobs (the backend's QUEUES).
     """
+    using = _db(using)
     now = now or timezone.now()
     day_ago = now - timedelta(hours=23)
     hour_ago = now - timedelta(minutes=59)
@@ -226,7 +252,7 @@ def overview(
 def running_jobs(limit: int = 25, using: str | None = None) -> list[Job]:
     """The longest-running jobs first (reads the partial index on RUNNING)."""
     return list(
-        Job.objects.using(using or "default")
+        Job.objects.using(_db(using))
         .filter(state=JobState.RUNNING)
         .defer("args", "kwargs", "return_value", "errors", "worker_ids")
         .order_by("started_at")[:limit]
@@ -239,7 +265,7 @@ def recent_failures(
     """The last failed jobs, newest first; a range scan of the finished index, bounded."""
     since = timezone.now() - within
     return list(
-        Job.objects.using(using or "default")
+        Job.objects.using(_db(using))
         .filter(state__in=list(_FINISHED_ORDER), finished_at__gte=since, state=JobState.FAILED)
         .defer("args", "kwargs", "return_value", "worker_ids")
         .order_by("-finished_at")[:limit]
@@ -255,7 +281,7 @@ def running_by_worker(using: str | None = None) -> dict[str, int]:
 def workers(using: str | None = None) -> list[Worker]:
     """Every registered worker, newest first, with ``running`` (jobs held now) set."""
     running = running_by_worker(using)
-    rows = list(Worker.objects.using(using or "default").order_by("-started_at"))
+    rows = list(Worker.objects.using(_db(using)).order_by("-started_at"))
     for w in rows:
         w.running = running.get(w.id, 0)  # type: ignore[attr-defined]
     return rows

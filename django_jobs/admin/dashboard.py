@@ -19,19 +19,19 @@ from .workers import is_stale
 
 
 def context(model_admin: Any) -> dict[str, Any]:
-    from .jobs import jobs_backends
-
-    queues = sorted({q for b in jobs_backends() for q in b.queues})
-    overview = stats.overview(queues=queues)
+    # Where the backends keep the job tables (OPTIONS["DATABASE"]), not "default".
+    using = stats.jobs_database()
+    queues = sorted({q for b in stats.jobs_backends() for q in b.queues})
+    overview = stats.overview(queues=queues, using=using)
     now = timezone.now()
-    workers = stats.workers()
+    workers = stats.workers(using=using)
     for w in workers:
         w.stale = is_stale(w, now)  # type: ignore[attr-defined]
     return {
         "overview": overview,
         "totals": overview.totals,
-        "running_jobs": stats.running_jobs(),
-        "failures": stats.recent_failures(),
+        "running_jobs": stats.running_jobs(using=using),
+        "failures": stats.recent_failures(using=using),
         "workers": workers,
         "live_workers": sum(1 for w in workers if not w.stale),  # type: ignore[attr-defined]
         "now": now,

@@ -18,7 +18,6 @@ from django.core import signing
 from django.core.exceptions import PermissionDenied
 from django.db.models import Q, QuerySet
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect
-from django.tasks import task_backends
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils import timezone
@@ -26,8 +25,7 @@ from django.utils.dateparse import parse_datetime
 from django.utils.html import format_html
 from django.views.decorators.http import require_POST
 
-from django_jobs import operations, registry
-from django_jobs.backend import JobsBackend
+from django_jobs import operations, registry, stats
 from django_jobs.models import Job
 from django_jobs.states import FINISHED_STATES, JobState
 
@@ -46,8 +44,7 @@ _DEFERRED = ("args", "kwargs", "return_value", "errors", "worker_ids")
 # ── filters: choices from configuration, never from a scan of the table ───────────
 
 
-def jobs_backends() -> list[JobsBackend]:
-    return [b for b in task_backends.all() if isinstance(b, JobsBackend)]
+jobs_backends = stats.jobs_backends
 
 
 class StateFilter(admin.SimpleListFilter):
@@ -277,7 +274,8 @@ class JobAdmin(admin.ModelAdmin):
     # ── the changelist ──────────────────────────────────────────────────────
 
     def get_queryset(self, request: HttpRequest) -> QuerySet:
-        qs = super().get_queryset(request)
+        # The backends' database (OPTIONS["DATABASE"]), like the dashboard's numbers.
+        qs = super().get_queryset(request).using(stats.jobs_database())
         # The JSON columns can be large; the list shows none of them.
         if getattr(request, "resolver_match", None) and request.resolver_match.url_name == (
             "django_jobs_job_changelist"

@@ -12,6 +12,7 @@ from django.utils import timezone
 from django.utils.html import format_html
 from django.utils.safestring import mark_safe
 
+from django_jobs import stats
 from django_jobs.backend import JobsBackend
 from django_jobs.conf import JobsOptions
 from django_jobs.models import Job, Worker
@@ -68,7 +69,8 @@ class WorkerAdmin(admin.ModelAdmin):
         css = {"all": ["django_jobs/admin.css"]}
 
     def get_queryset(self, request: HttpRequest) -> QuerySet:
-        return super().get_queryset(request).annotate(running_jobs=running_now())
+        queryset = super().get_queryset(request).using(stats.jobs_database())
+        return queryset.annotate(running_jobs=running_now())
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False

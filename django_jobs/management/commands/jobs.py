@@ -114,7 +114,9 @@ def list_jobs(
     limit: int = 50,
 ) -> QuerySet:
     """Newest jobs first, filtered as the admin's changelist filters."""
-    qs = Job.objects.defer("args", "kwargs", "return_value", "errors", "worker_ids")
+    qs = Job.objects.using(stats.jobs_database()).defer(
+        "args", "kwargs", "return_value", "errors", "worker_ids"
+    )
     if states:
         qs = qs.filter(state__in=states)
     if queues:
@@ -250,10 +252,8 @@ class Command(BaseCommand):
         self.stdout.write(json.dumps(value, indent=2))
 
     def _status(self, as_json: bool) -> None:
-        from django_jobs.admin.jobs import jobs_backends
-
-        queues = sorted({q for b in jobs_backends() for q in b.queues})
-        overview = stats.overview(queues=queues)
+        queues = sorted({q for b in stats.jobs_backends() for q in b.queues})
+        overview = stats.overview(queues=queues, using=stats.jobs_database())
         if as_json:
             self._print(overview.as_dict())
             return
