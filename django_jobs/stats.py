@@ -9,7 +9,11 @@ partial indexes (``models.Job.Meta.indexes``):
 - finished rows through ``django_jobs_job_finished`` (partial on the finished states,
   keyed by ``finished_at``), always with a ``finished_at`` range: recent windows only.
 
-Totals for all history are the planner's estimate, and labelled as such.
+Even an index scan costs a visit per row, and the dashboard asks every 10 seconds. So
+the counts are bounded: each is run exactly only when the planner expects at most
+``EXACT_BELOW`` rows, and under a statement timeout; past either, the numbers are the
+planner's estimates, and flagged as such (``Overview.ready_estimated``,
+``finished_estimated``). Totals for all history are always the planner's estimate.
 """
 
 import json
@@ -18,8 +22,9 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
+import psycopg
 from django.core.exceptions import EmptyResultSet
-from django.db import connections, router
+from django.db import OperationalError, connections, router, transaction
 from django.db.models import QuerySet
 from django.utils import timezone
 
@@ -60,6 +65,41 @@ GROUP BY 1, 2, 3
 
 ESTIMATED_ROWS = "SELECT reltuples::bigint FROM pg_class WHERE oid = %s::regclass"
 
+# What the bounded counts would read, for the planner to estimate (EXPLAIN only).
+READY_ROWS = f"SELECT 1 FROM {TABLE} WHERE state = 'READY'"
+FINISHED_ROWS = (
+    f"SELECT 1 FROM {TABLE} WHERE state IN {_FINISHED_SQL} AND finished_at >= %(since)s"
+)
+# The same per queue, when only an estimate is affordable.
+READY_IN_QUEUE = f"""
+SELECT 1 FROM {TABLE}
+WHERE state = 'READY' AND queue_name = %(queue)s AND available_at {{op}} now()
+"""
+FINISHED_IN_QUEUE = f"""
+SELECT 1 FROM {TABLE}
+WHERE state = %(state)s AND queue_name = %(queue)s AND finished_at >= %(since)s
+"""
+
+# The distinct queue names in the table, one index probe each (a "loose index scan" of
+# django_jobs_job_queue_task), instead of a SELECT DISTINCT that reads every row.
+QUEUE_NAMES = f"""
+WITH RECURSIVE q(name) AS (
+    (SELECT queue_name FROM {TABLE} ORDER BY queue_name LIMIT 1)
+    UNION ALL
+    SELECT (SELECT queue_name FROM {TABLE} WHERE queue_name > q.name
+            ORDER BY queue_name LIMIT 1)
+    FROM q WHERE q.name IS NOT NULL
+)
+SELECT name FROM q WHERE name IS NOT NULL LIMIT %(limit)s
+"""
+
+#: Count exactly when the planner expects at most this many rows; estimate above.
+EXACT_BELOW = 100_000
+#: An exact count that takes longer than this many milliseconds gives way to the estimate.
+EXACT_TIMEOUT_MS = 500
+#: queue_names() gives up past this many distinct queues.
+MAX_QUEUES = 1000
+
 
 def jobs_backends() -> list[Any]:
     """The configured django_jobs backends (``TASKS`` entries of JobsBackend)."""
@@ -88,6 +128,70 @@ def _db(using: str | None) -> str:
 
 def _cursor(using: str | None = None) -> Any:
     return connections[_db(using)].cursor()
+
+
+def _planned_rows(cur: Any, sql: str, params: Any = None) -> int:
+    """The planner's estimate of the rows ``sql`` returns (EXPLAIN; nothing is read)."""
+    cur.execute(f"EXPLAIN (FORMAT JSON) {sql}", params)
+    plan = cur.fetchone()[0]
+    if isinstance(plan, str):
+        plan = json.loads(plan)
+    return int(plan[0]["Plan"]["Plan Rows"])
+
+
+def _bounded(using: str, sql: str, params: Any = None) -> list[tuple] | None:
+    """Run a read of the partial indexes; None if it took longer than EXACT_TIMEOUT_MS.
+
+    The planner is told not to scan the table: it prices a bitmap scan of the READY
+    or finished rows as if they were scattered over the whole table and may prefer a
+    sequential scan, though recent rows sit together at the table's end.
+    """
+    connection = connections[using]
+    try:
+        # A savepoint (or a transaction in autocommit) scopes the settings, and rolls
+        # them back with a cancelled statement.
+        with transaction.atomic(using=using), connection.cursor() as cur:
+            cur.execute(
+                "SELECT current_setting('statement_timeout'), current_setting('enable_seqscan')"
+            )
+            timeout, seqscan = cur.fetchone()
+            cur.execute(
+                "SELECT set_config('statement_timeout', %s, true), "
+                "set_config('enable_seqscan', 'off', true)",
+                [str(EXACT_TIMEOUT_MS)],
+            )
+            cur.execute(sql, params)
+            rows = cur.fetchall()
+            cur.execute(
+                "SELECT set_config('statement_timeout', %s, true), "
+                "set_config('enable_seqscan', %s, true)",
+                [timeout, seqscan],
+            )
+            return rows
+    except OperationalError as exc:
+        if isinstance(exc.__cause__, psycopg.errors.QueryCanceled):
+            return None
+        raise
+
+
+def queue_names(using: str | None = None) -> list[str] | None:
+    """The distinct queue names in the job table, sorted; None past MAX_QUEUES."""
+    with _cursor(using) as cur:
+        cur.execute(QUEUE_NAMES, {"limit": MAX_QUEUES + 1})
+        names = [row[0] for row in cur.fetchall()]
+    return None if len(names) > MAX_QUEUES else names
+
+
+def by_tasks(queryset: QuerySet, paths: list[str]) -> QuerySet:
+    """``queryset`` narrowed to jobs of the tasks ``paths``, in a shape an index serves.
+
+    The index that serves task filters is (queue_name, task_path, id): naming every
+    queue present (a few index probes) lets it find a rare task's jobs directly
+    instead of walking the whole table.
+    """
+    queryset = queryset.filter(task_path__in=paths)
+    names = queue_names(queryset.db)
+    return queryset if names is None else queryset.filter(queue_name__in=names)
 
 
 def estimated_total(using: str | None = None) -> int | None:
@@ -163,9 +267,14 @@ class Overview:
     now: datetime
     window: timedelta
     queues: list[QueueStats]
-    per_minute: list[Bucket]
-    per_hour: list[Bucket]
+    #: None when too many jobs finished to chart them quickly.
+    per_minute: list[Bucket] | None
+    per_hour: list[Bucket] | None
     estimated_total: int | None
+    #: The ready and delayed counts are the planner's estimates (too many rows to count).
+    ready_estimated: bool = False
+    #: The finished counts are the planner's estimates.
+    finished_estimated: bool = False
 
     @property
     def totals(self) -> QueueStats:
@@ -187,6 +296,8 @@ class Overview:
             "now": self.now.isoformat(),
             "window_seconds": self.window.total_seconds(),
             "estimated_total_rows": self.estimated_total,
+            "ready_estimated": self.ready_estimated,
+            "finished_estimated": self.finished_estimated,
             "queues": [q.as_dict() for q in self.queues],
         }
 
@@ -210,43 +321,75 @@ def overview(
     """Per-queue counts, throughput buckets for the last hour and day, and the table size.
 
     ``queues`` lists queues to show even when they hold no jobs (the backend's QUEUES).
+    Counts that would read more than EXACT_BELOW rows are estimates (see the module).
     """
     using = _db(using)
     now = now or timezone.now()
     day_ago = now - timedelta(hours=23)
     hour_ago = now - timedelta(minutes=59)
+    day_since = day_ago.replace(minute=0, second=0, microsecond=0)
+    hour_since = hour_ago.replace(second=0, microsecond=0)
     by_queue: dict[str, QueueStats] = {name: QueueStats(name) for name in queues or []}
 
     def queue(name: str) -> QueueStats:
         return by_queue.setdefault(name, QueueStats(name))
 
     with _cursor(using) as cur:
-        cur.execute(READY_BY_QUEUE)
-        for name, runnable, delayed, oldest in cur.fetchall():
-            q = queue(name)
-            q.runnable, q.delayed, q.oldest_runnable = runnable, delayed, oldest
-        cur.execute(RUNNING_BY_QUEUE)
-        for name, running in cur.fetchall():
-            queue(name).running = running
-        cur.execute(
-            FINISHED_SINCE,
-            {"unit": "hour", "since": day_ago.replace(minute=0, second=0, microsecond=0)},
-        )
-        day_rows = cur.fetchall()
-        cur.execute(
-            FINISHED_SINCE, {"unit": "minute", "since": hour_ago.replace(second=0, microsecond=0)}
-        )
-        minute_rows = cur.fetchall()
-    for name, state, _bucket, n in day_rows:
+        ready_planned = _planned_rows(cur, READY_ROWS)
+        day_planned = _planned_rows(cur, FINISHED_ROWS, {"since": day_since})
+        hour_planned = _planned_rows(cur, FINISHED_ROWS, {"since": hour_since})
+
+    def exact(planned: int, sql: str, params: Any = None) -> list[tuple] | None:
+        return _bounded(using, sql, params) if planned <= EXACT_BELOW else None
+
+    ready = exact(ready_planned, READY_BY_QUEUE)
+    running = _bounded(using, RUNNING_BY_QUEUE) or []  # as many as the workers' slots
+    day_rows = exact(day_planned, FINISHED_SINCE, {"unit": "hour", "since": day_since})
+    minute_rows = exact(hour_planned, FINISHED_SINCE, {"unit": "minute", "since": hour_since})
+
+    for name, runnable, delayed, oldest in ready or []:
+        q = queue(name)
+        q.runnable, q.delayed, q.oldest_runnable = runnable, delayed, oldest
+    for name, n in running:
+        queue(name).running = n
+    for name, state, _bucket, n in day_rows or []:
         queue(name).finished[state] += n
+    if ready is None or day_rows is None:
+        _estimate(using, by_queue, queue, ready is None, day_rows is None, day_since)
     return Overview(
         now=now,
-        window=now - day_ago.replace(minute=0, second=0, microsecond=0),
+        window=now - day_since,
         queues=sorted(by_queue.values(), key=lambda q: q.name),
-        per_minute=_buckets(minute_rows, "minute", hour_ago, 60),
-        per_hour=_buckets(day_rows, "hour", day_ago, 24),
+        per_minute=None if minute_rows is None else _buckets(minute_rows, "minute", hour_ago, 60),
+        per_hour=None if day_rows is None else _buckets(day_rows, "hour", day_ago, 24),
         estimated_total=estimated_total(using),
+        ready_estimated=ready is None,
+        finished_estimated=day_rows is None,
     )
+
+
+def _estimate(
+    using: str,
+    by_queue: dict[str, QueueStats],
+    queue: Any,
+    ready: bool,
+    finished: bool,
+    since: datetime,
+) -> None:
+    """Fill in the planner's estimates per queue (an EXPLAIN each, no rows read)."""
+    names = sorted(set(by_queue) | set(queue_names(using) or []))
+    with _cursor(using) as cur:
+        for name in names:
+            q = queue(name)
+            if ready:
+                params = {"queue": name}
+                q.runnable = _planned_rows(cur, READY_IN_QUEUE.format(op="<="), params)
+                q.delayed = _planned_rows(cur, READY_IN_QUEUE.format(op=">"), params)
+                q.oldest_runnable = None  # unknown: finding it would read the backlog
+            if finished:
+                for state in _FINISHED_ORDER:
+                    params = {"queue": name, "state": state.value, "since": since}
+                    q.finished[state] = _planned_rows(cur, FINISHED_IN_QUEUE, params)
 
 
 def running_jobs(limit: int = 25, using: str | None = None) -> list[Job]:

@@ -122,7 +122,7 @@ def list_jobs(
     if queues:
         qs = qs.filter(queue_name__in=queues)
     if tasks:
-        qs = qs.filter(task_path__in=tasks)
+        qs = stats.by_tasks(qs, tasks)
     if since is not None:
         qs = qs.filter(enqueued_at__gte=since)
     return qs.order_by("-id")[:limit]
@@ -267,16 +267,18 @@ class Command(BaseCommand):
             "failed 24h",
             "cancelled 24h",
         )
+        ready = "~" if overview.ready_estimated else ""
+        done = "~" if overview.finished_estimated else ""
         rows = [
             (
                 q.name,
-                q.runnable,
-                q.delayed,
+                f"{ready}{q.runnable}",
+                f"{ready}{q.delayed}",
                 q.running,
                 _age(q.oldest_runnable_age),
-                q.finished.get("SUCCESSFUL", 0),
-                q.finished.get("FAILED", 0),
-                q.finished.get("CANCELLED", 0),
+                f"{done}{q.finished.get('SUCCESSFUL', 0)}",
+                f"{done}{q.finished.get('FAILED', 0)}",
+                f"{done}{q.finished.get('CANCELLED', 0)}",
             )
             for q in [*overview.queues, overview.totals]
         ]
@@ -288,6 +290,11 @@ class Command(BaseCommand):
             else "not estimated yet (the table has not been analysed)"
         )
         self.stdout.write(f"\nFinished counts cover the last 24 h. All history: {history}.")
+        if ready or done:
+            self.stdout.write(
+                "~ marks the planner's estimates: too many rows to count quickly "
+                f"(more than {stats.EXACT_BELOW})."
+            )
 
     def _list(self, jobs: list[Job], as_json: bool) -> None:
         if as_json:
