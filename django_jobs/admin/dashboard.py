@@ -2,7 +2,8 @@
 
 Served by ``JobAdmin.get_urls`` at ``admin/django_jobs/job/dashboard/`` behind the admin
 login and the view permission on jobs. Every number comes from ``stats.py``, whose
-queries read partial indexes and recent windows only, so the page costs the same with
+queries read partial indexes and recent windows only, and count exactly only up to a
+bound (past it they are the planner's estimates), so the page costs about the same with
 five thousand or five million rows. ``?fragment=1`` returns just the numbers, which the
 page's script fetches to refresh itself.
 """
