@@ -33,20 +33,22 @@ class Sizes:
     s3_jobs: int = 1_000_000
     s3_batch: int = 5_000
     s4_samples: int = 1_000
-    s4_poll_samples: int = 100
+    s4_poll_samples: int = 60
     s4_poll_interval: float = 0.2
     s4_open_rate: float = 100.0
     s4_open_seconds: float = 60.0
     s5_history: int = 5_000_000
     s5_future: int = 1_000_000
-    s6_before: float = 10.0
+    s6_before: float = 5.0
     s6_hold: float = 120.0
-    s6_after: float = 10.0
+    s6_after: float = 5.0
+    #: Then the worker may finish the rest for at most this long before it is stopped.
+    s6_drain_out: float = 30.0
     rss_checkpoint: int = 10_000
     rss_jobs: int = 1_000_000
     #: The RSS drain is cut to what S1's rate drains in this many seconds, so a slow
     #: worker cannot push the run past its time budget (the report says so when it does).
-    rss_budget_s: float = 120.0
+    rss_budget_s: float = 90.0
     #: Upper bound for any single drain (a worker that hangs fails the run, not CI's clock).
     drain_timeout_s: float = 900.0
 
@@ -72,8 +74,9 @@ class Sizes:
             s6_before=2.0,
             s6_hold=15.0,
             s6_after=2.0,
+            s6_drain_out=20.0,
             rss_jobs=100_000,
-            rss_budget_s=10.0,
+            rss_budget_s=5.0,
             drain_timeout_s=120.0,
         )
 
@@ -97,6 +100,8 @@ class Context:
     checks: list[Check] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     statements_available: bool = False
+    #: The server's postmaster pid when it runs here (PostgreSQL CPU figures), else None.
+    postmaster_pid: int | None = None
 
     def check(self, name: str, ok: bool, detail: str = "") -> bool:
         """Record a correctness check (printed at once when it fails)."""

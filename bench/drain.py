@@ -53,7 +53,7 @@ def drain(
         before_start()
     with ctx.connect() as conn:
         before = ctx.counters(conn)
-        pg_cpu_before = measure.postgres_cpu_seconds()
+        pg_cpu_before = measure.postgres_cpu_seconds(ctx.postmaster_pid)
         cpu_before = measure.rusage_children_cpu()
         log = ctx.log_dir / f"{label.replace(' ', '_')}.log"
         with WorkerProcess(["--burst", *worker_args], log) as worker:
@@ -68,7 +68,7 @@ def drain(
         worker_cpu = measure.rusage_children_cpu() - cpu_before
         # The worker's server process exits (and reports its counters) just after it.
         time.sleep(0.3)
-        pg_cpu_after = measure.postgres_cpu_seconds()
+        pg_cpu_after = measure.postgres_cpu_seconds(ctx.postmaster_pid)
         after = ctx.counters(conn)
         wal = measure.wal_bytes(conn, before, after)
     stats = db.job_stats(low, high)

@@ -105,26 +105,36 @@ def cmdline(pid: int) -> str:
         return ""
 
 
-def postgres_cpu_seconds() -> float | None:
-    """CPU seconds used so far by every visible PostgreSQL server process.
+def find_postmaster(conn: psycopg.Connection) -> int | None:
+    """Pid of the postmaster serving ``conn``, if it runs on this host and is visible."""
+    backend = read_stat(conn.info.backend_pid)
+    if backend is None or backend.comm != "postgres":
+        return None
+    postmaster = read_stat(backend.ppid)
+    return postmaster.pid if postmaster is not None and postmaster.comm == "postgres" else None
 
-    Sums utime+stime of live ``postgres`` processes, plus the postmaster's cutime+cstime:
-    backends that exited (a worker's connection closes when it stops) were reaped by
-    the postmaster, so their whole CPU time lands there. A before/after difference
-    therefore counts backends that came and went in between. It is server-wide: other
-    databases' sessions on the same server are included. None if nothing is visible.
+
+def postgres_cpu_seconds(postmaster: int | None) -> float | None:
+    """CPU seconds used so far by the PostgreSQL server whose postmaster is ``postmaster``.
+
+    Sums utime+stime of the postmaster and its live children (backends, background
+    processes), plus the postmaster's cutime+cstime: backends that exited (a worker's
+    connection closes when it stops) were reaped by the postmaster, so their whole CPU
+    time lands there. A before/after difference therefore counts backends that came and
+    went in between. Other databases' sessions on the same server are included. None
+    when the server is not visible (another host, another user's processes).
     """
-    total = 0.0
-    seen = False
+    if postmaster is None:
+        return None
+    root = read_stat(postmaster)
+    if root is None:
+        return None
+    total = root.cpu + root.children_cpu
     for pid in all_pids():
         stat = read_stat(pid)
-        if stat is None or stat.comm != "postgres":
-            continue
-        parent = read_stat(stat.ppid)
-        is_postmaster = parent is None or parent.comm != "postgres"
-        total += stat.cpu + (stat.children_cpu if is_postmaster else 0.0)
-        seen = True
-    return total if seen else None
+        if stat is not None and stat.ppid == postmaster:
+            total += stat.cpu
+    return total
 
 
 def rusage_children_cpu() -> float:
@@ -361,5 +371,5 @@ def machine_info(conn: psycopg.Connection) -> dict[str, Any]:
         "load_average_at_start": [round(x, 2) for x in load] if load else None,
         "postgresql": conn.execute("SELECT version()").fetchone()[0],
         "postgresql_settings": settings,
-        "postgres_processes_visible": postgres_cpu_seconds() is not None,
+        "postgres_server_visible": find_postmaster(conn) is not None,
     }

@@ -111,6 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     with ctx.connect() as conn:
         machine = measure.machine_info(conn)
         ctx.statements_available = measure.statements_available(conn)
+        ctx.postmaster_pid = measure.find_postmaster(conn)
         database = conn.info.dbname
     mode = "quick" if args.quick else "full"
     settings = machine["postgresql_settings"]
