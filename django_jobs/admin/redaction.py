@@ -17,9 +17,13 @@ from django.conf import settings
 from django.utils.html import format_html
 
 #: Keys whose values are hidden, unless ``DJANGO_JOBS["ADMIN_REDACT"]`` says else. Matched
-#: anywhere in the key, in any case: "auth" covers "Authorization" and "oauth_token",
-#: "key" covers "api_key" and "private_key", "dsn" covers "SENTRY_DSN".
-DEFAULT_REDACT = r"password|passwd|pwd|secret|token|credential|auth|cookie|dsn|private|key"
+#: anywhere in the key, in any case: "auth" covers "Authorization" and "oauth_token" (not
+#: "author"), "dsn" covers "SENTRY_DSN". A bare "key" is not enough: "cache_key" or
+#: "sort_key" are everyday arguments; "api_key", "ApiKey", "private_key" and the like are.
+DEFAULT_REDACT = (
+    r"password|passwd|pwd|secret|token|credential|auth(?!ors?(?:$|[^a-z]))|cookie|dsn|private"
+    r"|(?:api|access|secret|private|signing|encryption|license)[_-]?key"
+)
 REDACTED = "********"
 
 

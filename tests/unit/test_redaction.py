@@ -28,7 +28,14 @@ def test_the_default_pattern_hides_credential_like_keys(key):
 
 
 def test_ordinary_keys_are_shown():
-    value = {"user_id": 1, "email": "a@b.c", "format": "pdf"}
+    value = {
+        "user_id": 1,
+        "email": "a@b.c",
+        "format": "pdf",
+        "author": "ann",
+        "author_id": 2,
+        "cache_key": "k",
+    }
     assert redact(value, redact_pattern()) == value
 
 
