@@ -129,6 +129,21 @@ class Job(models.Model):
         return f"{self.task_path} #{self.pk} ({self.state})"
 
 
+class Dashboard(Job):
+    """The admin dashboard's entry in the admin index (no table of its own).
+
+    Django's admin index lists models, not pages; this proxy gives the dashboard a row
+    there, next to Jobs. Its admin only redirects, and it adds no permissions: the
+    dashboard needs the view permission on jobs.
+    """
+
+    class Meta:
+        proxy = True
+        verbose_name = "dashboard"
+        verbose_name_plural = "dashboard"
+        default_permissions = ()
+
+
 class Worker(models.Model):
     """One running ``runjobs`` supervisor. Its heartbeat is what keeps its jobs its own."""
 

@@ -2,12 +2,14 @@
 
 from django.contrib import admin
 
-from django_jobs.models import Job, Worker
+from django_jobs.models import Dashboard, Job, Worker
 
+from .dashboard import DashboardEntryAdmin
 from .jobs import JobAdmin
 from .workers import WorkerAdmin
 
 admin.site.register(Job, JobAdmin)
+admin.site.register(Dashboard, DashboardEntryAdmin)
 admin.site.register(Worker, WorkerAdmin)
 
 # The Schedule admin registers itself on import.

@@ -10,8 +10,11 @@ page's script fetches to refresh itself.
 
 from typing import Any
 
-from django.http import HttpRequest, HttpResponse
+from django.contrib import admin
+from django.core.exceptions import PermissionDenied
+from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.template.response import TemplateResponse
+from django.urls import reverse
 from django.utils import timezone
 
 from django_jobs import stats
@@ -56,3 +59,26 @@ def render(model_admin: Any, request: HttpRequest) -> HttpResponse:
             "media": model_admin.media,
         },
     )
+
+
+class DashboardEntryAdmin(admin.ModelAdmin):
+    """Puts "Dashboard" in the admin index (see models.Dashboard); it only redirects."""
+
+    def has_view_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return request.user.has_perm("django_jobs.view_job")
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def changelist_view(
+        self, request: HttpRequest, extra_context: dict[str, Any] | None = None
+    ) -> HttpResponse:
+        if not self.has_view_permission(request):
+            raise PermissionDenied
+        return HttpResponseRedirect(reverse("admin:django_jobs_job_dashboard"))

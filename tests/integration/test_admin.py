@@ -329,9 +329,19 @@ def test_dashboard_needs_the_view_permission(client):
     assert client.get(reverse("admin:django_jobs_job_dashboard")).status_code == 302
 
 
-def test_app_index_links_the_dashboard(admin_client):
-    html = admin_client.get(reverse("admin:app_list", args=["django_jobs"])).content
-    assert reverse("admin:django_jobs_job_dashboard").encode() in html
+def test_the_admin_index_lists_the_dashboard_for_those_who_may_view_jobs(admin_client, client):
+    entry = reverse("admin:django_jobs_dashboard_changelist")
+    assert entry.encode() in admin_client.get(reverse("admin:index")).content
+    assert (
+        entry.encode() in admin_client.get(reverse("admin:app_list", args=["django_jobs"])).content
+    )
+    response = admin_client.get(entry)
+    assert response.status_code == 302
+    assert response["Location"] == reverse("admin:django_jobs_job_dashboard")
+
+    client.force_login(staff())  # staff without any job permission
+    assert entry.encode() not in client.get(reverse("admin:index")).content
+    assert client.get(entry).status_code == 403
 
 
 def test_dashboard_queries_read_indexes_not_the_whole_table():
