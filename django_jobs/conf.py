@@ -6,9 +6,18 @@ sometimes twice during start-up. Bad values are reported by the system checks
 """
 
 from dataclasses import dataclass, field, fields
+from datetime import timedelta
 from typing import Any
 
 from django.core.exceptions import ImproperlyConfigured
+
+#: Successful jobs are history after a week; failures and cancellations are kept a month
+#: so that someone can look at them (and retry them) after a holiday.
+DEFAULT_RETENTION: dict[str, float | None] = {
+    "SUCCESSFUL": 7 * 24 * 3600.0,
+    "FAILED": 30 * 24 * 3600.0,
+    "CANCELLED": 30 * 24 * 3600.0,
+}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -47,6 +56,10 @@ class JobsOptions:
     #: Periodic schedules declared in code, by name (see ``schedules_conf.py``); each is
     #: checked by the system checks django_jobs.E010-E015.
     SCHEDULES: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: How long finished jobs are kept, per final state (seconds or a timedelta; None:
+    #: forever). The maintenance leader deletes older ones in bounded batches. States
+    #: left out keep their default.
+    RETENTION: dict[str, float | None] = field(default_factory=lambda: dict(DEFAULT_RETENTION))
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any] | None) -> "JobsOptions":
@@ -57,10 +70,19 @@ class JobsOptions:
         values = dict(raw or {})
         if "TASK_MODULES" in values:
             values["TASK_MODULES"] = tuple(values["TASK_MODULES"])
+        if "RETENTION" in values:
+            values["RETENTION"] = {
+                **DEFAULT_RETENTION,
+                **{state: _seconds(keep) for state, keep in values["RETENTION"].items()},
+            }
         return cls(**values)
 
 
 _KNOWN = {f.name for f in fields(JobsOptions)}
+
+
+def _seconds(value: Any) -> float | None:
+    return value.total_seconds() if isinstance(value, timedelta) else value
 
 
 def _positive_number(value: Any) -> bool:
@@ -115,6 +137,24 @@ def validate(raw: dict[str, Any]) -> list[str]:
     modules = raw.get("TASK_MODULES", ())
     if isinstance(modules, str) or not all(isinstance(m, str) for m in modules):
         problems.append(f"TASK_MODULES must be a list of dotted module paths, got {modules!r}")
+    retention = raw.get("RETENTION", {})
+    if not isinstance(retention, dict):
+        problems.append(
+            f"RETENTION must be a dict of final state -> seconds, timedelta or None, "
+            f"got {retention!r}"
+        )
+    else:
+        for state, keep in retention.items():
+            if state not in DEFAULT_RETENTION:
+                problems.append(
+                    f"RETENTION has {state!r}; only finished jobs are deleted, so the keys "
+                    f"are {', '.join(DEFAULT_RETENTION)}"
+                )
+            elif keep is not None and not _positive_number(_seconds(keep)):
+                problems.append(
+                    f"RETENTION[{state!r}] must be None (keep forever) or a number of seconds "
+                    f"or a timedelta > 0, got {keep!r}"
+                )
     schedules = raw.get("SCHEDULES", {})
     if not isinstance(schedules, dict):
         problems.append(f"SCHEDULES must be a dict of name -> schedule, got {schedules!r}")

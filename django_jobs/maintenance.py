@@ -1,4 +1,4 @@
-"""Leader-elected chores: rescue jobs of lost workers, forget long-dead workers.
+"""Leader-elected chores: rescue jobs of lost workers, prune old jobs, forget dead workers.
 
 Every worker calls :meth:`Maintenance.tick` from its loop; only the holder of the
 ``maintenance`` lease does the work. The lease is a row (see ``sql.ACQUIRE_LEASE``),
@@ -10,7 +10,7 @@ lease that expired mid-round) would still move each job once.
 import logging
 import random
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from . import protocol
 from .protocol import Cursor
@@ -20,6 +20,12 @@ logger = logging.getLogger("django_jobs.maintenance")
 LEASE_NAME = "maintenance"
 #: Dead worker rows are kept this long for the admin's history.
 FORGET_WORKERS_AFTER = 24 * 3600.0
+#: Pruning deletes this many rows per statement (one short transaction each) ...
+PRUNE_BATCH = 5_000
+#: ... and stops for the round after this many seconds, because the round runs in the
+#: leader's worker loop: a backlog of old rows is worked off over several rounds
+#: instead of stalling the leader's claims.
+PRUNE_BUDGET = 0.5
 
 
 @dataclass
@@ -28,6 +34,8 @@ class Maintenance:
     interval: float
     worker_timeout: float
     retry_delay: float = 1.0
+    #: Seconds to keep finished jobs, per state (None: forever); see conf.RETENTION.
+    retention: dict[str, float | None] = field(default_factory=dict)
     next_run: float = 0.0
     is_leader: bool = False
 
@@ -63,7 +71,29 @@ class Maintenance:
                 extra={"action": "job_rescued", "job_id": job_id},
             )  # fmt: skip
         protocol.prune_workers(cursor, older_than=FORGET_WORKERS_AFTER)
+        self.prune(cursor)
         return rescued
+
+    def prune(self, cursor: Cursor) -> int:
+        """Delete finished jobs past their retention, within the round's time budget."""
+        deadline = time.monotonic() + PRUNE_BUDGET
+        deleted = 0
+        for state, keep in self.retention.items():
+            if keep is None:
+                continue
+            while time.monotonic() < deadline:
+                count = protocol.prune(
+                    cursor, older_than=keep, states=[state], batch=PRUNE_BATCH, max_batches=1
+                )
+                deleted += count
+                if count < PRUNE_BATCH:
+                    break
+        if deleted:
+            logger.info(
+                "Pruned %d finished job(s) past their retention", deleted,
+                extra={"action": "jobs_pruned"},
+            )  # fmt: skip
+        return deleted
 
     def resign(self, cursor: Cursor) -> None:
         if self.is_leader:

@@ -132,6 +132,7 @@ class Worker:
             interval=options.MAINTENANCE_INTERVAL,
             worker_timeout=options.WORKER_TIMEOUT,
             retry_delay=options.RETRY_BASE_DELAY,
+            retention=options.RETENTION,
         )
         self.scheduler = Scheduler(jobs_backend, self.worker_id)
         self._queue_db = dbconn.QueueConnection(

@@ -1,6 +1,7 @@
 """Retry policy, snooze, atomic tasks, rescue and leadership, against committed rows."""
 
 import time
+from datetime import timedelta
 
 import pytest
 from django.db import connection
@@ -157,3 +158,29 @@ def test_worker_registers_heartbeats_and_leaves():
     assert Worker.objects.filter(id=worker.worker_id).count() == 0  # deregistered at exit
     assert Lease.objects.count() == 0  # the lease was handed back
     assert timezone.now()
+
+
+def test_the_maintenance_leader_prunes_finished_jobs_past_their_retention():
+    def finished(state: str, days_ago: float) -> int:
+        job_id = int(tasks.add.enqueue(1, 1).id)
+        Job.objects.filter(pk=job_id).update(
+            state=state, finished_at=timezone.now() - timedelta(days=days_ago)
+        )
+        return job_id
+
+    old_success = finished("SUCCESSFUL", 8)
+    recent_success = finished("SUCCESSFUL", 6)
+    old_failure = finished("FAILED", 8)
+    ancient_cancel = finished("CANCELLED", 400)
+    ready = int(tasks.add.enqueue(2, 2).id)
+    retention = {"SUCCESSFUL": 7 * 86400.0, "FAILED": 30 * 86400.0, "CANCELLED": None}
+
+    with connection.cursor() as cur:
+        deleted = Maintenance("leader", interval=1, worker_timeout=30, retention=retention).prune(
+            cur
+        )
+
+    assert deleted == 1
+    kept = set(Job.objects.values_list("pk", flat=True))
+    assert old_success not in kept
+    assert {recent_success, old_failure, ancient_cancel, ready} <= kept

@@ -1,3 +1,5 @@
+from datetime import timedelta
+
 import pytest
 from django.core.exceptions import ImproperlyConfigured
 
@@ -21,10 +23,22 @@ def test_defaults():
         ({"TASK_MODULES": "myapp.jobs"}, "TASK_MODULES must be a list"),
         ({"RETRY_FACTOR": 0.5}, "RETRY_FACTOR must be a number >= 1"),
         ({"POLL_INTERVALL": 1}, "unknown option 'POLL_INTERVALL'"),
+        ({"RETENTION": 7}, "RETENTION must be a dict"),
+        ({"RETENTION": {"READY": 60}}, "RETENTION has 'READY'; only finished jobs"),
+        ({"RETENTION": {"FAILED": 0}}, "RETENTION['FAILED'] must be None (keep forever)"),
+        ({"RETENTION": {"FAILED": timedelta(0)}}, "RETENTION['FAILED'] must be None"),
     ],
 )
 def test_bad_values_are_named(raw, fragment):
     problems = validate(raw)
     assert any(fragment in p for p in problems), problems
-    with pytest.raises(ImproperlyConfigured, match=r"POLL|MAX|LISTEN|TASK|RETRY"):
+    with pytest.raises(ImproperlyConfigured, match=r"POLL|MAX|LISTEN|TASK|RETRY|RETENTION"):
         JobsOptions.from_dict(raw)
+
+
+def test_retention_takes_timedeltas_and_keeps_the_defaults_of_states_left_out():
+    options = JobsOptions.from_dict(
+        {"RETENTION": {"SUCCESSFUL": timedelta(hours=1), "FAILED": None}}
+    )
+    assert options.RETENTION == {"SUCCESSFUL": 3600.0, "FAILED": None, "CANCELLED": 30 * 86400.0}
+    assert JobsOptions.from_dict(None).RETENTION["SUCCESSFUL"] == 7 * 86400.0
