@@ -70,16 +70,24 @@ def _preview(value: Any) -> str:
 def encode_arguments(
     task: Task, args: Sequence[Any], kwargs: Mapping[str, Any]
 ) -> tuple[str, str]:
-    """Check each argument on its own so the error names the one at fault."""
-    for index, value in enumerate(args):
-        encode_json(value, f"Argument {index} of task {task.module_path!r}")
-    for name, value in kwargs.items():
+    """Return args and kwargs as JSON text; an error names the argument at fault.
+
+    The common case (everything is JSON) encodes each list once; only a failure pays
+    for checking the arguments one by one to say which one it was.
+    """
+    for name in kwargs:
         if not isinstance(name, str):
             raise TypeError(
                 f"Keyword argument names must be strings; task {task.module_path!r} got {name!r}."
             )
-        encode_json(value, f"Keyword argument {name!r} of task {task.module_path!r}")
-    return encode_json(list(args), "args"), encode_json(dict(kwargs), "kwargs")
+    try:
+        return encode_json(list(args), "args"), encode_json(dict(kwargs), "kwargs")
+    except TypeError:
+        for index, value in enumerate(args):
+            encode_json(value, f"Argument {index} of task {task.module_path!r}")
+        for name, value in kwargs.items():
+            encode_json(value, f"Keyword argument {name!r} of task {task.module_path!r}")
+        raise
 
 
 class JobsBackend(BaseTaskBackend):
@@ -108,8 +116,16 @@ class JobsBackend(BaseTaskBackend):
         # this the place to learn which functions are tasks (see registry.py).
         registry.register(task)
 
-    def _new_job(self, task: Task, args: Sequence[Any], kwargs: Mapping[str, Any]) -> Any:
-        self.validate_task(task)
+    def _new_job(
+        self,
+        task: Task,
+        args: Sequence[Any],
+        kwargs: Mapping[str, Any],
+        *,
+        validated: bool = False,
+    ) -> Any:
+        if not validated:
+            self.validate_task(task)
         args_json, kwargs_json = encode_arguments(task, args, kwargs)
         max_attempts = getattr(task, "max_attempts", None) or self.jobs_options.MAX_ATTEMPTS
         return protocol.NewJob(
@@ -133,7 +149,14 @@ class JobsBackend(BaseTaskBackend):
         self, calls: Sequence[tuple[Task, Sequence[Any], Mapping[str, Any]]]
     ) -> list[TaskResult]:
         """Insert one job per ``(task, args, kwargs)`` with a single statement."""
-        new_jobs = [self._new_job(task, args, kwargs) for task, args, kwargs in calls]
+        # A batch usually repeats one task: validate each distinct one once.
+        validated: set[int] = set()
+        new_jobs = []
+        for task, args, kwargs in calls:
+            if id(task) not in validated:
+                self.validate_task(task)
+                validated.add(id(task))
+            new_jobs.append(self._new_job(task, args, kwargs, validated=True))
         with connections[self.database].cursor() as cursor:
             rows = protocol.enqueue_many(cursor, new_jobs, now=timezone.now())
         return [
