@@ -26,20 +26,27 @@ TICK = 0.01
 MAX_BATCH = 1_000
 
 
-class Producer(threading.Thread):
-    """Offers ``rate`` jobs/s with ``enqueue_many`` every ``TICK`` on its own connection."""
+class _Loop(threading.Thread):
+    """A daemon thread that loops until ``stop()`` and keeps what it raised in ``error``."""
 
-    def __init__(self, rate: float) -> None:
-        super().__init__(name="bench-s6-producer", daemon=True)
-        self.rate = rate
-        self.produced = 0
-        self.elapsed = 0.0
+    def __init__(self, name: str) -> None:
+        super().__init__(name=name, daemon=True)
         self.error: BaseException | None = None
         self._halt = threading.Event()
 
     def stop(self) -> None:
         self._halt.set()
         self.join(30)
+
+
+class Producer(_Loop):
+    """Offers ``rate`` jobs/s with ``enqueue_many`` every ``TICK`` on its own connection."""
+
+    def __init__(self, rate: float) -> None:
+        super().__init__("bench-s6-producer")
+        self.rate = rate
+        self.produced = 0
+        self.elapsed = 0.0
 
     def run(self) -> None:
         from django.db import connection, transaction
@@ -67,21 +74,15 @@ class Producer(threading.Thread):
             connection.close()
 
 
-class BacklogSampler(threading.Thread):
+class BacklogSampler(_Loop):
     """Every second: READY jobs that are due (the backlog), and the table's dead rows."""
 
     def __init__(self, ctx: Context) -> None:
-        super().__init__(name="bench-s6-sampler", daemon=True)
+        super().__init__("bench-s6-sampler")
         self.ctx = ctx
         self.samples: list[tuple[float, int, int]] = []
         self.phase_of: list[str] = []
         self.phase = "before"
-        self.error: BaseException | None = None
-        self._halt = threading.Event()
-
-    def stop(self) -> None:
-        self._halt.set()
-        self.join(30)
 
     def run(self) -> None:
         try:

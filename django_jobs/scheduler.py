@@ -497,13 +497,12 @@ def set_enabled(schedule_id: int, enabled: bool) -> datetime | None:
     from .models import Schedule
 
     schedule = Schedule.objects.using(jobs_database()).get(pk=schedule_id)
-    if enabled:
+    try:
         database = backend_of(schedule).database
-    else:
-        try:
-            database = backend_of(schedule).database
-        except ScheduleError:
-            database = schedule._state.db  # its backend is gone; switch it off where it is
+    except ScheduleError:
+        if enabled:
+            raise
+        database = schedule._state.db  # its backend is gone; switch it off where it is
     with transaction.atomic(using=database), connections[database].cursor() as cursor:
         next_run_at = schedule.next_run_at
         if enabled:

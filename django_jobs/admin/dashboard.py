@@ -10,7 +10,6 @@ page's script fetches to refresh itself.
 
 from typing import Any
 
-from django.contrib import admin
 from django.core.exceptions import PermissionDenied
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.template.response import TemplateResponse
@@ -19,6 +18,7 @@ from django.utils import timezone
 
 from django_jobs import stats
 
+from .readonly import ReadOnlyAdmin
 from .workers import is_stale
 
 
@@ -61,20 +61,11 @@ def render(model_admin: Any, request: HttpRequest) -> HttpResponse:
     )
 
 
-class DashboardEntryAdmin(admin.ModelAdmin):
+class DashboardEntryAdmin(ReadOnlyAdmin):
     """Puts "Dashboard" in the admin index (see models.Dashboard); it only redirects."""
 
     def has_view_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return request.user.has_perm("django_jobs.view_job")
-
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
 
     def changelist_view(
         self, request: HttpRequest, extra_context: dict[str, Any] | None = None

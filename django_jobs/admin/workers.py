@@ -18,6 +18,8 @@ from django_jobs.conf import JobsOptions
 from django_jobs.models import Job, Worker
 from django_jobs.states import JobState
 
+from .readonly import ReadOnlyAdmin
+
 
 def worker_timeout(alias: str) -> float:
     """The backend's WORKER_TIMEOUT: a worker silent this long is lost."""
@@ -47,7 +49,9 @@ def running_now() -> Subquery:
     return Coalesce(Subquery(per_worker, output_field=IntegerField()), Value(0))
 
 
-class WorkerAdmin(admin.ModelAdmin):
+class WorkerAdmin(ReadOnlyAdmin):
+    # Read-only: a row is a live worker's registration; deleting it would declare the
+    # worker lost while it still runs its jobs.
     list_display = (
         "host",
         "pid",
@@ -71,16 +75,6 @@ class WorkerAdmin(admin.ModelAdmin):
     def get_queryset(self, request: HttpRequest) -> QuerySet:
         queryset = super().get_queryset(request).using(stats.jobs_database())
         return queryset.annotate(running_jobs=running_now())
-
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        # The row is the worker's lease; deleting it would declare a live worker lost.
-        return False
 
     @admin.display(description="queues")
     def queue_list(self, worker: Worker) -> str:
