@@ -11,6 +11,7 @@ from django.utils import timezone
 from django_jobs import dbconn, protocol
 from django_jobs.maintenance import Maintenance
 from django_jobs.models import Job, Lease, Worker
+from django_jobs.worker import Worker as JobsWorker
 from testproject.example import tasks
 from testproject.example.models import LedgerEntry
 
@@ -184,3 +185,14 @@ def test_the_maintenance_leader_prunes_finished_jobs_past_their_retention():
     kept = set(Job.objects.values_list("pk", flat=True))
     assert old_success not in kept
     assert {recent_success, old_failure, ancient_cancel, ready} <= kept
+
+
+def test_the_worker_hands_its_backends_retention_to_maintenance(settings):
+    settings.TASKS = {
+        "default": {
+            **settings.TASKS["default"],
+            "OPTIONS": {"RETENTION": {"SUCCESSFUL": timedelta(days=2), "CANCELLED": None}},
+        }
+    }
+    retention = JobsWorker(backend="default").maintenance.retention
+    assert retention == {"SUCCESSFUL": 2 * 86400.0, "FAILED": 30 * 86400.0, "CANCELLED": None}
