@@ -15,7 +15,7 @@ from bench import db, measure
 from bench.context import Context
 from bench.report import print_table
 from bench.workerproc import WorkerProcess
-from django_jobs import sql
+from django_jobs.protocol import jobs as sql
 
 PROCESSES = ["--concurrency", "2"]
 THREADS = ["--pool", "threads", "--concurrency", "2"]

@@ -30,7 +30,7 @@ from typing import Any
 
 import psycopg
 
-from django_jobs import sql
+from django_jobs.protocol import jobs as sql
 
 WORKER_ID = "bench-rawloop"
 BACKEND = "default"

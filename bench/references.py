@@ -22,7 +22,7 @@ from typing import Any
 from bench import db, measure
 from bench.context import Context
 from bench.report import print_table
-from django_jobs import sql
+from django_jobs.protocol import jobs as sql
 
 # ── R1: pgbench ─────────────────────────────────────────────────────────────
 

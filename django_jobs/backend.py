@@ -6,88 +6,34 @@ caller's transaction) and reads results from any process. It never runs jobs.
 """
 
 import json
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from functools import cached_property, lru_cache
 from typing import Any
 
 from django.core import checks
-from django.db import connections
-from django.tasks import Task, TaskResult, TaskResultStatus
-from django.tasks.backends.base import BaseTaskBackend
-from django.tasks.base import TaskError
-from django.tasks.exceptions import InvalidTask, InvalidTaskBackend, TaskResultDoesNotExist
-from django.tasks.signals import task_enqueued
+from django.db import connections, router
 from django.utils import timezone
-from django.utils.json import normalize_json
 
-from . import protocol, registry
+from . import policy, registry
+from .codec import encode_arguments
+from .compat import (
+    DEFAULT_TASK_BACKEND_ALIAS,
+    BaseTaskBackend,
+    InvalidTask,
+    InvalidTaskBackend,
+    Task,
+    TaskError,
+    TaskResult,
+    TaskResultDoesNotExist,
+    TaskResultStatus,
+    task_backends,
+    task_enqueued,
+)
 from .conf import JobsOptions, validate
+from .protocol import jobs
 from .states import to_task_status
 from .task import JobsTask
-
-# A JSON escape of NUL (not preceded by an escaped backslash): jsonb refuses it.
-_JSON_NUL = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")
-
-# Largest value a bigint primary key can hold; anything else is not a job id.
-_MAX_JOB_ID = 2**63 - 1
-
-
-def encode_json(value: Any, what: str) -> str:
-    """Return ``value`` as JSON text, or raise TypeError saying which value is not JSON."""
-    try:
-        # allow_nan=False: PostgreSQL's jsonb has no NaN or Infinity.
-        text = json.dumps(
-            normalize_json(value), allow_nan=False, ensure_ascii=False, separators=(",", ":")
-        )
-    except (TypeError, ValueError) as exc:
-        raise TypeError(
-            f"{what} is not JSON-serialisable ({exc}); got {type(value).__name__} "
-            f"{_preview(value)}. Pass plain data such as ids, strings and numbers, and "
-            "load objects inside the task."
-        ) from None
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        raise TypeError(
-            f"{what} contains text that is not valid Unicode (a lone surrogate such as "
-            "'\\ud800'), which PostgreSQL cannot store; clean the text before enqueueing."
-        ) from None
-    if _JSON_NUL.search(text):
-        raise TypeError(
-            f"{what} contains a NUL character (\\x00), which PostgreSQL cannot store in "
-            "JSON; remove it or encode the text (for example as base64)."
-        )
-    return text
-
-
-def _preview(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 80 else text[:77] + "..."
-
-
-def encode_arguments(
-    task: Task, args: Sequence[Any], kwargs: Mapping[str, Any]
-) -> tuple[str, str]:
-    """Return args and kwargs as JSON text; an error names the argument at fault.
-
-    The common case (everything is JSON) encodes each list once; only a failure pays
-    for checking the arguments one by one to say which one it was.
-    """
-    for name in kwargs:
-        if not isinstance(name, str):
-            raise TypeError(
-                f"Keyword argument names must be strings; task {task.module_path!r} got {name!r}."
-            )
-    try:
-        return encode_json(list(args), "args"), encode_json(dict(kwargs), "kwargs")
-    except TypeError:
-        for index, value in enumerate(args):
-            encode_json(value, f"Argument {index} of task {task.module_path!r}")
-        for name, value in kwargs.items():
-            encode_json(value, f"Keyword argument {name!r} of task {task.module_path!r}")
-        raise
 
 
 class JobsBackend(BaseTaskBackend):
@@ -126,9 +72,12 @@ class JobsBackend(BaseTaskBackend):
     ) -> Any:
         if not validated:
             self.validate_task(task)
+        return self.new_job(task, args, kwargs)
+
+    def new_job(self, task: Task, args: Sequence[Any], kwargs: Mapping[str, Any]) -> jobs.NewJob:
+        """The row to insert for ``task(*args, **kwargs)``; raise TypeError for non-JSON."""
         args_json, kwargs_json = encode_arguments(task, args, kwargs)
-        max_attempts = getattr(task, "max_attempts", None) or self.jobs_options.MAX_ATTEMPTS
-        return protocol.NewJob(
+        return jobs.NewJob(
             task_path=task.module_path,
             queue_name=task.queue_name,
             priority=task.priority,
@@ -136,14 +85,14 @@ class JobsBackend(BaseTaskBackend):
             args_json=args_json,
             kwargs_json=kwargs_json,
             run_after=task.run_after,
-            max_attempts=max_attempts,
+            max_attempts=policy.default_max_attempts(task, self.jobs_options),
         )
 
     def enqueue(self, task: Task, args: Sequence[Any], kwargs: Mapping[str, Any]) -> TaskResult:
         new_job = self._new_job(task, args, kwargs)
         with connections[self.database].cursor() as cursor:
-            job_id, enqueued_at = protocol.enqueue(cursor, new_job)
-        return self._enqueued(task, job_id, enqueued_at, new_job)
+            job_id, enqueued_at = jobs.enqueue(cursor, new_job)
+        return self.enqueued(task, job_id, enqueued_at, new_job)
 
     def enqueue_many(
         self, calls: Sequence[tuple[Task, Sequence[Any], Mapping[str, Any]]]
@@ -158,17 +107,18 @@ class JobsBackend(BaseTaskBackend):
                 validated.add(id(task))
             new_jobs.append(self._new_job(task, args, kwargs, validated=True))
         with connections[self.database].cursor() as cursor:
-            rows = protocol.enqueue_many(cursor, new_jobs, now=timezone.now())
+            rows = jobs.enqueue_many(cursor, new_jobs, now=timezone.now())
         return [
-            self._enqueued(task, job_id, enqueued_at, new_job)
+            self.enqueued(task, job_id, enqueued_at, new_job)
             for (task, _, _), (job_id, enqueued_at), new_job in zip(
                 calls, rows, new_jobs, strict=True
             )
         ]
 
-    def _enqueued(
-        self, task: Task, job_id: int, enqueued_at: Any, new_job: protocol.NewJob
+    def enqueued(
+        self, task: Task, job_id: int, enqueued_at: Any, new_job: jobs.NewJob
     ) -> TaskResult:
+        """The TaskResult of a job just written; sends ``task_enqueued`` for it."""
         result = TaskResult(
             task=task,
             id=str(job_id),
@@ -187,13 +137,13 @@ class JobsBackend(BaseTaskBackend):
         return result
 
     def get_result(self, result_id: str) -> TaskResult:
-        from .models import Job
+        # Imported here, not at the top: Django may build a backend while the app registry
+        # is still loading (a library's AppConfig.ready(), a models module that declares
+        # tasks), and importing models then would fail. Reading a result needs them.
+        from .models import Job, parse_job_id
 
-        try:
-            job_id = int(str(result_id).strip())
-        except (TypeError, ValueError):
-            raise TaskResultDoesNotExist(result_id) from None
-        if not 0 < job_id <= _MAX_JOB_ID:
+        job_id = parse_job_id(result_id)
+        if job_id is None:
             raise TaskResultDoesNotExist(result_id)
         row = (
             Job.objects.using(self.database)
@@ -309,24 +259,9 @@ class JobsBackend(BaseTaskBackend):
         return []
 
 
-_RESULT_FIELDS = (
-    "id",
-    "task_path",
-    "queue_name",
-    "priority",
-    "backend",
-    "state",
-    "args",
-    "kwargs",
-    "return_value",
-    "run_after",
-    "enqueued_at",
-    "started_at",
-    "last_attempted_at",
-    "finished_at",
-    "worker_ids",
-    "errors",
-)
+#: The columns a TaskResult is built from: what a worker holds of a claimed job, and the
+#: state, return value and end a stored row adds.
+_RESULT_FIELDS = (*jobs.JOB_COLUMNS, "state", "return_value", "finished_at")
 
 
 @lru_cache(maxsize=4096)
@@ -347,3 +282,38 @@ def _bound_task(task: Task, priority: int, queue_name: str, backend: str, run_af
         # The configuration changed since the job was enqueued (a queue was removed,
         # say). The row stays the truth; the declared task stands in for reporting.
         return task
+
+
+def get_backend(alias: str = DEFAULT_TASK_BACKEND_ALIAS) -> JobsBackend:
+    """Return ``TASKS[alias]``, which must be a jobs backend.
+
+    Raise InvalidTaskBackend saying what is there instead: the one lookup the worker,
+    the schedules, the admin and the commands share.
+    """
+    backend = task_backends[alias]
+    if not isinstance(backend, JobsBackend):
+        raise InvalidTaskBackend(
+            f"TASKS[{alias!r}] uses {type(backend).__module__}.{type(backend).__qualname__}, "
+            "not django_jobs.backend.JobsBackend; only a jobs backend stores jobs that "
+            "runjobs can run."
+        )
+    return backend
+
+
+def jobs_backends() -> list[JobsBackend]:
+    """The configured jobs backends (the ``TASKS`` entries of JobsBackend)."""
+    return [b for b in task_backends.all() if isinstance(b, JobsBackend)]
+
+
+def jobs_database() -> str:
+    """The database alias that holds the job tables, for callers that name no backend.
+
+    The backends' ``OPTIONS["DATABASE"]`` when they agree on one alias; when they use
+    several, the database router's choice for the Job model decides.
+    """
+    aliases = {b.database for b in jobs_backends()}
+    if len(aliases) == 1:
+        return aliases.pop()
+    from .models import Job  # see get_result() for why models are imported late
+
+    return router.db_for_write(Job)

@@ -1,7 +1,11 @@
-"""System checks of the app itself (each backend checks its own OPTIONS in backend.py).
+"""System checks, and where each one lives. Every id is documented in the backend reference.
 
-Ids: django_jobs.E001 bad OPTIONS value, E002 unknown DATABASE alias, E003 not
-PostgreSQL (backend.py); W001 another app's ``runjobs`` command shadows ours (here).
+Each backend checks its own ``OPTIONS`` (``JobsBackend.check`` in backend.py):
+django_jobs.E001 a bad OPTIONS value, E002 an unknown DATABASE alias, E003 a database
+that is not PostgreSQL, E004 an unknown LISTEN_DATABASE alias, W002 LISTEN through what
+looks like a transaction-mode pooler.
+
+Here: W001 another app's ``runjobs`` command shadows ours.
 
 Schedules declared in ``OPTIONS["SCHEDULES"]`` (here): E010 malformed declaration,
 E011 bad cron expression or interval, E012 unknown time zone, E013 task not declared,
@@ -13,7 +17,12 @@ from typing import Any
 from django.apps import apps
 from django.core import checks
 from django.core.management import get_commands
-from django.tasks import task_backends
+
+from . import registry
+from .backend import JobsBackend
+from .codec import call_problem
+from .compat import task_backends
+from .schedules import declared
 
 
 @checks.register()
@@ -40,9 +49,6 @@ def check_runjobs_not_shadowed(
 
 @checks.register()
 def check_declared_schedules(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
-    from . import registry, scheduler, schedules_conf
-    from .backend import JobsBackend
-
     messages: list[checks.CheckMessage] = []
     for alias in task_backends:
         try:
@@ -53,16 +59,16 @@ def check_declared_schedules(app_configs: Any = None, **kwargs: Any) -> list[che
         if not isinstance(raw, dict) or not raw:
             continue  # Absent, or not a dict (E001 says so).
         where = f"TASKS[{alias!r}]['OPTIONS']['SCHEDULES']"
-        declared = schedules_conf.read(raw)
-        problems = list(declared.problems)
-        if declared.valid:
+        found = declared.read(raw)
+        problems = list(found.problems)
+        if found.valid:
             # Only now import the task modules: the checks of options come first.
             registry.discover(tuple(backend.options.get("TASK_MODULES", ())))
-        for d in declared.valid:
+        for d in found.valid:
             task = registry.get(d.task_path)
             if task is None:
                 problems.append(
-                    schedules_conf.Problem(
+                    declared.Problem(
                         d.name,
                         "E013",
                         f"task {d.task_path!r} is not a declared task (declare it with @task "
@@ -70,15 +76,15 @@ def check_declared_schedules(app_configs: Any = None, **kwargs: Any) -> list[che
                     )
                 )
                 continue
-            problem = scheduler.call_problem(task, d.args, d.kwargs)
+            problem = call_problem(task, d.args, d.kwargs)
             if problem:
-                problems.append(schedules_conf.Problem(d.name, "E014", problem))
+                problems.append(declared.Problem(d.name, "E014", problem))
         for p in problems:
             subject = f"{where}[{p.name!r}]" if p.name is not None else where
             messages.append(
                 checks.Error(
                     f"{subject}: {p.message}",
-                    hint=f"Keys: {', '.join(schedules_conf.KEYS)}. See the periodic jobs "
+                    hint=f"Keys: {', '.join(declared.KEYS)}. See the periodic jobs "
                     "how-to in the django_jobs docs.",
                     id=f"django_jobs.{p.check_id}",
                 )

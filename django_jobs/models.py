@@ -1,4 +1,10 @@
-"""The job table. Rows are written only by the queue protocol (``protocol.py``)."""
+"""The tables: jobs, workers, the maintenance lease, schedules and their runs.
+
+Rows that carry state (a job's, a worker's heartbeat, a schedule's next fire time) are
+written only by the queue protocol (``protocol/``); the ORM reads them for the admin
+and the console. Indexes are chosen for the claim and the admin at millions of rows:
+each one costs every enqueue, claim and completion a write, so each says why it exists.
+"""
 
 from typing import Any
 
@@ -6,7 +12,19 @@ from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 from django.db.models.functions import Now
 
-from .states import JobState
+from .states import FINISHED, JobState
+
+#: The largest id a job can have (the column is a bigint); a larger "id" names no job.
+MAX_JOB_ID = 2**63 - 1
+
+
+def parse_job_id(value: Any) -> int | None:
+    """``value`` (a result id, a URL part) as a job id, or None if it cannot be one."""
+    try:
+        job_id = int(str(value).strip())
+    except (TypeError, ValueError):
+        return None
+    return job_id if 0 < job_id <= MAX_JOB_ID else None
 
 
 class BrinIndex(models.Index):
@@ -84,7 +102,7 @@ class Job(models.Model):
             models.Index(
                 fields=["finished_at"],
                 name="django_jobs_job_finished",
-                condition=models.Q(state__in=["SUCCESSFUL", "FAILED", "CANCELLED"]),
+                condition=models.Q(state__in=[s.value for s in FINISHED]),
             ),
             # Who holds what: rescue of a lost worker, and "running now" in the admin.
             models.Index(

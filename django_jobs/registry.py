@@ -11,10 +11,11 @@ import logging
 import threading
 from importlib import import_module
 
-from django.tasks import Task
 from django.utils.module_loading import autodiscover_modules
 
-logger = logging.getLogger("django_jobs.registry")
+from .compat import Task
+
+logger = logging.getLogger(__name__)
 
 _tasks: dict[str, Task] = {}
 _lock = threading.Lock()

@@ -5,7 +5,8 @@ mapping to ``TaskResultStatus`` lives here and nowhere else.
 """
 
 from django.db import models
-from django.tasks import TaskResultStatus
+
+from .compat import TaskResultStatus
 
 
 class JobState(models.TextChoices):
@@ -18,9 +19,24 @@ class JobState(models.TextChoices):
     BLOCKED = "BLOCKED", "Blocked"
 
 
-FINISHED_STATES = frozenset({JobState.SUCCESSFUL, JobState.FAILED, JobState.CANCELLED})
+#: The states a job never leaves by itself, in the order the partial index on finished
+#: rows names them (models.Job.Meta.indexes).
+FINISHED = (JobState.SUCCESSFUL, JobState.FAILED, JobState.CANCELLED)
+FINISHED_STATES = frozenset(FINISHED)
 
-# Which moves the queue protocol may make. Tests check every SQL statement against this.
+
+def sql_list(states: tuple[str, ...]) -> str:
+    """``('A', 'B')``: states as SQL literals, for predicates that must match a partial
+    index's own (the planner proves an index applies only from literals)."""
+    return "(" + ", ".join(f"'{JobState(s).value}'" for s in states) + ")"
+
+
+#: The finished states as an SQL list, spelled as in the finished-rows index.
+FINISHED_SQL = sql_list(FINISHED)
+
+# Which moves the queue protocol may make. tests/integration/test_transitions.py puts a
+# job in each state, runs every state-changing protocol function on it, and checks that
+# each move it sees is listed here.
 TRANSITIONS: dict[JobState, frozenset[JobState]] = {
     JobState.BLOCKED: frozenset({JobState.READY, JobState.CANCELLED}),
     JobState.READY: frozenset({JobState.RUNNING, JobState.CANCELLED}),
@@ -52,4 +68,5 @@ def to_task_status(state: str) -> TaskResultStatus:
 
 
 def can_move(source: str, target: str) -> bool:
+    """Whether the protocol may move a job from ``source`` to ``target``."""
     return JobState(target) in TRANSITIONS[JobState(source)]

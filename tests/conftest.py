@@ -13,7 +13,7 @@ from urllib.parse import quote
 import pytest
 from django.db import connection
 
-from django_jobs.worker import Worker
+from django_jobs.worker.supervisor import Supervisor
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -32,11 +32,11 @@ def wait_for(
         time.sleep(interval)
 
 
-def run_worker(**options: Any) -> Worker:
+def run_worker(**options: Any) -> Supervisor:
     """Run an in-process worker until nothing is runnable; return it for its stats."""
     options.setdefault("burst", True)
     options.setdefault("listen", False)
-    worker = Worker(**options)
+    worker = Supervisor(**options)
     worker.run()
     return worker
 

@@ -16,7 +16,8 @@ from django.template.response import TemplateResponse
 from django.urls import reverse
 from django.utils import timezone
 
-from django_jobs import stats
+from django_jobs.backend import jobs_backends, jobs_database
+from django_jobs.console import stats
 
 from .readonly import ReadOnlyAdmin
 from .workers import is_stale
@@ -24,11 +25,11 @@ from .workers import is_stale
 
 def context(model_admin: Any) -> dict[str, Any]:
     # Where the backends keep the job tables (OPTIONS["DATABASE"]), not "default".
-    using = stats.jobs_database()
-    queues = sorted({q for b in stats.jobs_backends() for q in b.queues})
+    using = jobs_database()
+    queues = sorted({q for b in jobs_backends() for q in b.queues})
     overview = stats.overview(queues=queues, using=using)
     now = timezone.now()
-    workers = stats.workers(using=using)
+    workers = list(stats.workers(using=using))
     for w in workers:
         w.stale = is_stale(w, now)  # type: ignore[attr-defined]
     return {

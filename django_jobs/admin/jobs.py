@@ -7,7 +7,6 @@ rows: no exact total count, large JSON columns deferred, filter choices that com
 settings and the task registry instead of ``SELECT DISTINCT`` over the table.
 """
 
-from datetime import timedelta
 from itertools import accumulate
 from typing import Any
 
@@ -22,119 +21,25 @@ from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils import timezone
-from django.utils.dateparse import parse_datetime
 from django.utils.html import format_html
 from django.views.decorators.http import require_POST
 
-from django_jobs import operations, registry, stats
-from django_jobs.models import Job
-from django_jobs.states import FINISHED_STATES, JobState
+from django_jobs import registry
+from django_jobs.backend import jobs_database
+from django_jobs.console import operations, stats
+from django_jobs.models import MAX_JOB_ID, Job
+from django_jobs.states import JobState
 
 from . import dashboard
+from .display import attempts_of, format_duration, short_name, state_badge
+from .filters import EnqueuedFilter, FinishedFilter, QueueFilter, StateFilter, TaskFilter
 from .pagination import EstimatedCountPaginator
+from .readonly import ReadOnlyAdmin
 from .redaction import pretty_json
 
 #: Seconds a delete confirmation page stays valid.
 DELETE_CONFIRMATION_MAX_AGE = 3600
-#: The largest id a job can have (bigint); a larger "id" names no job.
-MAX_JOB_ID = 2**63 - 1
-_FINISHED = sorted(FINISHED_STATES)
 _DEFERRED = ("args", "kwargs", "return_value", "errors", "worker_ids")
-
-
-# ── filters: choices from configuration, never from a scan of the table ───────────
-
-
-jobs_backends = stats.jobs_backends
-
-
-class StateFilter(admin.SimpleListFilter):
-    title = "state"
-    parameter_name = "state__exact"
-
-    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
-        # Every state has an index: READY and RUNNING their own, FAILED, CANCELLED and
-        # BLOCKED django_jobs_job_rare_state; SUCCESSFUL rows are most of the table.
-        return [(s.value, s.label) for s in JobState]
-
-    def queryset(self, request: HttpRequest, queryset: QuerySet) -> QuerySet:
-        if not self.value():
-            return queryset
-        if self.value() not in JobState.values:
-            return queryset.none()  # no job has it (and no scan to find that out)
-        return queryset.filter(state=self.value())
-
-
-class QueueFilter(admin.SimpleListFilter):
-    title = "queue"
-    parameter_name = "queue"
-
-    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
-        # The backends' QUEUES setting: a DISTINCT over millions of rows would be a scan.
-        names = {q for b in jobs_backends() for q in b.queues}
-        if self.value():
-            names.add(self.value())
-        return [(q, q) for q in sorted(names)]
-
-    def queryset(self, request: HttpRequest, queryset: QuerySet) -> QuerySet:
-        return queryset.filter(queue_name=self.value()) if self.value() else queryset
-
-
-class TaskFilter(admin.SimpleListFilter):
-    title = "task"
-    parameter_name = "task"
-
-    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
-        # The tasks declared in this process (the same registry the worker runs from).
-        for backend in jobs_backends():
-            registry.discover(backend.jobs_options.TASK_MODULES)
-        paths = set(registry.registered_paths())
-        if self.value():
-            paths.add(self.value())
-        return [(p, short_name(p)) for p in sorted(paths)]
-
-    def queryset(self, request: HttpRequest, queryset: QuerySet) -> QuerySet:
-        return stats.by_tasks(queryset, [self.value()]) if self.value() else queryset
-
-
-_RANGES = {
-    "1h": ("Last hour", timedelta(hours=1)),
-    "24h": ("Last 24 hours", timedelta(days=1)),
-    "7d": ("Last 7 days", timedelta(days=7)),
-    "30d": ("Last 30 days", timedelta(days=30)),
-}
-
-
-class _SinceFilter(admin.SimpleListFilter):
-    field = ""
-
-    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
-        return [(key, label) for key, (label, _) in _RANGES.items()]
-
-    def since(self) -> Any:
-        return timezone.now() - _RANGES[self.value()][1] if self.value() in _RANGES else None
-
-
-class FinishedFilter(_SinceFilter):
-    title = "finished"
-    parameter_name = "finished"
-
-    def queryset(self, request: HttpRequest, queryset: QuerySet) -> QuerySet:
-        if self.since() is None:
-            return queryset
-        # The state condition is implied by finished_at being set, but spelled out so the
-        # planner can use the partial index on finished_at (a range scan, not a full one).
-        return queryset.filter(state__in=_FINISHED, finished_at__gte=self.since())
-
-
-class EnqueuedFilter(_SinceFilter):
-    title = "enqueued"
-    parameter_name = "enqueued"
-
-    def queryset(self, request: HttpRequest, queryset: QuerySet) -> QuerySet:
-        # Recent windows are the head of the primary key's order when jobs came in; the
-        # BRIN index on enqueued_at answers at once when none did.
-        return queryset.filter(enqueued_at__gte=self.since()) if self.since() else queryset
 
 
 class JobChangeList(ChangeList):
@@ -144,64 +49,6 @@ class JobChangeList(ChangeList):
         if self.sortable_by is not None and field_name not in self.sortable_by:
             return None
         return super().get_ordering_field(field_name)
-
-
-# ── display helpers ──────────────────────────────────────────────────────────────
-
-
-def short_name(path: str) -> str:
-    return path.rsplit(".", 1)[-1]
-
-
-def format_duration(seconds: float | None) -> str:
-    if seconds is None:
-        return "-"
-    if seconds < 1:
-        return f"{seconds * 1000:.0f} ms"
-    if seconds < 120:
-        return f"{seconds:.1f} s"
-    if seconds < 7200:
-        return f"{seconds / 60:.1f} min"
-    if seconds < 172_800:
-        return f"{seconds / 3600:.1f} h"
-    return f"{seconds / 86400:.1f} d"
-
-
-def state_badge(state: str) -> str:
-    return format_html(
-        '<span class="jobs-badge jobs-badge-{}">{}</span>', state.lower(), JobState(state).label
-    )
-
-
-def _datetime(value: Any) -> Any:
-    return parse_datetime(value) if isinstance(value, str) else value
-
-
-def attempts_of(job: Job) -> list[dict[str, Any]]:
-    """One entry per attempt, newest first: worker, times, outcome and error."""
-    errors = {e.get("attempt"): e for e in job.errors or [] if isinstance(e, dict)}
-    rows = []
-    for n in range(1, job.attempts + 1):
-        worker = job.worker_ids[n - 1] if n <= len(job.worker_ids or []) else ""
-        error = errors.get(n)
-        row: dict[str, Any] = {"number": n, "worker": worker, "error": error}
-        if error:
-            row["outcome"] = "failed"
-            row["ended_at"] = _datetime(error.get("failed_at"))
-        elif n == job.attempts:
-            row["outcome"] = {
-                JobState.RUNNING: "running",
-                JobState.SUCCESSFUL: "successful",
-            }.get(job.state, job.state.lower())
-            row["ended_at"] = job.finished_at
-        else:
-            row["outcome"] = "snoozed or released"
-        if n == 1:
-            row["started_at"] = job.started_at
-        if n == job.attempts:
-            row["started_at"] = job.last_attempted_at
-        rows.append(row)
-    return rows[::-1]
 
 
 # ── the admin ───────────────────────────────────────────────────────────────────
@@ -215,7 +62,7 @@ OPERATIONS = {
 }
 
 
-class JobAdmin(admin.ModelAdmin):
+class JobAdmin(ReadOnlyAdmin):
     list_display = (
         "id",
         "status",
@@ -268,11 +115,8 @@ class JobAdmin(admin.ModelAdmin):
 
     # ── permissions ─────────────────────────────────────────────────────────
 
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
+    # Rows are never edited by hand; deleting finished or waiting ones is allowed.
+    deletable = True
 
     def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         # A running job's row belongs to its worker until the attempt ends.
@@ -293,7 +137,7 @@ class JobAdmin(admin.ModelAdmin):
 
     def get_queryset(self, request: HttpRequest) -> QuerySet:
         # The backends' database (OPTIONS["DATABASE"]), like the dashboard's numbers.
-        qs = super().get_queryset(request).using(stats.jobs_database())
+        qs = super().get_queryset(request).using(jobs_database())
         # The JSON columns can be large; the list shows none of them.
         if getattr(request, "resolver_match", None) and request.resolver_match.url_name == (
             "django_jobs_job_changelist"

@@ -13,10 +13,10 @@ from functools import cached_property
 
 from django.core.exceptions import EmptyResultSet
 from django.core.paginator import Paginator
-from django.db import OperationalError, connections, transaction
+from django.db import connections
 from django.db.models import QuerySet
 
-from django_jobs.stats import estimated_count
+from django_jobs.console.stats import estimated_count, run_bounded
 
 
 class EstimatedCountPaginator(Paginator):
@@ -54,26 +54,15 @@ class EstimatedCountPaginator(Paginator):
 
     def _bounded_count(self, queryset: QuerySet) -> int | None:
         """Count up to ``exact_below + 1`` rows, or None when it takes too long."""
-        connection = connections[queryset.db]
         bounded = queryset.order_by().values("pk")[: self.exact_below + 1]
         try:
             sql, params = bounded.query.sql_with_params()
         except EmptyResultSet:  # it can match nothing (an id past bigint, say)
             return 0
-        try:
-            # A savepoint (or a transaction in autocommit) scopes SET LOCAL, and rolls
-            # it back with the cancelled statement.
-            with transaction.atomic(using=queryset.db), connection.cursor() as cur:
-                cur.execute("SELECT current_setting('statement_timeout')")
-                previous = cur.fetchone()[0]
-                cur.execute(
-                    "SELECT set_config('statement_timeout', %s, true)",
-                    [str(self.exact_timeout_ms)],
-                )
-                cur.execute(f"SELECT count(*) FROM ({sql}) AS bounded", params)
-                count = cur.fetchone()[0]
-                cur.execute("SELECT set_config('statement_timeout', %s, true)", [previous])
-                return count
-        except OperationalError:
-            # psycopg's QueryCanceled is an OperationalError subclass in Django's mapping.
-            return None
+        rows = run_bounded(
+            queryset.db,
+            f"SELECT count(*) FROM ({sql}) AS bounded",
+            params,
+            timeout_ms=self.exact_timeout_ms,
+        )
+        return None if rows is None else rows[0][0]

@@ -1,4 +1,4 @@
-"""A ModelAdmin that shows rows and never writes them: workers own them."""
+"""A ModelAdmin that shows rows and never edits them: workers and the protocol own them."""
 
 from typing import Any
 
@@ -7,7 +7,13 @@ from django.http import HttpRequest
 
 
 class ReadOnlyAdmin(admin.ModelAdmin):
-    """No add, change or delete from the admin; viewing follows the usual permission."""
+    """No add or change from the admin; viewing follows the usual permission.
+
+    Deleting is refused too, unless ``deletable`` is set: then Django's delete
+    permission decides (a subclass may narrow it further).
+    """
+
+    deletable = False
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False
@@ -16,4 +22,4 @@ class ReadOnlyAdmin(admin.ModelAdmin):
         return False
 
     def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
+        return self.deletable and super().has_delete_permission(request, obj)

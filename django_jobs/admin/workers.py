@@ -4,19 +4,17 @@ from datetime import timedelta
 from typing import Any
 
 from django.contrib import admin
-from django.db.models import Count, IntegerField, OuterRef, QuerySet, Subquery, Value
-from django.db.models.functions import Coalesce
+from django.db.models import QuerySet
 from django.http import HttpRequest
-from django.tasks import task_backends
 from django.utils import timezone
 from django.utils.html import format_html
 from django.utils.safestring import mark_safe
 
-from django_jobs import stats
-from django_jobs.backend import JobsBackend
+from django_jobs.backend import get_backend, jobs_database
+from django_jobs.compat import InvalidTaskBackend
 from django_jobs.conf import JobsOptions
-from django_jobs.models import Job, Worker
-from django_jobs.states import JobState
+from django_jobs.console import stats
+from django_jobs.models import Worker
 
 from .readonly import ReadOnlyAdmin
 
@@ -24,29 +22,14 @@ from .readonly import ReadOnlyAdmin
 def worker_timeout(alias: str) -> float:
     """The backend's WORKER_TIMEOUT: a worker silent this long is lost."""
     try:
-        backend = task_backends[alias]
-    except Exception:  # a worker row of a backend no longer configured
+        return get_backend(alias).jobs_options.WORKER_TIMEOUT
+    except InvalidTaskBackend:  # a worker row of a backend no longer configured
         return JobsOptions.WORKER_TIMEOUT
-    if isinstance(backend, JobsBackend):
-        return backend.jobs_options.WORKER_TIMEOUT
-    return JobsOptions.WORKER_TIMEOUT
 
 
 def is_stale(worker: Worker, now: Any = None) -> bool:
     now = now or timezone.now()
     return worker.last_heartbeat < now - timedelta(seconds=worker_timeout(worker.backend))
-
-
-def running_now() -> Subquery:
-    """Jobs a worker holds now: one probe of the partial index on RUNNING per worker."""
-    per_worker = (
-        Job.objects.filter(state=JobState.RUNNING, worker_id=OuterRef("id"))
-        .order_by()
-        .values("worker_id")
-        .annotate(n=Count("*"))
-        .values("n")
-    )
-    return Coalesce(Subquery(per_worker, output_field=IntegerField()), Value(0))
 
 
 class WorkerAdmin(ReadOnlyAdmin):
@@ -73,8 +56,8 @@ class WorkerAdmin(ReadOnlyAdmin):
         css = {"all": ["django_jobs/admin.css"]}
 
     def get_queryset(self, request: HttpRequest) -> QuerySet:
-        queryset = super().get_queryset(request).using(stats.jobs_database())
-        return queryset.annotate(running_jobs=running_now())
+        queryset = super().get_queryset(request).using(jobs_database())
+        return queryset.annotate(running_jobs=stats.running_now())
 
     @admin.display(description="queues")
     def queue_list(self, worker: Worker) -> str:

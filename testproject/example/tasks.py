@@ -171,7 +171,7 @@ def atomic_superseded(context, key: str) -> str:
     """Write a row, then let another "worker" take the job over before we finish."""
     from django.db import connections
 
-    from django_jobs import dbconn
+    from django_jobs.worker import dbconn
 
     from .models import LedgerEntry
 

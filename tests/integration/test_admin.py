@@ -10,8 +10,8 @@ from django.db import connection
 from django.urls import reverse
 from django.utils import timezone
 
-from django_jobs import stats
 from django_jobs.admin.pagination import EstimatedCountPaginator
+from django_jobs.console import stats
 from django_jobs.models import Job, Worker
 from testproject.example import tasks
 

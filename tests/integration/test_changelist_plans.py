@@ -16,7 +16,7 @@ from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 from django.utils import timezone
 
-from django_jobs import stats
+from django_jobs.console import stats
 from django_jobs.models import Job
 
 pytestmark = pytest.mark.django_db

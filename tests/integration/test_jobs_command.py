@@ -12,7 +12,7 @@ from django.core.management import CommandError, call_command
 from django.db import OperationalError
 from django.utils import timezone
 
-from django_jobs import operations
+from django_jobs.console import operations
 from django_jobs.models import Job
 from testproject.example import tasks
 from tests.conftest import ROOT

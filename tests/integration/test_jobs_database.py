@@ -16,7 +16,8 @@ from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 from django.utils import timezone
 
-from django_jobs import operations, stats
+from django_jobs.backend import jobs_database
+from django_jobs.console import operations
 from django_jobs.models import Job
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -53,7 +54,7 @@ def job_table_queries(captured) -> list[str]:
 
 
 def test_stats_default_to_the_backends_database(jobs_alias):
-    assert stats.jobs_database() == "jobs"
+    assert jobs_database() == "jobs"
 
 
 def test_dashboard_reads_the_backends_database(jobs_alias, admin_client):

@@ -6,8 +6,8 @@ import pytest
 from django.db import connection
 from django.utils import timezone
 
-from django_jobs import protocol
 from django_jobs.models import Job
+from django_jobs.protocol import operator as protocol
 from testproject.example import tasks
 
 pytestmark = pytest.mark.django_db

@@ -5,8 +5,9 @@ import json
 import pytest
 from django.db import connection
 
-from django_jobs import dbconn, protocol, sql
 from django_jobs.models import Job
+from django_jobs.protocol import jobs as protocol
+from django_jobs.worker import dbconn
 from testproject.example import tasks
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -88,7 +89,7 @@ def test_claim_uses_the_partial_index_with_a_large_history(conn):
         )
         cur.execute("ANALYZE django_jobs_job")
     tasks.add.enqueue_many([((n, n), {}) for n in range(10)])
-    inner = sql.CLAIM.split("WHERE j.id IN (")[1].split("\n)\nRETURNING")[0]
+    inner = protocol.CLAIM.split("WHERE j.id IN (")[1].split("\n)\nRETURNING")[0]
     with conn.cursor() as cur:
         cur.execute(
             "EXPLAIN (FORMAT JSON) " + inner,

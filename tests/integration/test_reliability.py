@@ -8,10 +8,13 @@ from django.db import connection
 from django.tasks import TaskResultStatus
 from django.utils import timezone
 
-from django_jobs import dbconn, protocol
-from django_jobs.maintenance import Maintenance
 from django_jobs.models import Job, Lease, Worker
-from django_jobs.worker import Worker as JobsWorker
+from django_jobs.protocol import jobs as protocol
+from django_jobs.protocol import workers
+from django_jobs.services.pruner import Pruner
+from django_jobs.services.rescuer import Rescuer
+from django_jobs.worker import dbconn
+from django_jobs.worker.supervisor import Supervisor as JobsWorker
 from testproject.example import tasks
 from testproject.example.models import LedgerEntry
 
@@ -112,7 +115,7 @@ def test_rescue_retries_jobs_of_silent_workers_and_fences_their_late_results():
     orphan = claim_as("never-registered")
 
     with connection.cursor() as cur:
-        rescued = Maintenance("leader", interval=1, worker_timeout=30).run_once(cur)
+        rescued = Rescuer(worker_timeout=30).run_once(cur)
 
     assert {job_id for job_id, _, _ in rescued} == {stale.id, orphan.id}
     assert Job.objects.get(pk=claim_as_alive.id).state == "RUNNING"
@@ -135,12 +138,12 @@ def test_one_leader_at_a_time_and_takeover_after_expiry():
     first, second = dbconn.connect("default", purpose="a"), dbconn.connect("default", purpose="b")
     try:
         with first.cursor() as a, second.cursor() as b:
-            assert protocol.acquire_lease(a, name="maintenance", holder="w1", ttl=0.3)
-            assert not protocol.acquire_lease(b, name="maintenance", holder="w2", ttl=0.3)
-            assert protocol.acquire_lease(a, name="maintenance", holder="w1", ttl=0.3)
+            assert workers.acquire_lease(a, name="maintenance", holder="w1", ttl=0.3)
+            assert not workers.acquire_lease(b, name="maintenance", holder="w2", ttl=0.3)
+            assert workers.acquire_lease(a, name="maintenance", holder="w1", ttl=0.3)
             time.sleep(0.4)
-            assert protocol.acquire_lease(b, name="maintenance", holder="w2", ttl=0.3)
-            assert not protocol.acquire_lease(a, name="maintenance", holder="w1", ttl=0.3)
+            assert workers.acquire_lease(b, name="maintenance", holder="w2", ttl=0.3)
+            assert not workers.acquire_lease(a, name="maintenance", holder="w1", ttl=0.3)
         assert Lease.objects.get().holder == "w2"
     finally:
         first.close()
@@ -177,9 +180,7 @@ def test_the_maintenance_leader_prunes_finished_jobs_past_their_retention():
     retention = {"SUCCESSFUL": 7 * 86400.0, "FAILED": 30 * 86400.0, "CANCELLED": None}
 
     with connection.cursor() as cur:
-        deleted = Maintenance("leader", interval=1, worker_timeout=30, retention=retention).prune(
-            cur
-        )
+        deleted = Pruner(retention=retention).run_once(cur)
 
     assert deleted == 1
     kept = set(Job.objects.values_list("pk", flat=True))
@@ -194,5 +195,5 @@ def test_the_worker_hands_its_backends_retention_to_maintenance(settings):
             "OPTIONS": {"RETENTION": {"SUCCESSFUL": timedelta(days=2), "CANCELLED": None}},
         }
     }
-    retention = JobsWorker(backend="default").maintenance.retention
+    retention = JobsWorker(backend="default").leader.services[1].retention
     assert retention == {"SUCCESSFUL": 2 * 86400.0, "FAILED": 30 * 86400.0, "CANCELLED": None}

@@ -13,11 +13,14 @@ from django.tasks.signals import task_enqueued
 from django.test import override_settings
 from django.utils import timezone
 
-from django_jobs import dbconn, protocol, scheduler
 from django_jobs.backend import JobsBackend
 from django_jobs.models import MAX_CATCHUP, Job, Schedule, ScheduleRun
-from django_jobs.scheduler import Scheduler
-from django_jobs.schedules_conf import sync_declared
+from django_jobs.protocol import schedules as protocol
+from django_jobs.schedules import declared, firing
+from django_jobs.schedules import timing as timings
+from django_jobs.schedules.declared import sync_declared
+from django_jobs.services.scheduler import Scheduler
+from django_jobs.worker import dbconn
 
 from ..conftest import run_worker
 
@@ -34,7 +37,7 @@ def conn():
     c.close()
 
 
-def tick(conn, backend: str = "default") -> list[scheduler.Fired]:
+def tick(conn, backend: str = "default") -> list[firing.Fired]:
     with conn.cursor() as cur:
         return Scheduler(task_backends[backend], "test-worker").tick(cur)
 
@@ -144,7 +147,7 @@ def test_misfire_policy_after_an_outage(conn, policy, cap, jobs, caplog):
     schedule = make(
         interval_seconds=300, next_run_at=since, misfire_policy=policy, max_catchup=cap
     )
-    with caplog.at_level(logging.WARNING, logger="django_jobs.scheduler"):
+    with caplog.at_level(logging.WARNING, logger="django_jobs"):
         fired = tick(conn)
     print(f"policy={policy} max_catchup={cap}: 3 fire times due, {len(fired)} job(s)")
     assert len(fired) == Job.objects.count() == jobs
@@ -162,7 +165,7 @@ def test_misfire_policy_after_an_outage(conn, policy, cap, jobs, caplog):
 def test_a_task_that_disappeared_is_skipped_and_flagged(conn, caplog):
     broken = make(name="gone", task_path="testproject.example.tasks.removed_long_ago")
     healthy = make(name="healthy")
-    with caplog.at_level(logging.ERROR, logger="django_jobs.scheduler"):
+    with caplog.at_level(logging.ERROR, logger="django_jobs"):
         fired = tick(conn)
     assert [f.schedule for f in fired] == ["healthy"]
     broken.refresh_from_db()
@@ -202,7 +205,7 @@ def test_a_fixed_schedule_is_healthy_again_after_its_next_fire(conn):
 
 def test_run_now_enqueues_without_moving_the_schedule():
     schedule = make(next_run_at=timezone.now() + timedelta(hours=1))
-    fired = scheduler.run_now(schedule.pk)
+    fired = firing.run_now(schedule.pk)
     job = Job.objects.get()
     assert fired.job_id == job.id
     run = ScheduleRun.objects.get()
@@ -214,18 +217,18 @@ def test_run_now_enqueues_without_moving_the_schedule():
 
 def test_run_now_of_a_broken_schedule_says_why():
     schedule = make(task_path="nowhere.task")
-    with pytest.raises(scheduler.ScheduleError, match="not declared"):
-        scheduler.run_now(schedule.pk)
+    with pytest.raises(firing.ScheduleError, match="not declared"):
+        firing.run_now(schedule.pk)
     assert Job.objects.count() == 0
 
 
 def test_enabling_starts_afresh_from_now():
     schedule = make(enabled=False, next_run_at=timezone.now() - timedelta(days=3))
-    next_run_at = scheduler.set_enabled(schedule.pk, True)
+    next_run_at = firing.set_enabled(schedule.pk, True)
     schedule.refresh_from_db()
     assert schedule.enabled
     assert schedule.next_run_at == next_run_at > timezone.now()
-    scheduler.set_enabled(schedule.pk, False)
+    firing.set_enabled(schedule.pk, False)
     schedule.refresh_from_db()
     assert not schedule.enabled
 
@@ -308,7 +311,7 @@ def test_settings_take_over_an_admin_schedule_of_the_same_name(conn):
 
 def test_an_invalid_declaration_is_logged_and_leaves_its_row_alone(conn, caplog):
     sync(conn, {"kept": {"task": ADD, "cron": "@daily"}})
-    with caplog.at_level(logging.ERROR, logger="django_jobs.scheduler"):
+    with caplog.at_level(logging.ERROR, logger="django_jobs"):
         sync(conn, {"kept": {"task": ADD, "cron": "99 * * * *"}})
     row = Schedule.objects.get(name="kept")
     assert (row.cron, row.source, row.enabled) == ("@daily", "code", True)
@@ -381,7 +384,7 @@ def test_a_worker_fires_schedules_and_survives_a_broken_one():
 
 
 def test_an_oversized_interval_is_refused_and_the_other_declarations_are_written(conn, caplog):
-    with caplog.at_level(logging.INFO, logger="django_jobs.scheduler"):
+    with caplog.at_level(logging.INFO, logger="django_jobs"):
         sync(
             conn,
             {"huge": {"task": ADD, "every": 3_000_000_000}, "fine": {"task": ADD, "every": 60}},
@@ -403,7 +406,7 @@ def test_a_declaration_the_database_refuses_is_skipped_alone(conn, caplog, monke
 
     monkeypatch.setattr(protocol, "upsert_declared_schedule", refuse_one)
     schedules = {name: {"task": ADD, "every": 60} for name in ("before", "refused", "after")}
-    with caplog.at_level(logging.INFO, logger="django_jobs.scheduler"), conn.cursor() as cur:
+    with caplog.at_level(logging.INFO, logger="django_jobs"), conn.cursor() as cur:
         written = sync_declared(cur, backend_with(schedules))
     assert written == ["before", "after"]
     assert sorted(Schedule.objects.values_list("name", flat=True)) == ["after", "before"]
@@ -415,7 +418,6 @@ def test_a_declaration_the_database_refuses_is_skipped_alone(conn, caplog, monke
 
 
 def test_the_scheduler_tries_the_settings_again_after_a_failed_sync(conn, monkeypatch):
-    from django_jobs import schedules_conf
 
     calls = []
 
@@ -423,7 +425,7 @@ def test_the_scheduler_tries_the_settings_again_after_a_failed_sync(conn, monkey
         calls.append(backend.alias)
         raise RuntimeError("the table is not there yet")
 
-    monkeypatch.setattr(schedules_conf, "sync_declared", failing)
+    monkeypatch.setattr(declared, "sync_declared", failing)
     s = Scheduler(task_backends["default"], "test-worker")
     with conn.cursor() as cur:
         s.tick(cur)
@@ -450,8 +452,8 @@ def test_declared_intervals_above_ten_years_fail_the_checks():
 
 
 def test_preview_of_a_timing_that_runs_past_year_9999_stops_there():
-    timing = scheduler.Timing(
-        interval_seconds=scheduler.MAX_INTERVAL_SECONDS,
+    timing = timings.Timing(
+        interval_seconds=timings.MAX_INTERVAL_SECONDS,
         start_at=datetime(9985, 1, 1, tzinfo=UTC),
     )
     assert len(timing.upcoming(datetime(2026, 1, 1, tzinfo=UTC), 5)) == 2
@@ -462,16 +464,16 @@ def test_preview_of_a_timing_that_runs_past_year_9999_stops_there():
 
 @pytest.mark.parametrize(
     "timing",
-    [scheduler.Timing(interval_seconds=1), scheduler.Timing(cron="* * * * *")],
+    [timings.Timing(interval_seconds=1), timings.Timing(cron="* * * * *")],
     ids=["interval", "cron"],
 )
 def test_catch_up_never_enqueues_more_than_max_catchup_allows(timing):
     now = datetime(2026, 3, 1, tzinfo=UTC)
     since = now - timedelta(days=30)  # 2.6 million seconds, 43,200 minutes
-    p = scheduler.plan(timing, "all", 50_000, since, now)
+    p = timings.plan(timing, "all", 50_000, since, now)
     assert len(p.fire_times) == MAX_CATCHUP == 1000
     assert p.fire_times[-1] == now
-    assert p.missed == scheduler.COUNT_CAP - 1000  # counted up to the cap, for both kinds
+    assert p.missed == timings.COUNT_CAP - 1000  # counted up to the cap, for both kinds
 
 
 def test_max_catchup_has_a_maximum_everywhere():

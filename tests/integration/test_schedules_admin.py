@@ -7,7 +7,6 @@ from django.contrib.auth.models import Permission, User
 from django.urls import reverse
 from django.utils import timezone
 
-import django_jobs.schedules_admin  # noqa: F401  (registers ScheduleAdmin)
 from django_jobs.models import Job, Schedule, ScheduleRun
 
 pytestmark = pytest.mark.django_db

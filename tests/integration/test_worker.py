@@ -10,8 +10,8 @@ from django.tasks.signals import task_finished, task_started
 from django.test import override_settings
 from django.utils import timezone
 
-from django_jobs import protocol
 from django_jobs.models import Job
+from django_jobs.protocol import jobs as protocol
 from testproject.example import tasks
 from testproject.example.models import LedgerEntry
 

@@ -2,7 +2,7 @@
 
 from datetime import UTC, datetime, timedelta
 
-from django_jobs.stats import Bucket
+from django_jobs.console.stats import Bucket
 from django_jobs.templatetags.django_jobs_charts import _nice_max, age, bar_chart
 
 

@@ -6,8 +6,8 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from django_jobs import cron
-from django_jobs.scheduler import MISFIRE_GRACE, Timing, plan, timing_problems
+from django_jobs.schedules import cron
+from django_jobs.schedules.timing import MISFIRE_GRACE, Timing, plan, timing_problems
 
 BERLIN = ZoneInfo("Europe/Berlin")
 NEW_YORK = ZoneInfo("America/New_York")

@@ -2,7 +2,7 @@ import math
 
 import pytest
 
-from django_jobs.backend import encode_json
+from django_jobs.codec import encode_json
 
 
 def test_plain_data_round_trips():

@@ -1,7 +1,7 @@
 import pytest
 from django.tasks import TaskResultStatus
 
-from django_jobs import retry
+from django_jobs import policy as retry
 from django_jobs.states import TRANSITIONS, JobState, can_move, to_task_status
 
 

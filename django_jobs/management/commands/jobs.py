@@ -26,18 +26,16 @@ from django.db.models import QuerySet
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
-from django_jobs import operations, stats
+from django_jobs.backend import jobs_backends, jobs_database
+from django_jobs.console import operations, stats
 from django_jobs.management.arguments import positive_int_at_most
-from django_jobs.models import Job
-from django_jobs.protocol import FINISHED
-from django_jobs.states import JobState
+from django_jobs.models import MAX_JOB_ID, Job
+from django_jobs.states import FINISHED, JobState
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|min|h|d|w)?\s*$", re.IGNORECASE)
 _UNIT_SECONDS = {"s": 1, "m": 60, "min": 60, "h": 3600, "d": 86400, "w": 604800}
 #: Longest duration taken: a hundred years (past it, dates leave the calendar).
 MAX_DURATION_DAYS = 36_500
-#: Largest job id (the column is a bigint).
-MAX_JOB_ID = 2**63 - 1
 #: Most rows `jobs list` prints.
 MAX_LIST = 100_000
 
@@ -114,7 +112,7 @@ def list_jobs(
     limit: int = 50,
 ) -> QuerySet:
     """Newest jobs first, filtered as the admin's changelist filters."""
-    qs = Job.objects.using(stats.jobs_database()).defer(
+    qs = Job.objects.using(jobs_database()).defer(
         "args", "kwargs", "return_value", "errors", "worker_ids"
     )
     if states:
@@ -252,8 +250,8 @@ class Command(BaseCommand):
         self.stdout.write(json.dumps(value, indent=2))
 
     def _status(self, as_json: bool) -> None:
-        queues = sorted({q for b in stats.jobs_backends() for q in b.queues})
-        overview = stats.overview(queues=queues, using=stats.jobs_database())
+        queues = sorted({q for b in jobs_backends() for q in b.queues})
+        overview = stats.overview(queues=queues, using=jobs_database())
         if as_json:
             self._print(overview.as_dict())
             return

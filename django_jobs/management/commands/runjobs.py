@@ -6,13 +6,13 @@ import sys
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError
-from django.tasks import task_backends
-from django.tasks.exceptions import InvalidTaskBackend
+from django.utils import autoreload
 
-from django_jobs.backend import JobsBackend
+from django_jobs.backend import get_backend
+from django_jobs.compat import InvalidTaskBackend
 from django_jobs.management.arguments import positive_int
-from django_jobs.pool import default_processes
-from django_jobs.worker import Worker
+from django_jobs.worker.pool import default_processes
+from django_jobs.worker.supervisor import Supervisor
 
 
 def _positive_float(text: str) -> float:
@@ -147,14 +147,9 @@ class Command(BaseCommand):
         _configure_logging(options["verbosity"])
         alias = options["backend"]
         try:
-            backend = task_backends[alias]
+            backend = get_backend(alias)
         except InvalidTaskBackend as exc:
             raise CommandError(f"--backend {alias!r}: {exc}") from None
-        if not isinstance(backend, JobsBackend):
-            raise CommandError(
-                f"--backend {alias!r} is {type(backend).__module__}.{type(backend).__name__}; "
-                "runjobs serves only backends of type django_jobs.backend.JobsBackend."
-            )
         queues = options["queues"]
         if queues and backend.queues:
             unknown = sorted(set(queues) - backend.queues)
@@ -180,7 +175,7 @@ class Command(BaseCommand):
                 "processes; drop --pool threads."
             )
         processes = options["concurrency"] or default_processes()
-        worker = Worker(
+        worker = Supervisor(
             backend=alias,
             queues=queues,
             processes=processes if options["pool"] == "processes" else None,
@@ -194,8 +189,6 @@ class Command(BaseCommand):
             autoscale=options["autoscale"],
         )
         if options["reload"]:
-            from django.utils import autoreload
-
             autoreload.run_with_reloader(worker.run)
         else:
             worker.run()

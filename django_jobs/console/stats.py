@@ -24,18 +24,16 @@ from typing import Any
 
 import psycopg
 from django.core.exceptions import EmptyResultSet
-from django.db import OperationalError, connections, router, transaction
-from django.db.models import QuerySet
+from django.db import OperationalError, connections, transaction
+from django.db.models import Count, IntegerField, OuterRef, QuerySet, Subquery, Value
+from django.db.models.functions import Coalesce
 from django.utils import timezone
 
-from .models import Job, Worker
-from .states import JobState
+from ..backend import jobs_database
+from ..models import Job, Worker
+from ..states import FINISHED, FINISHED_SQL, JobState
 
 TABLE = Job._meta.db_table
-
-# The finished states as SQL literals, spelled exactly as in the partial index's predicate
-# so the planner can prove the index applies.
-_FINISHED_SQL = "('SUCCESSFUL', 'FAILED', 'CANCELLED')"
 
 READY_BY_QUEUE = f"""
 SELECT queue_name,
@@ -50,16 +48,12 @@ RUNNING_BY_QUEUE = f"""
 SELECT queue_name, count(*) FROM {TABLE} WHERE state = 'RUNNING' GROUP BY queue_name
 """
 
-RUNNING_BY_WORKER = f"""
-SELECT worker_id, count(*) FROM {TABLE} WHERE state = 'RUNNING' GROUP BY worker_id
-"""
-
 # One range scan of the finished index serves both the per-queue counts of the window
 # and the per-bucket chart: group by (queue, state, bucket) and add up in Python.
 FINISHED_SINCE = f"""
 SELECT queue_name, state, date_trunc(%(unit)s, finished_at) AS bucket, count(*)
 FROM {TABLE}
-WHERE state IN {_FINISHED_SQL} AND finished_at >= %(since)s
+WHERE state IN {FINISHED_SQL} AND finished_at >= %(since)s
 GROUP BY 1, 2, 3
 """
 
@@ -67,9 +61,7 @@ ESTIMATED_ROWS = "SELECT reltuples::bigint FROM pg_class WHERE oid = %s::regclas
 
 # What the bounded counts would read, for the planner to estimate (EXPLAIN only).
 READY_ROWS = f"SELECT 1 FROM {TABLE} WHERE state = 'READY'"
-FINISHED_ROWS = (
-    f"SELECT 1 FROM {TABLE} WHERE state IN {_FINISHED_SQL} AND finished_at >= %(since)s"
-)
+FINISHED_ROWS = f"SELECT 1 FROM {TABLE} WHERE state IN {FINISHED_SQL} AND finished_at >= %(since)s"
 # The same per queue, when only an estimate is affordable.
 READY_IN_QUEUE = f"""
 SELECT 1 FROM {TABLE}
@@ -101,27 +93,6 @@ EXACT_TIMEOUT_MS = 500
 MAX_QUEUES = 1000
 
 
-def jobs_backends() -> list[Any]:
-    """The configured django_jobs backends (``TASKS`` entries of JobsBackend)."""
-    from django.tasks import task_backends
-
-    from .backend import JobsBackend
-
-    return [b for b in task_backends.all() if isinstance(b, JobsBackend)]
-
-
-def jobs_database() -> str:
-    """The database alias that holds the job tables, for callers that name no backend.
-
-    The backends' ``OPTIONS["DATABASE"]`` when they agree on one alias; when they use
-    several, the database router's choice for the Job model decides.
-    """
-    aliases = {b.database for b in jobs_backends()}
-    if len(aliases) == 1:
-        return aliases.pop()
-    return router.db_for_write(Job)
-
-
 def _db(using: str | None) -> str:
     return using or jobs_database()
 
@@ -130,7 +101,7 @@ def _cursor(using: str | None = None) -> Any:
     return connections[_db(using)].cursor()
 
 
-def _planned_rows(cur: Any, sql: str, params: Any = None) -> int:
+def planned_rows(cur: Any, sql: str, params: Any = None) -> int:
     """The planner's estimate of the rows ``sql`` returns (EXPLAIN; nothing is read)."""
     cur.execute(f"EXPLAIN (FORMAT JSON) {sql}", params)
     plan = cur.fetchone()[0]
@@ -139,12 +110,14 @@ def _planned_rows(cur: Any, sql: str, params: Any = None) -> int:
     return int(plan[0]["Plan"]["Plan Rows"])
 
 
-def _bounded(using: str, sql: str, params: Any = None) -> list[tuple] | None:
-    """Run a read of the partial indexes; None if it took longer than EXACT_TIMEOUT_MS.
+def run_bounded(
+    using: str, sql: str, params: Any = None, *, timeout_ms: int, seqscan: bool = True
+) -> list[tuple] | None:
+    """Run a read under a statement timeout; its rows, or None if it took too long.
 
-    The planner is told not to scan the table: it prices a bitmap scan of the READY
-    or finished rows as if they were scattered over the whole table and may prefer a
-    sequential scan, though recent rows sit together at the table's end.
+    ``seqscan=False`` tells the planner not to scan the table: it prices a bitmap scan
+    of the READY or finished rows as if they were scattered over the whole table and
+    may prefer a sequential scan, though recent rows sit together at the table's end.
     """
     connection = connections[using]
     try:
@@ -154,24 +127,29 @@ def _bounded(using: str, sql: str, params: Any = None) -> list[tuple] | None:
             cur.execute(
                 "SELECT current_setting('statement_timeout'), current_setting('enable_seqscan')"
             )
-            timeout, seqscan = cur.fetchone()
+            previous_timeout, previous_seqscan = cur.fetchone()
             cur.execute(
                 "SELECT set_config('statement_timeout', %s, true), "
-                "set_config('enable_seqscan', 'off', true)",
-                [str(EXACT_TIMEOUT_MS)],
+                "set_config('enable_seqscan', %s, true)",
+                [str(timeout_ms), "on" if seqscan else "off"],
             )
             cur.execute(sql, params)
             rows = cur.fetchall()
             cur.execute(
                 "SELECT set_config('statement_timeout', %s, true), "
                 "set_config('enable_seqscan', %s, true)",
-                [timeout, seqscan],
+                [previous_timeout, previous_seqscan],
             )
             return rows
     except OperationalError as exc:
         if isinstance(exc.__cause__, psycopg.errors.QueryCanceled):
             return None
         raise
+
+
+def _bounded(using: str, sql: str, params: Any = None) -> list[tuple] | None:
+    """A read of the partial indexes, exact unless it takes over EXACT_TIMEOUT_MS."""
+    return run_bounded(using, sql, params, timeout_ms=EXACT_TIMEOUT_MS, seqscan=False)
 
 
 def queue_names(using: str | None = None) -> list[str] | None:
@@ -213,11 +191,7 @@ def estimated_count(queryset: QuerySet) -> int:
     except EmptyResultSet:
         return 0
     with connections[queryset.db].cursor() as cur:
-        cur.execute(f"EXPLAIN (FORMAT JSON) {sql}", params)
-        plan = cur.fetchone()[0]
-    if isinstance(plan, str):
-        plan = json.loads(plan)
-    return int(plan[0]["Plan"]["Plan Rows"])
+        return planned_rows(cur, sql, params)
 
 
 @dataclass
@@ -243,11 +217,8 @@ class QueueStats:
             "delayed": self.delayed,
             "running": self.running,
             "oldest_ready_age_seconds": self.oldest_runnable_age,
-            "finished_in_window": {s: self.finished.get(s, 0) for s in _FINISHED_ORDER},
+            "finished_in_window": {s: self.finished.get(s, 0) for s in FINISHED},
         }
-
-
-_FINISHED_ORDER = (JobState.SUCCESSFUL, JobState.FAILED, JobState.CANCELLED)
 
 
 @dataclass
@@ -335,9 +306,9 @@ def overview(
         return by_queue.setdefault(name, QueueStats(name))
 
     with _cursor(using) as cur:
-        ready_planned = _planned_rows(cur, READY_ROWS)
-        day_planned = _planned_rows(cur, FINISHED_ROWS, {"since": day_since})
-        hour_planned = _planned_rows(cur, FINISHED_ROWS, {"since": hour_since})
+        ready_planned = planned_rows(cur, READY_ROWS)
+        day_planned = planned_rows(cur, FINISHED_ROWS, {"since": day_since})
+        hour_planned = planned_rows(cur, FINISHED_ROWS, {"since": hour_since})
 
     def exact(planned: int, sql: str, params: Any = None) -> list[tuple] | None:
         return _bounded(using, sql, params) if planned <= EXACT_BELOW else None
@@ -383,13 +354,13 @@ def _estimate(
             q = queue(name)
             if ready:
                 params = {"queue": name}
-                q.runnable = _planned_rows(cur, READY_IN_QUEUE.format(op="<="), params)
-                q.delayed = _planned_rows(cur, READY_IN_QUEUE.format(op=">"), params)
+                q.runnable = planned_rows(cur, READY_IN_QUEUE.format(op="<="), params)
+                q.delayed = planned_rows(cur, READY_IN_QUEUE.format(op=">"), params)
                 q.oldest_runnable = None  # unknown: finding it would read the backlog
             if finished:
-                for state in _FINISHED_ORDER:
+                for state in FINISHED:
                     params = {"queue": name, "state": state.value, "since": since}
-                    q.finished[state] = _planned_rows(cur, FINISHED_IN_QUEUE, params)
+                    q.finished[state] = planned_rows(cur, FINISHED_IN_QUEUE, params)
 
 
 def running_jobs(limit: int = 25, using: str | None = None) -> list[Job]:
@@ -409,22 +380,28 @@ def recent_failures(
     since = timezone.now() - within
     return list(
         Job.objects.using(_db(using))
-        .filter(state__in=list(_FINISHED_ORDER), finished_at__gte=since, state=JobState.FAILED)
+        .filter(state__in=list(FINISHED), finished_at__gte=since, state=JobState.FAILED)
         .defer("args", "kwargs", "return_value", "worker_ids")
         .order_by("-finished_at")[:limit]
     )
 
 
-def running_by_worker(using: str | None = None) -> dict[str, int]:
-    with _cursor(using) as cur:
-        cur.execute(RUNNING_BY_WORKER)
-        return dict(cur.fetchall())
+def running_now() -> Subquery:
+    """Jobs a worker holds now: one probe of the partial index on RUNNING per worker."""
+    per_worker = (
+        Job.objects.filter(state=JobState.RUNNING, worker_id=OuterRef("id"))
+        .order_by()
+        .values("worker_id")
+        .annotate(n=Count("*"))
+        .values("n")
+    )
+    return Coalesce(Subquery(per_worker, output_field=IntegerField()), Value(0))
 
 
-def workers(using: str | None = None) -> list[Worker]:
-    """Every registered worker, newest first, with ``running`` (jobs held now) set."""
-    running = running_by_worker(using)
-    rows = list(Worker.objects.using(_db(using)).order_by("-started_at"))
-    for w in rows:
-        w.running = running.get(w.id, 0)  # type: ignore[attr-defined]
-    return rows
+def workers(using: str | None = None) -> QuerySet:
+    """Every registered worker, newest first, with ``running_jobs`` (jobs held now)."""
+    return (
+        Worker.objects.using(_db(using))
+        .annotate(running_jobs=running_now())
+        .order_by("-started_at")
+    )

@@ -13,10 +13,10 @@ from typing import Any
 
 from django.db import connections, transaction
 
-from . import protocol
-from .models import Job
-from .states import FINISHED_STATES, JobState
-from .stats import jobs_database
+from ..backend import jobs_database
+from ..models import Job
+from ..protocol import operator as protocol
+from ..states import FINISHED, FINISHED_STATES, JobState
 
 #: Most ids one operation touches; "select all" on a huge changelist is cut to this.
 MAX_IDS = 10_000
@@ -122,6 +122,7 @@ def _operate(
 
 def retry(ids: Iterable[int], using: str | None = None) -> Report:
     """Re-queue FAILED or CANCELLED jobs to run now."""
+
     return _operate(ids, protocol.retry_jobs, "re-queued", _retry_reason, using)
 
 
@@ -144,4 +145,5 @@ def prune(older_than: float, states: Iterable[str] | None = None, using: str | N
     """Delete finished jobs older than ``older_than`` seconds, in bounded batches."""
     using = using or jobs_database()
     with connections[using].cursor() as cur:
-        return protocol.prune(cur, older_than=older_than, states=list(states or protocol.FINISHED))
+        states = [str(s) for s in (states or FINISHED)]
+        return protocol.prune(cur, older_than=older_than, states=states)

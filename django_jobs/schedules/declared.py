@@ -30,12 +30,13 @@ from typing import Any
 
 import psycopg
 
-from . import protocol
-from .backend import JobsBackend, encode_json
-from .models import MAX_CATCHUP, MisfirePolicy
-from .scheduler import Timing, timing_problems
+from ..backend import JobsBackend
+from ..codec import encode_json
+from ..models import MAX_CATCHUP, MisfirePolicy
+from ..protocol import schedules as protocol
+from .timing import Timing, timing_problems
 
-logger = logging.getLogger("django_jobs.scheduler")
+logger = logging.getLogger(__name__)
 
 KEYS = {
     "task": "dotted path of a declared task (required)",

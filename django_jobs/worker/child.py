@@ -60,14 +60,16 @@ def main(pipe: Connection, config: ChildConfig) -> None:
 
     django.setup()
 
+    # Only now: these read settings and the app registry, which a spawned process has
+    # once django.setup() has run (this module itself is imported before that).
     from django.db import connections
-    from django.tasks import task_backends
 
-    from . import registry
+    from .. import registry
+    from ..backend import get_backend
+    from ..protocol.jobs import ClaimedJob
     from .executor import execute
-    from .protocol import ClaimedJob
 
-    backend = task_backends[config.backend]
+    backend = get_backend(config.backend)
     registry.discover(backend.jobs_options.TASK_MODULES)
     send_lock = threading.Lock()
 

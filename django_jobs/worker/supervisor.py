@@ -1,12 +1,11 @@
 """The ``runjobs`` supervisor's loop: wait (notify | poll) → claim for free slots → record.
 
-One ``Worker`` per ``runjobs`` process. It owns the queue connection and does all the
-protocol calls (it never writes SQL itself): registration and heartbeats, claims
-sized to its free slots, batched and fenced outcomes, and the leader-elected
-maintenance round. Jobs run in a pool (``pool.py``): child processes in production,
-threads in-process for tests. Outcomes are buffered for a few milliseconds and
-recorded one statement per kind, which is what lets one process run thousands of
-short jobs per second.
+One ``Supervisor`` per ``runjobs`` process. It owns the queue connection and makes all
+the protocol calls (it never writes SQL itself): registration and heartbeats, claims
+sized to its free slots, and the services it hosts (the maintenance leader and the
+schedule tick). Jobs run in a pool (``pool.py``): child processes in production,
+threads in-process for tests. Outcomes go to an ``OutcomeRecorder`` (``outcomes.py``),
+which records them in batches.
 """
 
 import atexit
@@ -19,58 +18,35 @@ import signal
 import socket
 import threading
 import time
-from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 import psycopg
-from django.tasks import TaskResultStatus, task_backends
 
-from . import __version__, dbconn, outcomes, protocol, registry
-from .backend import JobsBackend
-from .executor import (
-    FAILED,
-    LOST,
-    RECORDED,
-    RELEASED,
-    SUCCEEDED,
-    Outcome,
-    error_record,
-    execute,
-    storable_text,
-)
+from .. import __version__, registry
+from ..backend import get_backend
+from ..protocol import jobs as protocol
+from ..protocol import workers as worker_protocol
+from ..protocol.jobs import ClaimedJob
+from ..services.leader import Leader
+from ..services.pruner import Pruner
+from ..services.rescuer import Rescuer
+from ..services.scheduler import Scheduler
+from . import dbconn
+from .executor import execute
 from .listener import Listener
-from .maintenance import Maintenance
+from .outcomes import Outcome, OutcomeKind, OutcomeRecorder, WorkerStats
 from .pool import ProcessPool, ThreadPool
-from .protocol import ClaimedJob
-from .scheduler import Scheduler
 
-logger = logging.getLogger("django_jobs.worker")
+logger = logging.getLogger(__name__)
 
 # Put on the inbox to wake the loop (a notification, a signal).
 _WAKE = object()
 
 
-@dataclass
-class WorkerStats:
-    claimed: int = 0
-    succeeded: int = 0
-    failed: int = 0
-    retried: int = 0
-    snoozed: int = 0
-    released: int = 0
-    lost: int = 0
-    started_at: float = field(default_factory=time.monotonic)
-
-
-class Worker:
+class Supervisor:
     """Claim and run jobs of one backend until stopped (or, in burst mode, until idle)."""
 
-    #: Flush buffered outcomes once the oldest has waited this long (seconds) ...
-    FLUSH_AFTER = 0.005
-    #: ... or once this many are buffered.
-    FLUSH_BATCH = 200
     #: Claim beyond free slots only as many jobs as recent ones would finish in this many
     #: seconds. Short jobs get batched claims; long jobs are never hoarded while another
     #: worker sits idle.
@@ -93,13 +69,7 @@ class Worker:
         autoscale: tuple[int, int] | None = None,
         worker_id: str | None = None,
     ) -> None:
-        jobs_backend = task_backends[backend]
-        if not isinstance(jobs_backend, JobsBackend):
-            raise ValueError(
-                f"TASKS[{backend!r}] uses {type(jobs_backend).__module__}."
-                f"{type(jobs_backend).__qualname__}, not django_jobs.backend.JobsBackend; "
-                "runjobs can only run jobs stored by a jobs backend."
-            )
+        jobs_backend = get_backend(backend)
         self.backend = jobs_backend
         options = jobs_backend.jobs_options
         self.options = options
@@ -127,23 +97,27 @@ class Worker:
                 max_memory_kib=max_memory_kib,
                 autoscale=autoscale,
             )
-        self.maintenance = Maintenance(
+        self.leader = Leader(
             self.worker_id,
             interval=options.MAINTENANCE_INTERVAL,
-            worker_timeout=options.WORKER_TIMEOUT,
-            retry_delay=options.RETRY_BASE_DELAY,
-            retention=options.RETENTION,
+            services=[
+                Rescuer(worker_timeout=options.WORKER_TIMEOUT),
+                Pruner(retention=options.RETENTION),
+            ],
         )
         self.scheduler = Scheduler(jobs_backend, self.worker_id)
         self._queue_db = dbconn.QueueConnection(
             jobs_backend.database, purpose="worker", on_back=self._database_back
         )
+
         self._next_heartbeat = 0.0
         self._in_flight = 0
         #: Ids of jobs claimed and not yet recorded: what this worker really holds.
         self._held: set[int] = set()
         self._reconcile = False
-        self._buffer: deque[tuple[float, Outcome]] = deque()
+        self.outcomes = OutcomeRecorder(
+            jobs_backend, self.worker_id, self._queue_db, self.stats, self._held.discard
+        )
         self._avg_duration: float | None = None
         self._stopping = False
         self._aborting = False
@@ -237,7 +211,7 @@ class Worker:
 
     def _register(self) -> None:
         def register(cur: psycopg.Cursor) -> None:
-            protocol.register_worker(
+            worker_protocol.register_worker(
                 cur,
                 worker_id=self.worker_id,
                 backend=self.backend.alias,
@@ -270,7 +244,7 @@ class Worker:
         """Release what never started, let the rest finish (up to the grace), record all."""
         unstarted = self.pool.take_unstarted()
         for job in unstarted:
-            self._buffer.append((time.monotonic(), Outcome(job, RELEASED)))
+            self.outcomes.add(Outcome(job, OutcomeKind.RELEASED))
         self._in_flight -= len(unstarted)
         deadline = time.monotonic() + self.grace
         while self._in_flight > 0 and not self._aborting and time.monotonic() < deadline:
@@ -291,17 +265,17 @@ class Worker:
                 self._collect(timeout=0.2)
         # Outcomes are worth a little patience: without them the jobs would be re-run.
         flush_deadline = time.monotonic() + 10
-        while self._buffer and time.monotonic() < flush_deadline:
+        while self.outcomes and time.monotonic() < flush_deadline:
             self._flush(force=True)
-            if self._buffer:
+            if self.outcomes:
                 time.sleep(0.2)
 
     def _close(self) -> None:
         self.pool.stop()
         if self.listener:
             self.listener.stop()
-        self._db(self.maintenance.resign)
-        self._db(lambda cur: protocol.deregister_worker(cur, worker_id=self.worker_id))
+        self._db(self.leader.resign)
+        self._db(lambda cur: worker_protocol.deregister_worker(cur, worker_id=self.worker_id))
         self._queue_db.close()
         elapsed = time.monotonic() - self.stats.started_at
         s = self.stats
@@ -324,7 +298,7 @@ class Worker:
             idle = self._in_flight == 0 and not claimed
             if idle and self.burst and self.pool.capacity > 0 and self._queue_db.up:
                 self._flush(force=True)
-                if not self._buffer:
+                if not self.outcomes:
                     return
             if idle:
                 # Sleep until a notification or the next poll (jittered so that workers
@@ -340,7 +314,7 @@ class Worker:
         if now >= self._next_heartbeat:
             self._next_heartbeat = now + self.options.HEARTBEAT_INTERVAL
             ok, alive = self._db(
-                lambda cur: protocol.heartbeat(
+                lambda cur: worker_protocol.heartbeat(
                     cur, worker_id=self.worker_id, concurrency=self._slots()
                 )
             )
@@ -362,8 +336,8 @@ class Worker:
                         "Released %d job(s) claimed while the connection was failing: %s",
                         len(orphans), orphans, extra={"action": "orphans_released"},
                     )  # fmt: skip
-        if self.maintenance.due():
-            self._db(self.maintenance.tick)
+        if self.leader.due():
+            self._db(self.leader.tick)
         if self.scheduler.due():
             self._db(self.scheduler.tick)
 
@@ -371,7 +345,7 @@ class Worker:
         now = time.monotonic()
         return max(
             0.0,
-            min(self._next_heartbeat, self.maintenance.next_run, self.scheduler.next_run) - now,
+            min(self._next_heartbeat, self.leader.next_run, self.scheduler.next_run) - now,
         )
 
     def _collect(self, timeout: float) -> None:
@@ -392,8 +366,8 @@ class Worker:
 
     def _finished(self, outcome: Outcome) -> None:
         self._in_flight -= 1
-        self._buffer.append((time.monotonic(), outcome))
-        if outcome.kind in (SUCCEEDED, RECORDED, FAILED):
+        self.outcomes.add(outcome)
+        if outcome.kind in (OutcomeKind.SUCCEEDED, OutcomeKind.RECORDED, OutcomeKind.FAILED):
             # An exponentially weighted average of run time steers the prefetch.
             if self._avg_duration is None:
                 self._avg_duration = outcome.duration
@@ -401,9 +375,7 @@ class Worker:
                 self._avg_duration += 0.2 * (outcome.duration - self._avg_duration)
 
     def _time_to_flush(self) -> float:
-        if not self._buffer:
-            return self.poll_interval
-        return max(0.0, self._buffer[0][0] + self.FLUSH_AFTER - time.monotonic())
+        return self.outcomes.time_to_flush(self.poll_interval)
 
     def _claim_size(self) -> int:
         capacity = self.pool.capacity
@@ -446,98 +418,8 @@ class Worker:
     def _execute(self, job: ClaimedJob) -> Outcome:
         return execute(job, self.backend, self.worker_id)
 
-    # ── recording outcomes ──────────────────────────────────────────────────
-
     def _flush(self, force: bool = False) -> None:
-        if not self._buffer:
-            return
-        if not force and (
-            len(self._buffer) < self.FLUSH_BATCH
-            and self._in_flight > 0
-            and self._time_to_flush() > 0
-        ):
-            return
-        batch = [outcome for _, outcome in self._buffer]
-        try:
-            ok, recorded = self._db(lambda cur: outcomes.record(cur, batch))
-        except (psycopg.DatabaseError, TypeError, ValueError):
-            # Not an outage: the database refused a value. Record the rest one by one so
-            # one bad outcome cannot hold up (or crash) the others.
-            logger.exception("Could not record %d outcome(s) together", len(batch))
-            ok, recorded = self._record_one_by_one(batch)
-        if not ok:
-            return  # The database is away; keep the buffer and try again later.
-        self._buffer.clear()
-        done, failed, snoozed, released = recorded
-        for outcome in batch:
-            self._report(outcome, done, failed, snoozed, released)
-
-    def _record_one_by_one(self, batch: list[Outcome]) -> tuple[bool, Any]:
-        merged: tuple[dict, dict, set, set] = ({}, {}, set(), set())
-        for outcome in batch:
-            try:
-                ok, part = self._db(lambda cur, o=outcome: outcomes.record(cur, [o]))
-            except (psycopg.DatabaseError, TypeError, ValueError) as exc:
-                failure = Outcome(
-                    outcome.job,
-                    FAILED,
-                    outcome.duration,
-                    error=error_record(
-                        None,
-                        outcome.job,
-                        self.worker_id,
-                        class_path="django_jobs.exceptions.OutcomeNotStored",
-                        message=storable_text(f"the outcome of this attempt was refused: {exc}"),
-                    ),
-                )
-                try:
-                    ok, part = self._db(lambda cur, o=failure: outcomes.record(cur, [o]))
-                except (psycopg.DatabaseError, TypeError, ValueError):
-                    logger.exception("Job %s: no outcome could be recorded", outcome.job.id)
-                    self._held.discard(outcome.job.id)
-                    continue
-            if not ok:
-                return False, None
-            for whole, piece in zip(merged, part, strict=True):
-                whole.update(piece)
-        return True, merged
-
-    def _report(
-        self, outcome: Outcome, done: dict, failed: dict, snoozed: set, released: set
-    ) -> None:
-        job_id = outcome.job.id
-        self._held.discard(job_id)
-        finished_at = None
-        if outcome.kind == RECORDED:
-            self.stats.succeeded += 1
-            status = TaskResultStatus.SUCCESSFUL
-        elif job_id in done:
-            self.stats.succeeded += 1
-            status, finished_at = TaskResultStatus.SUCCESSFUL, done[job_id]
-        elif job_id in failed:
-            state, finished_at = failed[job_id]
-            if state == "READY":
-                self.stats.retried += 1
-                status = TaskResultStatus.READY
-            else:
-                self.stats.failed += 1
-                status = TaskResultStatus.FAILED
-        elif job_id in snoozed:
-            self.stats.snoozed += 1
-            status = TaskResultStatus.READY
-        elif job_id in released:
-            self.stats.released += 1
-            return
-        else:
-            self.stats.lost += 1
-            if outcome.kind != LOST:
-                logger.warning(
-                    "Job %s attempt %d finished, but the job was taken over by a newer "
-                    "attempt meanwhile; this late outcome was discarded",
-                    job_id, outcome.job.attempts, extra={"action": "job_lost_lease"},
-                )  # fmt: skip
-            return
-        outcomes.send_finished(self.backend, outcome, status, finished_at)
+        self.outcomes.flush(force=force, busy=self._in_flight > 0)
 
     # ── database access that survives an outage ─────────────────────────────
 

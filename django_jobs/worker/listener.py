@@ -9,10 +9,10 @@ import random
 import threading
 from collections.abc import Callable, Collection
 
+from ..protocol import NOTIFY_CHANNEL
 from . import dbconn
-from .sql import NOTIFY_CHANNEL
 
-logger = logging.getLogger("django_jobs.listener")
+logger = logging.getLogger(__name__)
 
 
 class Listener:

@@ -21,15 +21,17 @@ from multiprocessing.connection import Connection, wait
 
 from django.db import connections
 
-from . import registry
-from .backend import JobsBackend
+from .. import registry
+from ..backend import JobsBackend
+from ..codec import class_path, error_record
+from ..exceptions import TimeLimitExceeded, WorkerProcessDied
+from ..policy import Policy
+from ..protocol.jobs import ClaimedJob
 from .child import ChildConfig
 from .child import main as child_main
-from .exceptions import TimeLimitExceeded, WorkerProcessDied
-from .executor import FAILED, RELEASED, Outcome, error_record, hard_timeout_for, retry_delay
-from .protocol import ClaimedJob
+from .outcomes import Outcome, OutcomeKind
 
-logger = logging.getLogger("django_jobs.pool")
+logger = logging.getLogger(__name__)
 
 
 class ThreadPool:
@@ -269,13 +271,13 @@ class ProcessPool:
                 return
             if entry[1] is None:
                 entry[1] = now
-                limit = hard_timeout_for(registry.get(entry[0].task_path), self.backend)
+                limit = self._policy(entry[0]).timeout
                 entry[2] = now + limit + self.KILL_MARGIN if limit else None
 
     def _kill(self, child: _Child, *, released: list[int], reason: str) -> None:
         for job_id in released:
             job = child.assigned.pop(job_id)[0]
-            self._inbox.put(Outcome(job, RELEASED))
+            self._inbox.put(Outcome(job, OutcomeKind.RELEASED))
         child.stopping = True
         if child.process.is_alive():
             logger.warning(
@@ -368,7 +370,7 @@ class ProcessPool:
             for job, started, _ in child.assigned.values():
                 if started is None:
                     # Queued in the child, never started: no attempt is spent.
-                    self._inbox.put(Outcome(job, RELEASED))
+                    self._inbox.put(Outcome(job, OutcomeKind.RELEASED))
                     continue
                 message = (
                     f"worker process {child.process.pid} exited with {how} while running this job"
@@ -394,13 +396,19 @@ class ProcessPool:
         logger.error("Job %s %s: %s", job.id, job.task_path, message)
         error = error_record(
             None,
-            job,
-            self.worker_id,
-            class_path=f"{kind.__module__}.{kind.__qualname__}",
+            attempt=job.attempts,
+            worker_id=self.worker_id,
+            exception_class=class_path(kind),
             message=message,
         )
-        delay = retry_delay(registry.get(job.task_path), job, self.backend, None)
-        self._inbox.put(Outcome(job, FAILED, duration=duration, error=error, delay=delay))
+        # It raised nothing: the policy retries it if attempts remain, whatever retry_on says.
+        delay = self._policy(job).next_attempt_in(job.attempts, job.max_attempts)
+        self._inbox.put(
+            Outcome(job, OutcomeKind.FAILED, duration=duration, error=error, delay=delay)
+        )
+
+    def _policy(self, job: ClaimedJob) -> Policy:
+        return Policy.for_task(registry.get(job.task_path), self.backend.jobs_options)
 
     def _top_up(self) -> None:
         live = [c for c in self._children if not c.stopping]
@@ -421,7 +429,7 @@ class ProcessPool:
                 continue
             for job_id in late:
                 job, started, _ = child.assigned.pop(job_id)
-                limit = hard_timeout_for(registry.get(job.task_path), self.backend)
+                limit = self._policy(job).timeout
                 message = (
                     f"the job ran past its hard time limit of {limit} s and worker process "
                     f"{child.process.pid} was killed"

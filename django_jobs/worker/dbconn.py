@@ -14,7 +14,7 @@ from typing import Any
 import psycopg
 from django.db import connections
 
-logger = logging.getLogger("django_jobs.worker")
+logger = logging.getLogger(__name__)
 
 
 def connect(alias: str, *, purpose: str) -> psycopg.Connection:

@@ -13,7 +13,7 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from .exceptions import SoftTimeLimitExceeded
+from ..exceptions import SoftTimeLimitExceeded
 
 
 def _raise_soft_limit(signum: int, frame: object) -> None:

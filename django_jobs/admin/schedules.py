@@ -6,10 +6,10 @@ for the expression and time zone, live while editing (``schedule_preview.js`` ca
 :meth:`ScheduleAdmin.preview_view`). Schedules declared in settings are read-only
 here except for their on/off switch. Arguments shown read-only (schedules from
 settings, staff who may only view) have their secrets hidden, as on a job's page.
-"Run now" and enable/disable go through ``scheduler.py``; broken schedules
+"Run now" and enable/disable go through ``schedules/firing.py``; broken schedules
 (``last_error``) are flagged in the changelist.
 
-Registered here, and imported by ``django_jobs.admin``.
+Registered in ``django_jobs.admin``.
 """
 
 from datetime import datetime
@@ -20,20 +20,25 @@ from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied
 from django.db.models import QuerySet
 from django.http import HttpRequest, JsonResponse
-from django.tasks import task_backends
 from django.urls import NoReverseMatch, path, reverse
+from django.utils import timezone
 from django.utils.html import format_html, format_html_join
 
-from . import cron, registry, scheduler, stats
-from .admin.redaction import pretty_json
-from .models import MAX_CATCHUP, Schedule, ScheduleSource
+from django_jobs import registry
+from django_jobs.backend import get_backend, jobs_backends, jobs_database
+from django_jobs.codec import call_problem
+from django_jobs.models import MAX_CATCHUP, Schedule, ScheduleSource
+from django_jobs.schedules import cron, firing
+from django_jobs.schedules.timing import Timing, timing_problems
+
+from .redaction import pretty_json
 
 UPCOMING = 5
 UNITS = (("1", "seconds"), ("60", "minutes"), ("3600", "hours"))
 
 
 def _task_choices(current: str | None) -> list[tuple[str, str]]:
-    for backend in stats.jobs_backends():
+    for backend in jobs_backends():
         registry.discover(backend.jobs_options.TASK_MODULES)
     paths = registry.registered_paths()
     choices = [("", "---------")] + [(p, p) for p in paths]
@@ -51,11 +56,11 @@ def preview(
     cron_text: str, interval_seconds: int | None, tz: str, start_at: Any = None, end_at: Any = None
 ) -> dict[str, Any]:
     """The next fire times for a timing, or the problem with it, for the page and the JSON."""
-    problems = scheduler.timing_problems(cron_text, interval_seconds, tz)
+    problems = timing_problems(cron_text, interval_seconds, tz)
     if problems:
         return {"times": [], "explain": "", "error": " ".join(problems.values())}
-    timing = scheduler.Timing(cron_text, interval_seconds, tz, start_at, end_at)
-    times = timing.upcoming(scheduler.database_now(), UPCOMING)
+    timing = Timing(cron_text, interval_seconds, tz, start_at, end_at)
+    times = timing.upcoming(firing.database_now(), UPCOMING)
     explain = cron.explain(cron_text) if cron_text else f"Every {interval_seconds} s"
     return {"times": [_fmt(t, tz) for t in times], "explain": explain, "error": ""}
 
@@ -102,7 +107,7 @@ class ScheduleForm(forms.ModelForm):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.fields["task_path"].choices = _task_choices(self.instance.task_path)
-        aliases = [b.alias for b in stats.jobs_backends()] or ["default"]
+        aliases = [b.alias for b in jobs_backends()] or ["default"]
         self.fields["backend"] = forms.ChoiceField(
             choices=[(a, a) for a in aliases], initial=aliases[0], label="Backend"
         )
@@ -119,7 +124,7 @@ class ScheduleForm(forms.ModelForm):
         data["interval_seconds"] = self.instance.interval_seconds = interval
         cron_text = (data.get("cron") or "").strip()
         data["cron"] = cron_text
-        for field, message in scheduler.timing_problems(
+        for field, message in timing_problems(
             cron_text, interval, data.get("timezone") or ""
         ).items():
             self.add_error({"interval_seconds": "every"}.get(field, field), message)
@@ -138,7 +143,7 @@ class ScheduleForm(forms.ModelForm):
         if task is None and data.get("task_path"):
             self.add_error("task_path", "This task is not declared any more; pick another.")
         if task is not None and not self.has_error("args") and not self.has_error("kwargs"):
-            problem = scheduler.call_problem(task, data["args"], data["kwargs"])
+            problem = call_problem(task, data["args"], data["kwargs"])
             if problem:
                 self.add_error("args", problem)
             else:
@@ -190,7 +195,6 @@ _TIMING = ("cron", "every", "every_unit", "timezone", "start_at", "end_at", "upc
 _STATE = ("source", "next_run_at", "last_run_at", "last_job_link", "last_error")
 
 
-@admin.register(Schedule)
 class ScheduleAdmin(admin.ModelAdmin):
     form = ScheduleForm
     list_display = (
@@ -213,7 +217,7 @@ class ScheduleAdmin(admin.ModelAdmin):
 
     def get_queryset(self, request: HttpRequest) -> QuerySet:
         # Where the backends keep their tables (OPTIONS["DATABASE"]), as the scheduler.
-        return super().get_queryset(request).using(stats.jobs_database())
+        return super().get_queryset(request).using(jobs_database())
 
     def _declared(self, obj: Schedule | None) -> bool:
         return obj is not None and obj.source != ScheduleSource.ADMIN
@@ -274,12 +278,12 @@ class ScheduleAdmin(admin.ModelAdmin):
             or ("enabled" in form.changed_data and obj.enabled)
         )
         if restart:
-            database = task_backends[obj.backend].database
-            now = scheduler.database_now(database)
-            obj.next_run_at = scheduler.Timing.of(obj).first_after(now)
+            database = get_backend(obj.backend).database
+            now = firing.database_now(database)
+            obj.next_run_at = Timing.of(obj).first_after(now)
         if change and form.changed_data and obj.source == ScheduleSource.ADMIN:
             obj.last_error = ""  # the operator changed it: judge it afresh at its next fire
-        obj.save(using=obj._state.db or stats.jobs_database())
+        obj.save(using=obj._state.db or jobs_database())
 
     # ── columns ──────────────────────────────────────────────────────────────
 
@@ -357,8 +361,8 @@ class ScheduleAdmin(admin.ModelAdmin):
     def run_now(self, request: HttpRequest, queryset: QuerySet) -> None:
         for schedule in queryset:
             try:
-                fired = scheduler.run_now(schedule.pk)
-            except scheduler.ScheduleError as exc:
+                fired = firing.run_now(schedule.pk)
+            except firing.ScheduleError as exc:
                 self.message_user(request, f"{schedule.name}: not run: {exc}", messages.ERROR)
             else:
                 self.message_user(
@@ -380,8 +384,8 @@ class ScheduleAdmin(admin.ModelAdmin):
         for schedule in queryset:
             if schedule.enabled != enabled:
                 try:
-                    scheduler.set_enabled(schedule.pk, enabled)
-                except scheduler.ScheduleError as exc:
+                    firing.set_enabled(schedule.pk, enabled)
+                except firing.ScheduleError as exc:
                     refused = True
                     self.message_user(
                         request, f"{schedule.name}: not {verb}: {exc}", messages.ERROR
@@ -451,6 +455,4 @@ def _moment(query: Any, name: str) -> datetime | None:
 
 
 def _when(moment: datetime) -> str:
-    from django.utils import timezone
-
     return timezone.localtime(moment).strftime("%Y-%m-%d %H:%M:%S")

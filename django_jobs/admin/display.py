@@ -1,0 +1,64 @@
+"""How the job admin shows a job: durations, state badges, the attempts table."""
+
+from typing import Any
+
+from django.utils.dateparse import parse_datetime
+from django.utils.html import format_html
+
+from django_jobs.models import Job
+from django_jobs.states import JobState
+
+
+def short_name(path: str) -> str:
+    return path.rsplit(".", 1)[-1]
+
+
+def format_duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    if seconds < 1:
+        return f"{seconds * 1000:.0f} ms"
+    if seconds < 120:
+        return f"{seconds:.1f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.1f} min"
+    if seconds < 172_800:
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds / 86400:.1f} d"
+
+
+def state_badge(state: str) -> str:
+    return format_html(
+        '<span class="jobs-badge jobs-badge-{}">{}</span>', state.lower(), JobState(state).label
+    )
+
+
+def _datetime(value: Any) -> Any:
+    return parse_datetime(value) if isinstance(value, str) else value
+
+
+def attempts_of(job: Job) -> list[dict[str, Any]]:
+    """One entry per attempt, newest first: worker, times, outcome and error."""
+    errors = {e.get("attempt"): e for e in job.errors or [] if isinstance(e, dict)}
+    rows = []
+    for n in range(1, job.attempts + 1):
+        worker = job.worker_ids[n - 1] if n <= len(job.worker_ids or []) else ""
+        error = errors.get(n)
+        row: dict[str, Any] = {"number": n, "worker": worker, "error": error}
+        if error:
+            row["outcome"] = "failed"
+            row["ended_at"] = _datetime(error.get("failed_at"))
+        elif n == job.attempts:
+            row["outcome"] = {
+                JobState.RUNNING: "running",
+                JobState.SUCCESSFUL: "successful",
+            }.get(job.state, job.state.lower())
+            row["ended_at"] = job.finished_at
+        else:
+            row["outcome"] = "snoozed or released"
+        if n == 1:
+            row["started_at"] = job.started_at
+        if n == job.attempts:
+            row["started_at"] = job.last_attempted_at
+        rows.append(row)
+    return rows[::-1]

@@ -1,0 +1,144 @@
+"""What goes into the job table's JSON columns: arguments, return values, error records.
+
+Everything stored must be JSON that PostgreSQL's ``jsonb`` accepts, so this module is
+the one place that encodes it and says, in the error, which value was at fault. It sits
+below the backend (enqueue), the runtime (return values and errors) and the schedules
+(declared arguments), and imports none of them.
+"""
+
+import inspect
+import json
+import re
+import traceback
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from django.utils.json import normalize_json
+
+from .compat import Task
+
+# A JSON escape of NUL (not preceded by an escaped backslash): jsonb refuses it.
+_JSON_NUL = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")
+
+
+def encode_json(value: Any, what: str) -> str:
+    """Return ``value`` as JSON text, or raise TypeError saying which value is not JSON."""
+    try:
+        # allow_nan=False: PostgreSQL's jsonb has no NaN or Infinity.
+        text = json.dumps(
+            normalize_json(value), allow_nan=False, ensure_ascii=False, separators=(",", ":")
+        )
+    except (TypeError, ValueError) as exc:
+        raise TypeError(
+            f"{what} is not JSON-serialisable ({exc}); got {type(value).__name__} "
+            f"{preview(value)}. Pass plain data such as ids, strings and numbers, and "
+            "load objects inside the task."
+        ) from None
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise TypeError(
+            f"{what} contains text that is not valid Unicode (a lone surrogate such as "
+            "'\\ud800'), which PostgreSQL cannot store; clean the text before enqueueing."
+        ) from None
+    if _JSON_NUL.search(text):
+        raise TypeError(
+            f"{what} contains a NUL character (\\x00), which PostgreSQL cannot store in "
+            "JSON; remove it or encode the text (for example as base64)."
+        )
+    return text
+
+
+def preview(value: Any, width: int = 80) -> str:
+    """A ``repr`` short enough for an error message."""
+    text = repr(value)
+    return text if len(text) <= width else text[: width - 3] + "..."
+
+
+def encode_arguments(
+    task: Task, args: Sequence[Any], kwargs: Mapping[str, Any]
+) -> tuple[str, str]:
+    """Return args and kwargs as JSON text; an error names the argument at fault.
+
+    The common case (everything is JSON) encodes each list once; only a failure pays
+    for checking the arguments one by one to say which one it was.
+    """
+    for name in kwargs:
+        if not isinstance(name, str):
+            raise TypeError(
+                f"Keyword argument names must be strings; task {task.module_path!r} got {name!r}."
+            )
+    try:
+        return encode_json(list(args), "args"), encode_json(dict(kwargs), "kwargs")
+    except TypeError:
+        for index, value in enumerate(args):
+            encode_json(value, f"Argument {index} of task {task.module_path!r}")
+        for name, value in kwargs.items():
+            encode_json(value, f"Keyword argument {name!r} of task {task.module_path!r}")
+        raise
+
+
+def call_problem(task: Task, args: Any, kwargs: Any) -> str | None:
+    """Return why ``task(*args, **kwargs)`` cannot be enqueued, or None if it can.
+
+    Checks that the arguments are a list and a mapping of JSON values, and that they
+    bind to the function's signature (a context argument first, when it takes one).
+    """
+    if not isinstance(args, list | tuple):
+        return f"args must be a JSON list, got {type(args).__name__}."
+    if not isinstance(kwargs, Mapping):
+        return f"kwargs must be a JSON object, got {type(kwargs).__name__}."
+    try:
+        encode_arguments(task, args, kwargs)
+    except TypeError as exc:
+        return str(exc)
+    try:
+        signature = inspect.signature(task.func)
+    except (TypeError, ValueError):
+        return None  # No signature to check against (a builtin, say): let it run.
+    leading = (None,) if task.takes_context else ()
+    try:
+        signature.bind(*leading, *args, **kwargs)
+    except TypeError as exc:
+        return f"The arguments do not fit {task.module_path}{signature}: {exc}."
+    return None
+
+
+def storable_text(text: str) -> str:
+    """Text as jsonb can hold it: no NUL characters, no lone surrogates."""
+    text = text.replace("\x00", "\\x00")
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def class_path(kind: type[BaseException]) -> str:
+    """The dotted path an error record names an exception class by."""
+    return f"{kind.__module__}.{kind.__qualname__}"
+
+
+def error_record(
+    exc: BaseException | None,
+    *,
+    attempt: int,
+    worker_id: str,
+    exception_class: str | None = None,
+    message: str | None = None,
+) -> dict[str, Any]:
+    """The dict stored in ``Job.errors`` for one failed attempt.
+
+    From an exception (class, message and traceback), or, for a failure that raised
+    nothing in this process (a child killed at its time limit), from the class path
+    and message given.
+    """
+    if exc is not None:
+        exception_class = class_path(type(exc))
+        message = str(exc)
+        trace = "".join(traceback.format_exception(exc))
+    else:
+        trace = ""
+    return {
+        "exception_class_path": exception_class,
+        "message": storable_text(message or ""),
+        "traceback": storable_text(trace),
+        "worker_id": worker_id,
+        "attempt": attempt,
+    }
