@@ -82,9 +82,9 @@ class Queue:
         rows = self.conn.execute(
             sql.COMPLETE_MANY,
             {
-                "ids": [d[0] for d in done],
-                "attempts": [d[1] for d in done],
-                "return_values": [d[2] for d in done],
+                "job_id": [d[0] for d in done],
+                "attempt": [d[1] for d in done],
+                "return_json": [d[2] for d in done],
             },
         ).fetchall()
         return len(rows)

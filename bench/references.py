@@ -61,8 +61,8 @@ def pgbench_scripts(batch: int) -> dict[str, str]:
             "queue_name": _literal("default"),
             "priority": "0",
             "backend": _literal("default"),
-            "args": _literal("[]"),
-            "kwargs": _literal("{}"),
+            "args_json": _literal("[]"),
+            "kwargs_json": _literal("{}"),
             "run_after": "NULL",
             "max_attempts": "1",
         },
@@ -74,9 +74,9 @@ def pgbench_scripts(batch: int) -> dict[str, str]:
     complete = _fill(
         sql.COMPLETE_MANY,
         {
-            "ids": "ARRAY[:ids]",
-            "attempts": "ARRAY[:attempts]",
-            "return_values": "array_fill('null'::jsonb, ARRAY[:n])",
+            "job_id": "ARRAY[:ids]",
+            "attempt": "ARRAY[:attempts]",
+            "return_json": "array_fill('null'::jsonb, ARRAY[:n])",
         },
     )
     claim_complete = (

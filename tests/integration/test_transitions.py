@@ -1,0 +1,114 @@
+"""Every state-changing protocol call, on a job in every state, moves it only as
+``states.TRANSITIONS`` allows.
+
+The table of legal moves is checked against what the statements do to real rows, not
+against itself: a statement that could, say, bring a SUCCESSFUL job back to READY
+fails here whatever its comment says.
+"""
+
+from datetime import timedelta
+from types import SimpleNamespace
+
+import pytest
+from django.db import connection
+from django.utils import timezone
+
+from django_jobs.models import Job
+from django_jobs.protocol import jobs, operator
+from django_jobs.services.rescuer import Rescuer
+from django_jobs.states import TRANSITIONS, JobState, can_move
+from testproject.example import tasks
+
+pytestmark = pytest.mark.django_db
+
+WORKER = "transitions-test-worker"
+
+#: name -> the call, given a cursor and the job's id. Each names the job's attempt 1,
+#: which is what a job in the table holds after one claim.
+MOVES = {
+    "claim": lambda cur, job_id: jobs.claim(
+        cur, worker_id="another", backend="default", queues=None, limit=10
+    ),
+    "complete": lambda cur, job_id: jobs.complete(cur, [jobs.Success(job_id, 1, "1")]),
+    "fail, retry": lambda cur, job_id: jobs.fail(cur, [jobs.Failure(job_id, 1, "{}", 5.0)]),
+    "fail, final": lambda cur, job_id: jobs.fail(cur, [jobs.Failure(job_id, 1, "{}", None)]),
+    "snooze": lambda cur, job_id: jobs.snooze(cur, [jobs.Snoozed(job_id, 1, 5.0, 2)]),
+    "release": lambda cur, job_id: jobs.release(cur, [SimpleNamespace(id=job_id, attempts=1)]),
+    "release orphans": lambda cur, job_id: jobs.release_orphans(cur, worker_id=WORKER, held=[]),
+    # No worker row for WORKER: the job's worker is lost.
+    "rescue": lambda cur, job_id: Rescuer(worker_timeout=30).run_once(cur),
+    "operator retry": lambda cur, job_id: operator.retry_jobs(cur, [job_id]),
+    "operator cancel": lambda cur, job_id: operator.cancel_jobs(cur, [job_id]),
+    "operator run now": lambda cur, job_id: operator.run_jobs_now(cur, [job_id]),
+}
+
+#: What each call does from which state: the moves seen must be exactly these, so a
+#: statement that silently stops moving jobs (or starts moving more) is noticed too.
+EXPECTED = {
+    ("claim", "READY", "RUNNING"),
+    ("complete", "RUNNING", "SUCCESSFUL"),
+    ("fail, retry", "RUNNING", "READY"),
+    ("fail, final", "RUNNING", "FAILED"),
+    ("snooze", "RUNNING", "READY"),
+    ("release", "RUNNING", "READY"),
+    ("release orphans", "RUNNING", "READY"),
+    ("rescue", "RUNNING", "FAILED"),
+    ("operator retry", "FAILED", "READY"),
+    ("operator retry", "CANCELLED", "READY"),
+    ("operator cancel", "READY", "CANCELLED"),
+    ("operator cancel", "BLOCKED", "CANCELLED"),
+}
+
+
+def job_in(state: str) -> int:
+    job_id = int(tasks.add.enqueue(1, 1).id)
+    now = timezone.now()
+    started = state not in ("READY", "BLOCKED")
+    Job.objects.filter(pk=job_id).update(
+        state=state,
+        attempts=1 if started else 0,
+        worker_id=WORKER if started else "",
+        worker_ids=[WORKER] if started else [],
+        started_at=now if started else None,
+        last_attempted_at=now if started else None,
+        finished_at=now - timedelta(days=1)
+        if state in ("SUCCESSFUL", "FAILED", "CANCELLED")
+        else None,
+        # Due in the future, so that "run now" has something to do on a READY job.
+        available_at=now + timedelta(hours=1) if state == "READY" else now,
+    )
+    return job_id
+
+
+def moves_seen() -> set[tuple[str, str, str]]:
+    seen = set()
+    for name, move in MOVES.items():
+        for state in JobState.values:
+            with connection.cursor() as cur:
+                cur.execute("SAVEPOINT move")
+                job_id = job_in(state)
+                if name == "claim":
+                    # Due before the transaction began: now() is its start.
+                    past = timezone.now() - timedelta(hours=1)
+                    Job.objects.filter(pk=job_id).update(available_at=past)
+                move(cur, job_id)
+                after = Job.objects.filter(pk=job_id).values_list("state", flat=True).first()
+                cur.execute("ROLLBACK TO SAVEPOINT move")
+            if after != state:
+                seen.add((name, state, after))
+    return seen
+
+
+def test_every_move_the_statements_make_is_a_legal_transition():
+    seen = moves_seen()
+    illegal = sorted(m for m in seen if not can_move(m[1], m[2]))
+    assert not illegal, f"moves not in states.TRANSITIONS: {illegal}"
+    assert seen == EXPECTED
+
+
+def test_every_legal_transition_is_made_by_some_statement_or_waits_for_one():
+    made = {(source, target) for _, source, target in moves_seen()}
+    allowed = {(s, t) for s, targets in TRANSITIONS.items() for t in targets}
+    # Reserved for features to come: cancelling a running job, a workflow step unblocked.
+    reserved = {("RUNNING", "CANCELLED"), ("BLOCKED", "READY")}
+    assert allowed - made == reserved
