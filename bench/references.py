@@ -3,6 +3,9 @@
 * R1, the database's ceiling: ``pgbench`` running our own statements as literal SQL.
 * R2, the framework-free ceiling: a hand-written psycopg loop (``bench/rawloop.py``)
   with the worker's statements and process shape.
+* R3, the lean queue: a minimal table and a hand-written psycopg queue on it
+  (``bench/leanqueue.py``): what the queue would cost with no table design and no
+  per-job work of ours; every drain figure is also given as a share of it.
 * R4, the wake-up floor: one connection LISTENs, another NOTIFYs.
 """
 
@@ -283,6 +286,58 @@ def run_r2(ctx: Context) -> dict[str, Any]:
                 r["runs"][0]["loop_cpu_s_per_1000"],
             ]
             for name, r in result.items()
+        ],
+    )
+    return result
+
+
+# ── R3: the lean queue ──────────────────────────────────────────────────────
+
+
+def run_r3(ctx: Context) -> dict[str, Any]:
+    """A minimal queue (id, state, payload, run_at; one partial index), 2 processes each
+    claiming 50 with SKIP LOCKED and completing them in one UPDATE, on S1's job count.
+
+    It makes and drops its own table, so the job tables are not involved. Repeated in
+    the full run (the median counts).
+    """
+    env = {**os.environ, "BENCH_CONN_PARAMS": json.dumps(ctx.conn_params, default=str)}
+    runs = []
+    for _ in range(ctx.sizes.repeats):
+        cpu_before = measure.rusage_children_cpu()
+        done = subprocess.run(
+            [sys.executable, "-m", "bench.leanqueue", "--jobs", str(ctx.sizes.s1_jobs)],
+            cwd=db.ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=ctx.sizes.drain_timeout_s,
+            check=False,
+        )
+        cpu = measure.rusage_children_cpu() - cpu_before
+        if done.returncode != 0:
+            raise RuntimeError(f"bench.leanqueue failed:\n{done.stderr[-3000:]}")
+        run = json.loads(done.stdout.strip().splitlines()[-1])
+        run["loop_cpu_s_per_1000"] = round(cpu / max(1, run["done"]) * 1000, 3)
+        runs.append(run)
+        ctx.check(
+            "R3 lean queue: every job done once, none left",
+            run["done"] == run["jobs"] and run["left"] == 0,
+            json.dumps(run),
+        )
+        ctx.check("R3 lean queue: no Django in the loop", not run["imports_django"])
+    rates = [r["jobs_per_s"] for r in runs if r["jobs_per_s"]]
+    result = {"runs": runs, "median_jobs_per_s": measure.median(rates)}
+    print_table(
+        "R3 lean queue (minimal table, 2 processes, batch 50, no Django)",
+        ["runs", "median jobs/s", "each run", "loop CPU s/1000 jobs"],
+        [
+            [
+                len(runs),
+                result["median_jobs_per_s"],
+                ", ".join(str(r["jobs_per_s"]) for r in runs),
+                runs[0]["loop_cpu_s_per_1000"],
+            ]
         ],
     )
     return result

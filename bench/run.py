@@ -1,6 +1,6 @@
 """The benchmark suite's entry point: ``scripts/bench`` (full) or ``scripts/bench --quick``.
 
-Runs the references (R1 pgbench, R2 psycopg loop, R4 LISTEN/NOTIFY) and the scenarios
+Runs the references (R1 pgbench, R2 psycopg loop, R3 lean queue, R4 LISTEN/NOTIFY) and the scenarios
 (S1-S6, RSS) against the database in DATABASE_URL, prints a table per scenario and a
 summary of the targets, and writes everything to ``bench/results/<timestamp>.json``
 and ``bench/results/latest.json`` (plus ``summary.svg``).
@@ -27,6 +27,7 @@ ROOT = Path(__file__).resolve().parent.parent
 SCENARIOS: list[tuple[str, str]] = [
     ("R1", "pgbench with our statements: the database's ceiling"),
     ("R2", "hand-written psycopg loop: the framework-free ceiling"),
+    ("R3", "lean queue: a minimal table and queue, the design's ceiling"),
     ("R4", "LISTEN/NOTIFY wake-up time"),
     ("S1", "drain no-op jobs with runjobs --burst"),
     ("S2", "enqueue() one per transaction, 4 threads"),
@@ -44,6 +45,7 @@ def _runner(key: str) -> Callable[[Any], dict[str, Any]]:
     return {
         "R1": references.run_r1,
         "R2": references.run_r2,
+        "R3": references.run_r3,
         "R4": references.run_r4,
         "S1": drain.run_s1,
         "S2": enqueue.run_s2,

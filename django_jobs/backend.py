@@ -5,8 +5,8 @@ enqueues through the caller's connection (so jobs commit or roll back with the
 caller's transaction) and reads results from any process. It never runs jobs.
 """
 
-import json
-from collections.abc import Mapping, Sequence
+import logging
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import replace
 from functools import cached_property, lru_cache
 from typing import Any
@@ -16,7 +16,7 @@ from django.db import connections, router
 from django.utils import timezone
 
 from . import policy, registry
-from .codec import encode_arguments
+from .codec import encode_arguments, encode_calls
 from .compat import (
     DEFAULT_TASK_BACKEND_ALIAS,
     BaseTaskBackend,
@@ -27,6 +27,7 @@ from .compat import (
     TaskResult,
     TaskResultDoesNotExist,
     TaskResultStatus,
+    signal_wanted,
     task_backends,
     task_enqueued,
 )
@@ -62,17 +63,19 @@ class JobsBackend(BaseTaskBackend):
         # this the place to learn which functions are tasks (see registry.py).
         registry.register(task)
 
-    def _new_job(
-        self,
-        task: Task,
-        args: Sequence[Any],
-        kwargs: Mapping[str, Any],
-        *,
-        validated: bool = False,
-    ) -> Any:
-        if not validated:
+    @cached_property
+    def _validated(self) -> dict[int, Task]:
+        # Task objects this backend has validated, by id (the object is kept, so its id
+        # cannot be reused). Django's checks read the function's signature, which costs
+        # more than the rest of an enqueue; a task object does not change once made.
+        return {}
+
+    def _validate_once(self, task: Task) -> None:
+        if self._validated.get(id(task)) is not task:
             self.validate_task(task)
-        return self.new_job(task, args, kwargs)
+            if len(self._validated) > 10_000:  # tasks rebuilt again and again
+                self._validated.clear()
+            self._validated[id(task)] = task
 
     def new_job(self, task: Task, args: Sequence[Any], kwargs: Mapping[str, Any]) -> jobs.NewJob:
         """The row to insert for ``task(*args, **kwargs)``; raise TypeError for non-JSON."""
@@ -89,34 +92,63 @@ class JobsBackend(BaseTaskBackend):
         )
 
     def enqueue(self, task: Task, args: Sequence[Any], kwargs: Mapping[str, Any]) -> TaskResult:
-        new_job = self._new_job(task, args, kwargs)
+        self._validate_once(task)
+        new_job = self.new_job(task, args, kwargs)
         with connections[self.database].cursor() as cursor:
             job_id, enqueued_at = jobs.enqueue(cursor, new_job)
-        return self.enqueued(task, job_id, enqueued_at, new_job)
+        return self.enqueued(task, job_id, enqueued_at, args, kwargs)
 
     def enqueue_many(
         self, calls: Sequence[tuple[Task, Sequence[Any], Mapping[str, Any]]]
-    ) -> list[TaskResult]:
-        """Insert one job per ``(task, args, kwargs)`` with a single statement."""
-        # A batch usually repeats one task: validate each distinct one once.
-        validated: set[int] = set()
-        new_jobs = []
+    ) -> "EnqueuedResults":
+        """Insert one job per ``(task, args, kwargs)`` with a single statement.
+
+        The arguments of the whole batch travel as one JSON document, and the
+        TaskResults are built when they are read (``task_enqueued`` is still sent for
+        each job when anyone listens), so a batch costs a few microseconds per job.
+        """
+        specs: list[jobs.JobSpec] = []
+        spec_numbers: dict[jobs.JobSpec, int] = {}
+        by_task: dict[int, int] = {}
+        numbered = []
         for task, args, kwargs in calls:
-            if id(task) not in validated:
-                self.validate_task(task)
-                validated.add(id(task))
-            new_jobs.append(self._new_job(task, args, kwargs, validated=True))
+            number = by_task.get(id(task))
+            if number is None:
+                # A batch usually repeats one task: validate each distinct one once.
+                self._validate_once(task)
+                spec = jobs.JobSpec(
+                    task_path=task.module_path,
+                    queue_name=task.queue_name,
+                    priority=task.priority,
+                    backend=self.alias,
+                    run_after=task.run_after,
+                    max_attempts=policy.default_max_attempts(task, self.jobs_options),
+                )
+                number = spec_numbers.setdefault(spec, len(specs))
+                if number == len(specs):
+                    specs.append(spec)
+                by_task[id(task)] = number
+            numbered.append((task, args, kwargs, number))
+        if not numbered:
+            return EnqueuedResults(self, [], [], None)
+        calls_json = encode_calls(numbered)
         with connections[self.database].cursor() as cursor:
-            rows = jobs.enqueue_many(cursor, new_jobs, now=timezone.now())
-        return [
-            self.enqueued(task, job_id, enqueued_at, new_job)
-            for (task, _, _), (job_id, enqueued_at), new_job in zip(
-                calls, rows, new_jobs, strict=True
-            )
-        ]
+            ids, enqueued_at = jobs.enqueue_batch(cursor, specs, calls_json, now=timezone.now())
+        results = EnqueuedResults(self, numbered, ids, enqueued_at)
+        if signal_wanted(task_enqueued, logging.DEBUG):
+            for result in results:
+                task_enqueued.send(type(self), task_result=result)
+        return results
 
     def enqueued(
-        self, task: Task, job_id: int, enqueued_at: Any, new_job: jobs.NewJob
+        self,
+        task: Task,
+        job_id: int,
+        enqueued_at: Any,
+        args: Sequence[Any],
+        kwargs: Mapping[str, Any],
+        *,
+        signal: bool = True,
     ) -> TaskResult:
         """The TaskResult of a job just written; sends ``task_enqueued`` for it."""
         result = TaskResult(
@@ -127,13 +159,14 @@ class JobsBackend(BaseTaskBackend):
             started_at=None,
             finished_at=None,
             last_attempted_at=None,
-            args=json.loads(new_job.args_json),
-            kwargs=json.loads(new_job.kwargs_json),
+            args=list(args),
+            kwargs=dict(kwargs),
             backend=self.alias,
             errors=[],
             worker_ids=[],
         )
-        task_enqueued.send(type(self), task_result=result)
+        if signal and signal_wanted(task_enqueued, logging.DEBUG):
+            task_enqueued.send(type(self), task_result=result)
         return result
 
     def get_result(self, result_id: str) -> TaskResult:
@@ -257,6 +290,50 @@ class JobsBackend(BaseTaskBackend):
                 )
             ]
         return []
+
+
+class EnqueuedResults(Sequence[TaskResult]):
+    """The TaskResults of a bulk enqueue, in the order of the calls, built when read."""
+
+    def __init__(
+        self,
+        backend: JobsBackend,
+        calls: list[tuple[Task, Sequence[Any], Mapping[str, Any], int]],
+        ids: list[int],
+        enqueued_at: Any,
+    ) -> None:
+        self._backend = backend
+        self._calls = calls
+        self._ids = ids
+        self._enqueued_at = enqueued_at
+        self._results: list[TaskResult | None] = [None] * len(ids)
+
+    def __len__(self) -> int:
+        return len(self._ids)
+
+    def _result(self, index: int) -> TaskResult:
+        result = self._results[index]
+        if result is None:
+            task, args, kwargs, _ = self._calls[index]
+            result = self._results[index] = self._backend.enqueued(
+                task, self._ids[index], self._enqueued_at, args, kwargs, signal=False
+            )
+        return result
+
+    def __getitem__(self, index: Any) -> Any:
+        if isinstance(index, slice):
+            return [self._result(i) for i in range(*index.indices(len(self)))]
+        if index < 0:
+            index += len(self)
+        if not 0 <= index < len(self):
+            raise IndexError(index)
+        return self._result(index)
+
+    def __iter__(self) -> Iterator[TaskResult]:
+        return (self._result(i) for i in range(len(self)))
+
+    def __repr__(self) -> str:
+        return f"<EnqueuedResults: {len(self)} job(s)>"
 
 
 #: The columns a TaskResult is built from: what a worker holds of a claimed job, and the

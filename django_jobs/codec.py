@@ -21,32 +21,56 @@ from .compat import Task
 _JSON_NUL = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")
 
 
+def _dumps(value: Any) -> str:
+    # allow_nan=False: PostgreSQL's jsonb has no NaN or Infinity.
+    return json.dumps(value, allow_nan=False, ensure_ascii=False, separators=(",", ":"))
+
+
+def _to_text(value: Any) -> str:
+    """JSON text of ``value`` as Django's Tasks framework normalizes it.
+
+    ``json.dumps`` alone gives the same text whenever it succeeds (tuples become arrays,
+    keys become strings); only what it refuses (bytes, other mappings and sequences) is
+    worth ``normalize_json``'s recursive walk, which costs more than the dump itself.
+    """
+    try:
+        return _dumps(value)
+    except (TypeError, ValueError):
+        return _dumps(normalize_json(value))
+
+
+def _storable(text: str, what: str) -> str:
+    if text.isascii():
+        pass  # nothing to check but the escapes below
+    else:
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            raise TypeError(
+                f"{what} contains text that is not valid Unicode (a lone surrogate such as "
+                "'\\ud800'), which PostgreSQL cannot store; clean the text before "
+                "enqueueing."
+            ) from None
+    # The substring test is a fast memchr; the pattern sorts out escaped backslashes.
+    if "\\u0000" in text and _JSON_NUL.search(text):
+        raise TypeError(
+            f"{what} contains a NUL character (\\x00), which PostgreSQL cannot store in "
+            "JSON; remove it or encode the text (for example as base64)."
+        )
+    return text
+
+
 def encode_json(value: Any, what: str) -> str:
     """Return ``value`` as JSON text, or raise TypeError saying which value is not JSON."""
     try:
-        # allow_nan=False: PostgreSQL's jsonb has no NaN or Infinity.
-        text = json.dumps(
-            normalize_json(value), allow_nan=False, ensure_ascii=False, separators=(",", ":")
-        )
+        text = _to_text(value)
     except (TypeError, ValueError) as exc:
         raise TypeError(
             f"{what} is not JSON-serialisable ({exc}); got {type(value).__name__} "
             f"{preview(value)}. Pass plain data such as ids, strings and numbers, and "
             "load objects inside the task."
         ) from None
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        raise TypeError(
-            f"{what} contains text that is not valid Unicode (a lone surrogate such as "
-            "'\\ud800'), which PostgreSQL cannot store; clean the text before enqueueing."
-        ) from None
-    if _JSON_NUL.search(text):
-        raise TypeError(
-            f"{what} contains a NUL character (\\x00), which PostgreSQL cannot store in "
-            "JSON; remove it or encode the text (for example as base64)."
-        )
-    return text
+    return _storable(text, what)
 
 
 def preview(value: Any, width: int = 80) -> str:
@@ -75,6 +99,38 @@ def encode_arguments(
             encode_json(value, f"Argument {index} of task {task.module_path!r}")
         for name, value in kwargs.items():
             encode_json(value, f"Keyword argument {name!r} of task {task.module_path!r}")
+        raise
+
+
+def encode_calls(calls: Sequence[tuple[Task, Sequence[Any], Mapping[str, Any], int]]) -> str:
+    """One JSON document for a batch of calls: ``[[args, kwargs, n], ...]``.
+
+    A bulk enqueue sends its arguments as this one text, which PostgreSQL takes apart
+    (``jsonb_array_elements``): one encoding for the batch instead of two per job. A
+    value that is not JSON is looked for call by call only when the batch fails, so the
+    error still names the task and the argument.
+    """
+    for task, _, kwargs, _ in calls:
+        for name in kwargs:
+            if not isinstance(name, str):
+                raise TypeError(
+                    "Keyword argument names must be strings; task "
+                    f"{task.module_path!r} got {name!r}."
+                )
+    try:
+        text = _dumps([(args, kwargs, n) for _, args, kwargs, n in calls])
+    except (TypeError, ValueError):
+        for task, args, kwargs, _ in calls:
+            encode_arguments(task, args, kwargs)  # raises, naming the argument at fault
+        # Every call is JSON once normalized (bytes, other mappings): take that path.
+        text = _dumps(
+            [(normalize_json(list(a)), normalize_json(dict(k)), n) for _, a, k, n in calls]
+        )
+    try:
+        return _storable(text, "the batch")
+    except TypeError:
+        for task, args, kwargs, _ in calls:
+            encode_arguments(task, args, kwargs)
         raise
 
 

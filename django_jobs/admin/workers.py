@@ -56,7 +56,7 @@ class WorkerAdmin(ReadOnlyAdmin):
         css = {"all": ["django_jobs/admin.css"]}
 
     def get_queryset(self, request: HttpRequest) -> QuerySet:
-        queryset = super().get_queryset(request).using(jobs_database())
+        queryset = stats.supervisors(super().get_queryset(request).using(jobs_database()))
         return queryset.annotate(running_jobs=stats.running_now())
 
     @admin.display(description="queues")

@@ -25,8 +25,8 @@ from typing import Any
 import psycopg
 from django.core.exceptions import EmptyResultSet
 from django.db import OperationalError, connections, transaction
-from django.db.models import Count, IntegerField, OuterRef, QuerySet, Subquery, Value
-from django.db.models.functions import Coalesce
+from django.db.models import Count, IntegerField, OuterRef, Q, QuerySet, Subquery, Value
+from django.db.models.functions import Coalesce, Concat
 from django.utils import timezone
 
 from ..backend import jobs_database
@@ -387,21 +387,34 @@ def recent_failures(
 
 
 def running_now() -> Subquery:
-    """Jobs a worker holds now: one probe of the partial index on RUNNING per worker."""
+    """Jobs a worker and its children hold now (a child's id is "<worker id>/<pid>").
+
+    Reads the partial index on RUNNING rows, which holds only as many rows as there are
+    busy slots."""
     per_worker = (
-        Job.objects.filter(state=JobState.RUNNING, worker_id=OuterRef("id"))
+        Job.objects.filter(state=JobState.RUNNING)
+        .filter(
+            Q(worker_id=OuterRef("id"))
+            | Q(worker_id__startswith=Concat(OuterRef("id"), Value("/")))
+        )
+        .annotate(worker=Value(1))
         .order_by()
-        .values("worker_id")
+        .values("worker")
         .annotate(n=Count("*"))
         .values("n")
     )
     return Coalesce(Subquery(per_worker, output_field=IntegerField()), Value(0))
 
 
+def supervisors(queryset: QuerySet) -> QuerySet:
+    """Only the ``runjobs`` processes, not their children's rows."""
+    return queryset.exclude(id__contains="/")
+
+
 def workers(using: str | None = None) -> QuerySet:
     """Every registered worker, newest first, with ``running_jobs`` (jobs held now)."""
     return (
-        Worker.objects.using(_db(using))
+        supervisors(Worker.objects.using(_db(using)))
         .annotate(running_jobs=running_now())
         .order_by("-started_at")
     )

@@ -64,23 +64,30 @@ SELECT j.id, j.enqueued_at,
 FROM j
 """
 
-# Bulk enqueue: one statement for any number of jobs (arrays unnested server-side),
-# then one NOTIFY per distinct queue that got a runnable job.
-ENQUEUE_MANY = """
+# Bulk enqueue: one statement for any number of jobs. The calls come as one JSON
+# document, [[args, kwargs, spec], ...], taken apart here (one encoding in Python for the
+# whole batch); what the jobs of one task share (path, queue, priority...) comes once
+# per task as the spec arrays. The answer is one row: the new ids as one array (sequence
+# values rise in insert order, which is the calls') and the enqueue time they share.
+ENQUEUE_BATCH = """
+WITH inserted AS (
 INSERT INTO django_jobs_job (
     task_path, queue_name, priority, state, backend, args, kwargs,
     run_after, available_at, enqueued_at, attempts, max_attempts, worker_ids, errors
 )
-SELECT t.task_path, t.queue_name, t.priority, 'READY', t.backend, t.args, t.kwargs,
-       t.run_after, COALESCE(t.run_after, now()), now(), 0, t.max_attempts, '[]', '[]'
-FROM unnest(
+SELECT s.task_path, s.queue_name, s.priority, 'READY', s.backend, c.call -> 0, c.call -> 1,
+       s.run_after, COALESCE(s.run_after, now()), now(), 0, s.max_attempts, '[]', '[]'
+FROM jsonb_array_elements(%(calls)s::jsonb) WITH ORDINALITY AS c(call, n)
+JOIN unnest(
     %(task_path)s::text[], %(queue_name)s::text[], %(priority)s::smallint[],
-    %(backend)s::text[], %(args_json)s::jsonb[], %(kwargs_json)s::jsonb[],
-    %(run_after)s::timestamptz[], %(max_attempts)s::int[]
-) WITH ORDINALITY AS t(task_path, queue_name, priority, backend, args, kwargs,
-                      run_after, max_attempts, n)
-ORDER BY t.n
-RETURNING id, enqueued_at
+    %(backend)s::text[], %(run_after)s::timestamptz[], %(max_attempts)s::int[]
+) WITH ORDINALITY AS s(task_path, queue_name, priority, backend, run_after, max_attempts,
+                      spec)
+    ON s.spec = (c.call ->> 2)::bigint + 1
+ORDER BY c.n
+RETURNING id
+)
+SELECT array_agg(id ORDER BY id), now() FROM inserted
 """
 
 NOTIFY_QUEUES = f"""
@@ -276,6 +283,18 @@ class Snoozed:
     max_attempts: int
 
 
+@dataclass(frozen=True, slots=True)
+class JobSpec:
+    """What the jobs of one task share in a bulk enqueue."""
+
+    task_path: str
+    queue_name: str
+    priority: int
+    backend: str
+    run_after: datetime | None
+    max_attempts: int
+
+
 _NEW_JOB_FIELDS = tuple(f.name for f in fields(NewJob))
 _new_job_values = attrgetter(*_NEW_JOB_FIELDS)
 
@@ -287,17 +306,20 @@ def enqueue(cursor: Cursor, job: NewJob) -> tuple[int, datetime]:
     return job_id, enqueued_at
 
 
-def enqueue_many(
-    cursor: Cursor, jobs: Sequence[NewJob], *, now: datetime
-) -> list[tuple[int, datetime]]:
-    """Insert many jobs in one statement; return (id, enqueued_at) in input order."""
-    rows = execute_many(cursor, ENQUEUE_MANY, jobs)
+def enqueue_batch(
+    cursor: Cursor, specs: Sequence[JobSpec], calls_json: str, *, now: datetime
+) -> tuple[list[int], datetime]:
+    """Insert the calls of ``calls_json`` (see ENQUEUE_BATCH); return their ids in order
+    and the enqueue time, and wake workers for the queues that got runnable jobs."""
+    ((ids, enqueued_at),) = execute_many(
+        cursor, ENQUEUE_BATCH, specs, params={"calls": calls_json}
+    )
     # The wake-up is a hint, so the caller's clock is good enough to skip it for
     # jobs that are plainly in the future; the claim itself uses the database clock.
-    runnable = sorted({j.queue_name for j in jobs if j.run_after is None or j.run_after <= now})
+    runnable = sorted({s.queue_name for s in specs if s.run_after is None or s.run_after <= now})
     if runnable:
         cursor.execute(NOTIFY_QUEUES, {"queues": runnable})
-    return [(row[0], row[1]) for row in rows]
+    return ids, enqueued_at
 
 
 def claim(

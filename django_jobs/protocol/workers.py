@@ -21,10 +21,14 @@ VALUES (%(id)s, %(backend)s, %(host)s, %(pid)s, %(queues)s::jsonb, %(concurrency
 ON CONFLICT (id) DO UPDATE SET last_heartbeat = now(), concurrency = EXCLUDED.concurrency
 """
 
-# Returns nothing when the row is gone: the worker was declared lost and must re-register.
+# One statement for a supervisor and its children, whose ids are "<supervisor id>/<pid>":
+# their rows stay fresh exactly as long as the supervisor is heard from. Returns no row
+# for the supervisor when it is gone: it was declared lost and must register again.
 HEARTBEAT = """
-UPDATE django_jobs_worker SET last_heartbeat = now(), concurrency = %(concurrency)s
-WHERE id = %(id)s
+UPDATE django_jobs_worker
+SET last_heartbeat = now(),
+    concurrency = CASE WHEN id = %(id)s THEN %(concurrency)s ELSE concurrency END
+WHERE id = %(id)s OR starts_with(id, %(id)s || '/')
 RETURNING id
 """
 
@@ -69,6 +73,16 @@ FOR UPDATE OF j SKIP LOCKED
 """
 
 
+# RUNNING jobs by id, locked: what a dead child was running, to fail those attempts.
+LOCK_RUNNING_JOBS = """
+SELECT id, task_path, backend, attempts, max_attempts, worker_id
+FROM django_jobs_job
+WHERE id = ANY(%(ids)s::bigint[]) AND state = 'RUNNING'
+ORDER BY id
+FOR UPDATE
+"""
+
+
 @dataclass(frozen=True, slots=True)
 class LostJob:
     """A RUNNING job whose worker stopped heart-beating, locked for rescue."""
@@ -108,9 +122,9 @@ def register_worker(
 
 
 def heartbeat(cursor: Cursor, *, worker_id: str, concurrency: int) -> bool:
-    """Refresh the worker's heartbeat; False means its row is gone (it was declared lost)."""
+    """Refresh the heartbeat of a worker and its children; False: its own row is gone."""
     cursor.execute(HEARTBEAT, {"id": worker_id, "concurrency": concurrency})
-    return cursor.fetchone() is not None
+    return any(row[0] == worker_id for row in cursor.fetchall())
 
 
 def deregister_worker(cursor: Cursor, *, worker_id: str) -> None:
@@ -129,6 +143,14 @@ def acquire_lease(cursor: Cursor, *, name: str, holder: str, ttl: float) -> bool
 
 def release_lease(cursor: Cursor, *, name: str, holder: str) -> None:
     cursor.execute(RELEASE_LEASE, {"name": name, "holder": holder})
+
+
+def lock_running_jobs(cursor: Cursor, *, ids: Sequence[int]) -> list[LostJob]:
+    """Lock the RUNNING jobs among ``ids`` (call in a transaction), e.g. a dead child's."""
+    if not ids:
+        return []
+    cursor.execute(LOCK_RUNNING_JOBS, {"ids": list(ids)})
+    return [LostJob(*row) for row in cursor.fetchall()]
 
 
 def lock_lost_jobs(cursor: Cursor, *, stale_after: float, limit: int) -> list[LostJob]:

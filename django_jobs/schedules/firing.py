@@ -11,6 +11,7 @@ What is due is decided by the database clock, never the host's.
 The admin's moves (run now, enable, disable) are here too, on the same statements.
 """
 
+import json
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
@@ -135,7 +136,11 @@ def announce(backend: JobsBackend, fired: Iterable[Fired]) -> None:
             extra={"action": "schedule_fired", "schedule": f.schedule, "job_id": f.job_id},
         )  # fmt: skip
         try:
-            backend.enqueued(f.task, f.job_id, f.enqueued_at, f.job)  # sends task_enqueued
+            # Sends task_enqueued (the arguments as the job row holds them).
+            backend.enqueued(
+                f.task, f.job_id, f.enqueued_at, json.loads(f.job.args_json),
+                json.loads(f.job.kwargs_json),
+            )  # fmt: skip
         except Exception:
             # A receiver's bug must not stop the worker; the job is committed anyway.
             logger.exception("A task_enqueued receiver failed for job %s", f.job_id)

@@ -59,20 +59,30 @@ class Rescuer:
         return rescued
 
     def _failure(self, job: workers.LostJob) -> jobs.Failure:
-        """The lost attempt as a failure that raised nothing: the policy retries it if
-        attempts remain, whatever the task's retry_on says."""
-        policy = Policy.for_task(registry.get(job.task_path), self.options_for(job.backend))
-        error = error_record(
-            None,
-            attempt=job.attempts,
-            worker_id=job.worker_id,
-            exception_class=class_path(WorkerLost),
-            message=f"worker {job.worker_id} was lost (no heartbeat for "
-            f"{self.worker_timeout:g} s) while running attempt {job.attempts} of this job",
+        message = (
+            f"worker {job.worker_id} was lost (no heartbeat for {self.worker_timeout:g} s) "
+            f"while running attempt {job.attempts} of this job"
         )
-        return jobs.Failure(
-            job.id,
-            job.attempts,
-            encode_json(error, "error"),
-            policy.next_attempt_in(job.attempts, job.max_attempts),
-        )
+        return failed_attempt(job, class_path(WorkerLost), message, self.options_for(job.backend))
+
+
+def failed_attempt(
+    job: workers.LostJob, exception_class: str, message: str, options: JobsOptions
+) -> jobs.Failure:
+    """An attempt that raised nothing in our hands (its worker or process was lost, or
+    killed at its hard limit), as a failure: the policy retries it while attempts
+    remain, whatever the task's retry_on says."""
+    policy = Policy.for_task(registry.get(job.task_path), options)
+    error = error_record(
+        None,
+        attempt=job.attempts,
+        worker_id=job.worker_id,
+        exception_class=exception_class,
+        message=message,
+    )
+    return jobs.Failure(
+        job.id,
+        job.attempts,
+        encode_json(error, "error"),
+        policy.next_attempt_in(job.attempts, job.max_attempts),
+    )

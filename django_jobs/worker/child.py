@@ -1,34 +1,75 @@
-"""A child process of ``runjobs``: runs the jobs its supervisor hands it, nothing else.
+"""A child process of ``runjobs``: a runner with its own connection, watched by its supervisor.
 
-It has no queue connection of its own. It receives jobs over a pipe, runs each with
-the executor (on its main thread, or on ``threads`` threads), and sends back what
-happened. It ignores SIGINT/SIGTERM: the supervisor decides when it stops, and kills
-it at a hard time limit. It dies with its supervisor (PR_SET_PDEATHSIG on Linux, and
-an EOF on the pipe everywhere), so no orphan keeps running jobs that get rescued.
+The child claims, runs and records its own jobs (``runner.py``) under a worker id of
+its own, ``<supervisor id>/<pid>``, whose row the supervisor's heartbeat keeps fresh.
+It writes what each slot runs into shared memory (``slots.py``) so the supervisor can
+kill it at a hard time limit and report the right job if it dies. It ignores
+SIGINT/SIGTERM: the supervisor decides when it stops (a "stop" message: finish what
+runs, give back what waits), and kills it when the grace is over. It dies with its
+supervisor (PR_SET_PDEATHSIG on Linux, and an EOF on the pipe everywhere), so no
+orphan keeps running jobs that get rescued.
 """
 
+import contextlib
 import ctypes
 import os
-import queue
 import signal
+import socket
 import sys
 import threading
-import time
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
-from typing import Any
 
-#: A single-threaded child reports finished jobs at least this often (seconds).
-REPORT_EVERY = 0.002
+import django
+from django.db import connections
+
+from .. import __version__, registry
+from ..backend import get_backend
+from ..protocol import workers
+from .runner import Runner
+from .slots import Slots
 
 
 @dataclass(frozen=True)
 class ChildConfig:
     backend: str
-    worker_id: str
+    supervisor_id: str
+    queues: tuple[str, ...] | None
     threads: int
+    burst: bool
+    poll_interval: float
+    grace: float
     max_jobs: int | None
     max_memory_kib: int | None
+
+
+def child_worker_id(supervisor_id: str, pid: int) -> str:
+    """A child's worker id: its supervisor's, so that one heartbeat covers both."""
+    return f"{supervisor_id}/{pid}"
+
+
+class PipeControl:
+    """The runner's control channel over the supervisor's pipe."""
+
+    def __init__(self, pipe: Connection) -> None:
+        self.pipe = pipe
+        self._lock = threading.Lock()
+
+    def receive(self, timeout: float) -> list[tuple]:
+        messages: list[tuple] = []
+        try:
+            if self.pipe.poll(timeout):
+                messages.append(self.pipe.recv())
+                while self.pipe.poll():
+                    messages.append(self.pipe.recv())
+        except (EOFError, OSError):
+            messages.append(("stop",))  # the supervisor is gone
+        return messages
+
+    def send(self, message: tuple) -> None:
+        # OSError: the supervisor is gone; PR_SET_PDEATHSIG ends us.
+        with self._lock, contextlib.suppress(OSError):
+            self.pipe.send(message)
 
 
 def _die_with_parent() -> None:
@@ -50,115 +91,53 @@ def rss_kib() -> int | None:
     return pages * os.sysconf("SC_PAGE_SIZE") // 1024
 
 
-def main(pipe: Connection, config: ChildConfig) -> None:
+def main(pipe: Connection, config: ChildConfig, slots: Slots) -> None:
     """Entry point of a child (spawned, so it starts clean: no inherited connections)."""
     _die_with_parent()
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
-    import django
-
     django.setup()
-
-    # Only now: these read settings and the app registry, which a spawned process has
-    # once django.setup() has run (this module itself is imported before that).
-    from django.db import connections
-
-    from .. import registry
-    from ..backend import get_backend
-    from ..protocol.jobs import ClaimedJob
-    from .executor import execute
-
     backend = get_backend(config.backend)
     registry.discover(backend.jobs_options.TASK_MODULES)
-    send_lock = threading.Lock()
+    worker_id = child_worker_id(config.supervisor_id, os.getpid())
+    control = PipeControl(pipe)
+    runner = Runner(
+        backend=backend,
+        worker_id=worker_id,
+        queues=config.queues,
+        threads=config.threads,
+        control=control,
+        slots=slots,
+        burst=config.burst,
+        poll_interval=config.poll_interval,
+        max_jobs=config.max_jobs,
+        max_memory_kib=config.max_memory_kib,
+        memory_kib=rss_kib,
+        grace=config.grace,
+    )
 
-    def send(message: tuple) -> None:
-        with send_lock:
-            pipe.send(message)
+    def register(cur: object) -> None:
+        workers.register_worker(
+            cur,
+            worker_id=worker_id,
+            backend=backend.alias,
+            host=socket.gethostname(),
+            pid=os.getpid(),
+            queues=config.queues,
+            concurrency=config.threads,
+            version=__version__,
+        )
 
-    jobs_done = 0
-    retiring = False
-
-    def after_job() -> None:
-        # Recycling: ask the supervisor for a replacement once a limit is passed; it stops
-        # dispatching here and sends "stop" when this child's jobs are done.
-        nonlocal jobs_done, retiring
-        jobs_done += 1
-        if retiring:
+    # The row must exist before the first claim, or the rescue would see its jobs as
+    # belonging to no live worker. While the database is away, keep trying.
+    while not runner.db.run(register)[0]:
+        if any(m[0] == "stop" for m in control.receive(min(1.0, runner.db.retry_in()))):
             return
-        reason = None
-        if config.max_jobs and jobs_done >= config.max_jobs:
-            reason = f"ran {jobs_done} jobs (--max-jobs-per-child {config.max_jobs})"
-        elif config.max_memory_kib and (rss := rss_kib()) and rss > config.max_memory_kib:
-            reason = f"uses {rss} KiB (--max-memory-per-child {config.max_memory_kib} KiB)"
-        if reason:
-            retiring = True
-            send(("retire", reason))
-
-    def run(job: Any) -> None:
-        if retiring:
-            # Past a recycling limit: hand queued jobs back for another child to run.
-            send(("returned", [job.id]))
-            return
-        outcome = execute(job, backend, config.worker_id)
-        send(("done", [(job.id, outcome.to_wire())]))
-        after_job()
-
-    def run_batch(jobs: list) -> None:
-        # One thread: run in order, and report in small batches (at most a few ms late)
-        # so a burst of short jobs costs a handful of pipe messages, not one each.
-        finished: list = []
-        last_send = time.monotonic()
-        for position, job in enumerate(jobs):
-            if retiring:
-                if finished:
-                    send(("done", finished))
-                send(("returned", [queued.id for queued in jobs[position:]]))
-                return
-            outcome = execute(job, backend, config.worker_id)
-            finished.append((job.id, outcome.to_wire()))
-            if time.monotonic() - last_send > REPORT_EVERY or job is jobs[-1]:
-                send(("done", finished))
-                finished = []
-                last_send = time.monotonic()
-            after_job()
-
-    send(("ready", os.getpid()))
-    work: queue.SimpleQueue = queue.SimpleQueue()
-    threads = []
-    if config.threads > 1:
-
-        def serve() -> None:
-            try:
-                while (job := work.get()) is not None:
-                    run(job)
-            finally:
-                connections.close_all()
-
-        threads = [threading.Thread(target=serve, daemon=True) for _ in range(config.threads)]
-        for thread in threads:
-            thread.start()
+    control.send(("ready", os.getpid(), worker_id))
     try:
-        while True:
-            try:
-                message = pipe.recv()
-            except (EOFError, OSError):
-                return  # the supervisor is gone
-            if message[0] == "stop":
-                return
-            if message[0] == "run":
-                jobs = [ClaimedJob(*fields) for fields in message[1]]
-                if threads:
-                    for job in jobs:
-                        work.put(job)
-                else:
-                    run_batch(jobs)
-    except (BrokenPipeError, EOFError):
-        return
+        runner.run()
     finally:
-        for _ in threads:
-            work.put(None)
-        for thread in threads:
-            thread.join()
+        runner.db.run(lambda cur: workers.deregister_worker(cur, worker_id=worker_id))
+        runner.db.close()
         connections.close_all()

@@ -58,6 +58,10 @@ class QueueConnection:
     def up(self) -> bool:
         return self.down_since is None
 
+    def retry_in(self) -> float:
+        """Seconds until the next attempt to reach the database (0: now)."""
+        return max(0.0, self.retry_at - time.monotonic())
+
     def run(self, work: Callable[[psycopg.Cursor], Any]) -> tuple[bool, Any]:
         now = time.monotonic()
         if now < self.retry_at:

@@ -11,12 +11,13 @@ import logging
 import time
 from typing import Any
 
+from asgiref.sync import async_to_sync, iscoroutinefunction
 from django.db import close_old_connections, connections, transaction
 
 from .. import registry
 from ..backend import JobsBackend
 from ..codec import encode_json, error_record
-from ..compat import Task, TaskContext, TaskResult, task_started
+from ..compat import Task, TaskContext, TaskResult, signal_wanted, task_started
 from ..exceptions import Snooze
 from ..policy import Policy, snooze_delay
 from ..protocol import jobs as protocol
@@ -41,8 +42,13 @@ def execute(job: ClaimedJob, backend: JobsBackend, worker_id: str) -> Outcome:
         error = error_record(exc, attempt=job.attempts, worker_id=worker_id)
         return Outcome(job, OutcomeKind.FAILED, error=error)
 
-    result = backend.result_from_row(job.as_row())
-    task_started.send(sender=type(backend), task_result=result)
+    # The TaskResult is built only for someone: the task's context, or a receiver.
+    started_wanted = signal_wanted(task_started, logging.INFO)
+    result = None
+    if task.takes_context or started_wanted:
+        result = backend.result_from_row(job.as_row())
+        if started_wanted:
+            task_started.send(sender=type(backend), task_result=result)
     policy = Policy.for_task(task, backend.jobs_options)
     atomic = policy.atomic
     close_old_connections()
@@ -98,13 +104,31 @@ def execute(job: ClaimedJob, backend: JobsBackend, worker_id: str) -> Outcome:
     )
 
 
-def _call(task: Task, job: ClaimedJob, result: TaskResult) -> Any:
+def _call(task: Task, job: ClaimedJob, result: TaskResult | None) -> Any:
+    func = task.func
     if task.takes_context:
-        return task.call(TaskContext(task_result=result), *job.args, **job.kwargs)
-    return task.call(*job.args, **job.kwargs)
+        args: tuple = (TaskContext(task_result=result), *job.args)
+    else:
+        args = tuple(job.args)
+    if _is_async(func):
+        return async_to_sync(func)(*args, **job.kwargs)
+    return func(*args, **job.kwargs)
 
 
-def _run_atomic(task: Task, job: ClaimedJob, result: TaskResult, backend: JobsBackend) -> str:
+_async_functions: dict[Any, bool] = {}
+
+
+def _is_async(func: Any) -> bool:
+    """``iscoroutinefunction``, remembered per function: asking costs more than a no-op job."""
+    known = _async_functions.get(func)
+    if known is None:
+        known = _async_functions[func] = iscoroutinefunction(func)
+    return known
+
+
+def _run_atomic(
+    task: Task, job: ClaimedJob, result: TaskResult | None, backend: JobsBackend
+) -> str:
     """Run the task and record its success in one transaction on the jobs database."""
     database = backend.database
     with transaction.atomic(using=database):

@@ -23,7 +23,7 @@ from django.utils import timezone
 from .. import policy, registry
 from ..backend import JobsBackend
 from ..codec import encode_json, error_record, storable_text
-from ..compat import TaskError, TaskResult, TaskResultStatus, task_finished
+from ..compat import TaskError, TaskResult, TaskResultStatus, signal_wanted, task_finished
 from ..protocol import jobs as protocol
 from ..protocol.jobs import ClaimedJob
 from ..states import JobState, to_task_status
@@ -127,13 +127,16 @@ def record(cur: psycopg.Cursor, outcomes: list[Outcome]) -> Recorded:
 
 def send_finished(backend: JobsBackend, outcome: Outcome, state: str, finished_at: Any) -> None:
     """Send ``task_finished`` for a recorded outcome, with the TaskResult as stored."""
+    status = to_task_status(state)
+    level = logging.ERROR if status == TaskResultStatus.FAILED else logging.INFO
+    if not signal_wanted(task_finished, level):
+        return
     result = outcome.task_result
     if result is None:
         # The job ran in a child process: rebuild its result here for the signal.
         if registry.get(outcome.job.task_path) is None:
             return
         result = backend.result_from_row(outcome.job.as_row())
-    status = to_task_status(state)
     object.__setattr__(result, "status", status)
     if finished_at is None and status == TaskResultStatus.SUCCESSFUL:
         finished_at = timezone.now()  # an atomic task recorded it in its own transaction

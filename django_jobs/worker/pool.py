@@ -1,13 +1,18 @@
-"""Where claimed jobs run: threads in this process, or a pool of child processes.
+"""Where runners live: child processes the supervisor watches, or one thread in-process.
 
-Both pools take jobs with ``submit()`` (a claimed batch at once) and put an
-``Outcome`` for each on the inbox they were given; the worker loop never needs to know
-which one it drives.
-``ProcessPool`` is the production pool (prefork, as Celery): a crash, a leak or a
-hard time limit costs one child process, never the worker.
+``ProcessPool`` is the production pool (prefork, as Celery): each child runs a runner
+that claims and records its own jobs, so a crash, a leak or a hard time limit costs one
+child, never the worker, and the supervisor is off the per-job path. The pool's watch
+thread reads the children's messages (ready, retire, counters), reaps dead children,
+kills a child whose job passed its hard time limit (read from the child's slots), keeps
+the pool at its size, and autoscales. What needs the database after a child is gone
+(fail the job it was running, give back the ones it held) is put on the supervisor's
+event queue as a :class:`ChildGone`, because the supervisor owns the connection.
+
+``InProcessPool`` runs one runner on a thread of the supervisor (``--pool threads``,
+and the tests): no hard time limits, since threads cannot be killed.
 """
 
-import contextlib
 import logging
 import multiprocessing
 import os
@@ -15,132 +20,113 @@ import queue
 import signal
 import threading
 import time
-from collections import deque
-from collections.abc import Callable
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
+from typing import Any
 
 from django.db import connections
 
-from .. import registry
 from ..backend import JobsBackend
-from ..codec import class_path, error_record
-from ..exceptions import TimeLimitExceeded, WorkerProcessDied
-from ..policy import Policy
-from ..protocol.jobs import ClaimedJob
-from .child import ChildConfig
+from .child import ChildConfig, PipeControl, child_worker_id
 from .child import main as child_main
-from .outcomes import Outcome, OutcomeKind
+from .runner import Runner
+from .slots import Running, Slots
 
 logger = logging.getLogger(__name__)
 
+#: Counters a runner reports, summed over the pool for the stop summary.
+COUNTERS = ("claimed", "succeeded", "failed", "retried", "snoozed", "released", "lost")
 
-class ThreadPool:
-    """Run jobs on ``size`` threads of this process (tests, and ``--pool threads``)."""
 
-    def __init__(
-        self, size: int, run: Callable[[ClaimedJob], Outcome], inbox: queue.SimpleQueue
-    ) -> None:
-        self.size = size
-        self._run = run
-        self._inbox = inbox
-        self._work: queue.SimpleQueue[ClaimedJob | None] = queue.SimpleQueue()
-        self._threads = [
-            threading.Thread(target=self._serve, name=f"django_jobs-run-{n}", daemon=True)
-            for n in range(size)
-        ]
+@dataclass(frozen=True)
+class ChildGone:
+    """A child process ended; what the supervisor must still record for it."""
+
+    worker_id: str
+    pid: int
+    #: The exit code (negative: killed by that signal), as multiprocessing reports it.
+    exitcode: int | None
+    #: What its slots held when it died: running jobs, by attempt.
+    running: list[Running]
+    #: Jobs it was killed for (past their hard time limit); the others did nothing wrong.
+    overran: frozenset[int] = frozenset()
+    #: Killed because the worker is stopping: its jobs go back, no attempt spent.
+    shutdown: bool = False
 
     @property
-    def capacity(self) -> int:
-        return self.size
-
-    def start(self) -> None:
-        for thread in self._threads:
-            thread.start()
-
-    def submit(self, jobs: list[ClaimedJob]) -> None:
-        for job in jobs:
-            self._work.put(job)
-
-    def note_demand(self, more_waiting: bool) -> None:
-        pass
-
-    def take_unstarted(self) -> list[ClaimedJob]:
-        """Remove and return the jobs no thread has picked up yet."""
-        jobs = []
-        while True:
-            try:
-                job = self._work.get_nowait()
-            except queue.Empty:
-                return jobs
-            if job is not None:
-                jobs.append(job)
-
-    def abort(self) -> None:
-        """Threads cannot be killed: running jobs finish (documented for --pool threads)."""
-
-    def stop(self, timeout: float = 5.0) -> None:
-        for _ in self._threads:
-            self._work.put(None)
-        for thread in self._threads:
-            thread.join(timeout)
-
-    def _serve(self) -> None:
-        try:
-            while (job := self._work.get()) is not None:
-                self._inbox.put(self._run(job))
-        finally:
-            connections.close_all()
+    def how(self) -> str:
+        code = self.exitcode
+        if code is not None and code < 0:
+            return f"signal {-code} ({signal.Signals(-code).name})"
+        return f"code {code}"
 
 
+@dataclass
 class _Child:
-    def __init__(self, process: multiprocessing.Process, pipe: Connection) -> None:
-        self.process = process
-        self.pipe = pipe
-        self.ready = False
-        self.retiring = False
-        self.stopping = False
-        #: job id -> [job, started (monotonic) or None while queued in the child, deadline].
-        #: In dispatch order: the child runs them first in, first out, ``threads`` at once.
-        self.assigned: dict[int, list] = {}
-        self.idle_since = time.monotonic()
-        self.spawned_at = time.monotonic()
+    process: Any
+    pipe: Connection
+    slots: Slots
+    control: PipeControl
+    worker_id: str = ""
+    ready: bool = False
+    retiring: bool = False
+    stopping: bool = False
+    killed_for: set[int] = field(default_factory=set)
+    killed_at_shutdown: bool = False
+    #: Wake-ups sent and not yet answered: past a few, a busy child is not woken again,
+    #: so its pipe cannot fill while it runs a long job.
+    unread_wakes: int = 0
+    stats: dict[str, Any] = field(default_factory=dict)
+    idle_for: float = 0.0
+    saturated: bool = False
+    spawned_at: float = field(default_factory=time.monotonic)
 
 
 class ProcessPool:
-    """A supervisor's children: dispatch, watch, kill at hard limits, replace, scale."""
+    """A supervisor's children: spawn, watch, kill at hard limits, replace, scale."""
 
-    #: Grow when jobs waited for a slot within this many seconds; shrink after this idle.
+    #: Grow when a child's claims came back full within this many seconds; shrink a child
+    #: idle this long.
     SCALE_UP_AFTER = 1.0
     SCALE_DOWN_IDLE = 10.0
-    #: Margin past a hard limit before killing, for the pipe's latency.
+    #: Margin past a hard limit before killing.
     KILL_MARGIN = 0.05
-    #: Queue in each child only as many jobs beyond its threads as recent jobs would finish
-    #: in this many seconds: short jobs then never wait for a round trip to the supervisor.
-    CHILD_PREFETCH_WINDOW = 0.02
-    CHILD_MAX_PREFETCH = 64
+    #: Wake-ups sent to a child that has not answered since (see _Child.unread_wakes).
+    MAX_UNREAD_WAKES = 4
+    #: How often the watch thread looks at the slots' deadlines.
+    WATCH_EVERY = 0.05
 
     def __init__(
         self,
         *,
         backend: JobsBackend,
-        worker_id: str,
+        supervisor_id: str,
         processes: int,
         threads: int,
-        inbox: queue.SimpleQueue,
+        queues: Sequence[str] | None,
+        events: queue.SimpleQueue,
+        burst: bool = False,
+        poll_interval: float = 1.0,
+        grace: float = 30.0,
         max_jobs_per_child: int | None = None,
         max_memory_kib: int | None = None,
         autoscale: tuple[int, int] | None = None,
     ) -> None:
         self.backend = backend
-        self.worker_id = worker_id
         self.threads = threads
         self.target = processes if autoscale is None else autoscale[0]
         self.autoscale = autoscale
-        self._inbox = inbox
+        self.burst = burst
+        self._events = events
         self._config = ChildConfig(
             backend=backend.alias,
-            worker_id=worker_id,
+            supervisor_id=supervisor_id,
+            queues=tuple(queues) if queues else None,
             threads=threads,
+            burst=burst,
+            poll_interval=poll_interval,
+            grace=grace,
             max_jobs=max_jobs_per_child,
             max_memory_kib=max_memory_kib,
         )
@@ -149,141 +135,107 @@ class ProcessPool:
         self._context = multiprocessing.get_context("spawn")
         self._lock = threading.RLock()
         self._children: list[_Child] = []
-        self._pending: deque[ClaimedJob] = deque()
+        #: Counters of children that are gone, for the stop summary.
+        self._gone_totals = dict.fromkeys(COUNTERS, 0)
         self._stopping = False
-        self._last_demand = 0.0
         self._last_scale = 0.0
         self._spawn_failures = 0
         self._next_spawn = 0.0
-        self._avg_duration: float | None = None
-        self._reader = threading.Thread(target=self._watch, name="django_jobs-pool", daemon=True)
+        self._watcher = threading.Thread(target=self._watch, name="django_jobs-pool", daemon=True)
 
-    # ── the worker's side ──────────────────────────────────────────────────
+    # ── the supervisor's side ───────────────────────────────────────────────
 
     @property
     def capacity(self) -> int:
-        """Slots that can take a job now: ready children that are not on their way out."""
+        """Job slots of the live children (processes x threads)."""
         with self._lock:
-            return sum(
-                self.threads for c in self._children if c.ready and not (c.retiring or c.stopping)
-            )
+            return sum(self.threads for c in self._children if not c.stopping)
 
     @property
-    def size(self) -> int:
+    def alive(self) -> int:
         with self._lock:
-            return len([c for c in self._children if not c.stopping])
+            return len(self._children)
+
+    @property
+    def running(self) -> int:
+        """Jobs held by the children, as they last said."""
+        with self._lock:
+            return sum(c.stats.get("held", 0) for c in self._children)
+
+    def describe(self) -> str:
+        size = (
+            f"autoscale {self.autoscale[0]}-{self.autoscale[1]}"
+            if self.autoscale
+            else str(self.target)
+        )
+        return f"{size} process(es) x {self.threads} thread(s)"
 
     def start(self) -> None:
         with self._lock:
             for _ in range(self.target):
                 self._spawn()
-        self._reader.start()
+        self._watcher.start()
 
-    def submit(self, jobs: list[ClaimedJob]) -> None:
-        # The whole claim at once: one pipe message per child, not one per job.
+    def wake(self) -> None:
+        """A job may be runnable: wake the children that wait (safe from any thread)."""
         with self._lock:
-            self._pending.extend(jobs)
-            self._dispatch()
+            children = [c for c in self._children if c.ready and not c.stopping]
+        for child in children:
+            if child.unread_wakes < self.MAX_UNREAD_WAKES:
+                child.unread_wakes += 1
+                child.control.send(("wake",))
 
-    def note_demand(self, more_waiting: bool) -> None:
-        if more_waiting:
-            self._last_demand = time.monotonic()
-
-    def take_unstarted(self) -> list[ClaimedJob]:
-        with self._lock:
-            jobs = list(self._pending)
-            self._pending.clear()
-            return jobs
-
-    def abort(self) -> None:
-        """Kill every child now; their running jobs are released (no attempt spent)."""
-        with self._lock:
-            self._stopping = True
-            for child in self._children:
-                self._kill(child, released=list(child.assigned), reason="shutdown")
-
-    def stop(self, timeout: float = 10.0) -> None:
-        """Stop children that are idle, then wait for them; kill what remains."""
+    def stop(self) -> None:
+        """Ask every child to finish what runs, give back what waits, and exit."""
         with self._lock:
             self._stopping = True
             for child in self._children:
                 self._send_stop(child)
-        deadline = time.monotonic() + timeout
-        for child in list(self._children):
-            child.process.join(max(0.0, deadline - time.monotonic()))
-            if child.process.is_alive():
-                child.process.kill()
-                child.process.join(5)
-        if self._reader.is_alive():
-            self._reader.join(timeout=2)
+
+    def abort(self) -> None:
+        """Kill every child now; the jobs they hold go back (no attempt spent)."""
+        with self._lock:
+            self._stopping = True
+            for child in self._children:
+                child.killed_at_shutdown = True
+                if child.process.is_alive():
+                    child.process.kill()
+
+    def finished(self) -> bool:
+        """In burst mode: every child is gone and none will be started again."""
+        with self._lock:
+            return not self._children and (self._stopping or self.burst)
+
+    def totals(self) -> dict[str, int]:
+        with self._lock:
+            totals = dict(self._gone_totals)
+            for child in self._children:
+                for name in COUNTERS:
+                    totals[name] += child.stats.get(name, 0)
+            return totals
+
+    def join(self, timeout: float) -> None:
+        self._watcher.join(timeout)
 
     # ── children ───────────────────────────────────────────────────────────
 
     def _spawn(self) -> None:
         parent_end, child_end = self._context.Pipe()
+        slots = Slots(self.threads)
         process = self._context.Process(
             target=child_main,
-            args=(child_end, self._config),
+            args=(child_end, self._config, slots),
             name="django_jobs-child",
             daemon=True,
         )
         process.start()
         child_end.close()
-        self._children.append(_Child(process, parent_end))
+        self._children.append(_Child(process, parent_end, slots, PipeControl(parent_end)))
 
     def _send_stop(self, child: _Child) -> None:
         if not child.stopping:
             child.stopping = True
-            with contextlib.suppress(OSError):
-                child.pipe.send(("stop",))
-
-    def _depth(self) -> int:
-        if self._avg_duration is None:
-            return self.threads
-        extra = int(self.CHILD_PREFETCH_WINDOW / max(self._avg_duration, 1e-5))
-        return self.threads + min(self.CHILD_MAX_PREFETCH, extra)
-
-    def _dispatch(self) -> None:
-        depth = self._depth()
-        for child in self._children:
-            if not child.ready or child.retiring or child.stopping:
-                continue
-            batch = []
-            while self._pending and len(child.assigned) < depth:
-                job = self._pending.popleft()
-                child.assigned[job.id] = [job, None, None]
-                batch.append(job)
-            if batch:
-                # One message per child per round; a child that just died is reported by
-                # its sentinel, with these jobs.
-                with contextlib.suppress(OSError):
-                    child.pipe.send(("run", [job.to_wire() for job in batch]))
-            self._mark_started(child)
-        if self._pending and not self._stopping:
-            # A job waits for a slot: the pool is saturated.
-            self._last_demand = time.monotonic()
-
-    def _mark_started(self, child: _Child) -> None:
-        """The first ``threads`` assigned jobs are the ones running: start their clocks."""
-        now = time.monotonic()
-        for position, entry in enumerate(child.assigned.values()):
-            if position >= self.threads:
-                return
-            if entry[1] is None:
-                entry[1] = now
-                limit = self._policy(entry[0]).timeout
-                entry[2] = now + limit + self.KILL_MARGIN if limit else None
-
-    def _kill(self, child: _Child, *, released: list[int], reason: str) -> None:
-        for job_id in released:
-            job = child.assigned.pop(job_id)[0]
-            self._inbox.put(Outcome(job, OutcomeKind.RELEASED))
-        child.stopping = True
-        if child.process.is_alive():
-            logger.warning(
-                "Killing child %s (%s)", child.process.pid, reason, extra={"action": "child_kill"}
-            )
-            child.process.kill()
+            child.control.send(("stop",))
 
     def _watch(self) -> None:
         while True:
@@ -293,23 +245,22 @@ class ProcessPool:
                     return
             waitables: list = []
             for child in children:
-                waitables.append(child.pipe)
-                waitables.append(child.process.sentinel)
+                waitables += [child.pipe, child.process.sentinel]
             try:
-                ready = wait(waitables, timeout=0.1) if waitables else []
+                ready = wait(waitables, timeout=self.WATCH_EVERY) if waitables else []
             except OSError:
                 ready = []
             if not waitables:
-                time.sleep(0.1)
+                time.sleep(self.WATCH_EVERY)
             with self._lock:
                 for child in children:
                     if child.pipe in ready:
                         self._read(child)
                     if child.process.sentinel in ready and not child.process.is_alive():
+                        self._read(child)  # its last counters
                         self._reap(child)
                 self._enforce_time_limits()
                 self._scale()
-                self._dispatch()
 
     def _read(self, child: _Child) -> None:
         while True:
@@ -319,33 +270,15 @@ class ProcessPool:
                 message = child.pipe.recv()
             except (EOFError, OSError):
                 return
+            child.unread_wakes = 0
             kind = message[0]
-            if kind == "done":
-                for job_id, wire in message[1]:
-                    entry = child.assigned.pop(job_id, None)
-                    if entry is None:
-                        continue  # reported already (killed at a hard limit meanwhile)
-                    outcome = Outcome.from_wire(entry[0], wire)
-                    self._inbox.put(outcome)
-                    if self._avg_duration is None:
-                        self._avg_duration = outcome.duration
-                    else:
-                        self._avg_duration += 0.2 * (outcome.duration - self._avg_duration)
-                self._mark_started(child)
-                if not child.assigned:
-                    child.idle_since = time.monotonic()
-                    if child.retiring:
-                        self._send_stop(child)
-            elif kind == "returned":
-                # A retiring child gives back what it had not started: first in line again.
-                for job_id in reversed(message[1]):
-                    entry = child.assigned.pop(job_id, None)
-                    if entry is not None:
-                        self._pending.appendleft(entry[0])
-                if not child.assigned and child.retiring:
-                    self._send_stop(child)
+            if kind == "stats":
+                child.stats = message[1]
+                child.idle_for = message[1].get("idle_for", 0.0)
+                child.saturated = message[1].get("saturated", False)
             elif kind == "ready":
                 child.ready = True
+                child.worker_id = message[2]
                 self._spawn_failures = 0
             elif kind == "retire":
                 logger.info(
@@ -353,31 +286,21 @@ class ProcessPool:
                     extra={"action": "child_recycle"},
                 )  # fmt: skip
                 child.retiring = True
-                if not child.assigned:
-                    self._send_stop(child)
+                # A replacement now, so the pool keeps its size while this one finishes.
+                if not self._stopping:
+                    self._spawn()
 
     def _reap(self, child: _Child) -> None:
         child.process.join()
         self._children.remove(child)
         child.pipe.close()
+        for name in COUNTERS:
+            self._gone_totals[name] += child.stats.get(name, 0)
         code = child.process.exitcode
-        if child.assigned:
-            how = (
-                f"signal {-code} ({signal.Signals(-code).name})"
-                if code is not None and code < 0
-                else f"code {code}"
-            )
-            for job, started, _ in child.assigned.values():
-                if started is None:
-                    # Queued in the child, never started: no attempt is spent.
-                    self._inbox.put(Outcome(job, OutcomeKind.RELEASED))
-                    continue
-                message = (
-                    f"worker process {child.process.pid} exited with {how} while running this job"
-                )
-                self._fail_killed(job, WorkerProcessDied, message, time.monotonic() - started)
-            child.assigned.clear()
-        elif not child.ready and not self._stopping:
+        if not child.worker_id:
+            child.worker_id = child_worker_id(self._config.supervisor_id, child.process.pid)
+        running = child.slots.running()
+        if not child.ready and not self._stopping:
             # Died before it could serve (settings or import error): do not spin.
             self._spawn_failures += 1
             wait_for = min(30.0, 0.5 * 2**self._spawn_failures)
@@ -386,89 +309,182 @@ class ProcessPool:
                 "Child %s exited with code %s before it was ready; starting another in %.1f s",
                 child.process.pid, code, wait_for, extra={"action": "child_start_failed"},
             )  # fmt: skip
-        if not self._stopping:
+        self._events.put(
+            ChildGone(
+                worker_id=child.worker_id,
+                pid=child.process.pid,
+                exitcode=code,
+                running=running,
+                overran=frozenset(child.killed_for),
+                shutdown=child.killed_at_shutdown,
+            )
+        )
+        replace = not self._stopping and not child.retiring and not child.stopping
+        if self.burst and code == 0:
+            replace = False  # it found nothing to do: that is how burst mode ends
+        if replace:
             self._top_up()
 
-    def _fail_killed(
-        self, job: ClaimedJob, kind: type[Exception], message: str, duration: float
-    ) -> None:
-        """Report a job whose process died under it; its retry policy decides what next."""
-        logger.error("Job %s %s: %s", job.id, job.task_path, message)
-        error = error_record(
-            None,
-            attempt=job.attempts,
-            worker_id=self.worker_id,
-            exception_class=class_path(kind),
-            message=message,
-        )
-        # It raised nothing: the policy retries it if attempts remain, whatever retry_on says.
-        delay = self._policy(job).next_attempt_in(job.attempts, job.max_attempts)
-        self._inbox.put(
-            Outcome(job, OutcomeKind.FAILED, duration=duration, error=error, delay=delay)
-        )
-
-    def _policy(self, job: ClaimedJob) -> Policy:
-        return Policy.for_task(registry.get(job.task_path), self.backend.jobs_options)
-
     def _top_up(self) -> None:
-        live = [c for c in self._children if not c.stopping]
+        live = [c for c in self._children if not (c.stopping or c.retiring)]
         missing = self.target - len(live)
-        if missing > 0 and time.monotonic() >= self._next_spawn:
+        if missing > 0 and time.monotonic() >= self._next_spawn and not self._stopping:
             for _ in range(missing):
                 self._spawn()
 
     def _enforce_time_limits(self) -> None:
         now = time.monotonic()
         for child in self._children:
-            late = [
-                job_id
-                for job_id, (_, _, deadline) in child.assigned.items()
-                if deadline is not None and now > deadline
-            ]
-            if not late or not child.process.is_alive():
+            if child.killed_for or not child.process.is_alive():
                 continue
-            for job_id in late:
-                job, started, _ = child.assigned.pop(job_id)
-                limit = self._policy(job).timeout
-                message = (
-                    f"the job ran past its hard time limit of {limit} s and worker process "
-                    f"{child.process.pid} was killed"
-                )
-                self._fail_killed(job, TimeLimitExceeded, message, now - started)
-            # Other jobs sharing the process did nothing wrong: they go back unharmed.
-            self._kill(child, released=list(child.assigned), reason="hard time limit")
+            late = [
+                r.job_id
+                for r in child.slots.running()
+                if r.deadline and now > r.deadline + self.KILL_MARGIN
+            ]
+            if late:
+                child.killed_for.update(late)
+                logger.warning(
+                    "Killing child %s (hard time limit of job %s)",
+                    child.process.pid, ", ".join(map(str, late)),
+                    extra={"action": "child_kill"},
+                )  # fmt: skip
+                child.process.kill()
 
     def _scale(self) -> None:
         if self._stopping:
             return
         if self.autoscale is None:
-            self._top_up()
+            if not self.burst:
+                self._top_up()
             return
         low, high = self.autoscale
         now = time.monotonic()
-        live = [c for c in self._children if not c.stopping]
-        busy = all(len(c.assigned) >= self.threads for c in live if c.ready)
+        live = [c for c in self._children if not (c.stopping or c.retiring)]
         if (
             len(live) < high
-            and busy
-            and now - self._last_demand < self.SCALE_UP_AFTER
-            and now - self._last_scale > self.SCALE_UP_AFTER
+            and any(c.saturated for c in live)
             and all(c.ready for c in live)
+            and now - self._last_scale > self.SCALE_UP_AFTER
         ):
             self.target = len(live) + 1
             self._last_scale = now
             logger.info("Autoscale: growing to %d processes", self.target)
             self._spawn()
         elif len(live) > low and now - self._last_scale > self.SCALE_DOWN_IDLE:
-            idle = [
-                c for c in live if not c.assigned and now - c.idle_since > self.SCALE_DOWN_IDLE
-            ]
+            idle = [c for c in live if c.ready and c.idle_for > self.SCALE_DOWN_IDLE]
             if idle:
                 self.target = len(live) - 1
                 self._last_scale = now
                 logger.info("Autoscale: shrinking to %d processes", self.target)
                 self._send_stop(idle[0])
-        self._top_up()
+        if not self.burst:
+            self._top_up()
+
+
+class QueueControl:
+    """The control channel of a runner on a thread of the supervisor's process."""
+
+    def __init__(self, events: queue.SimpleQueue) -> None:
+        self._inbox: queue.SimpleQueue[tuple] = queue.SimpleQueue()
+        self._events = events
+        self.stats: dict[str, Any] = {}
+
+    def put(self, message: tuple) -> None:
+        self._inbox.put(message)
+
+    def receive(self, timeout: float) -> list[tuple]:
+        messages = []
+        try:
+            messages.append(
+                self._inbox.get(timeout=timeout) if timeout > 0 else self._inbox.get_nowait()
+            )
+            while True:
+                messages.append(self._inbox.get_nowait())
+        except queue.Empty:
+            return messages
+
+    def send(self, message: tuple) -> None:
+        if message[0] == "stats":
+            self.stats = message[1]
+
+
+class InProcessPool:
+    """One runner on a thread of this process (``--pool threads``, tests)."""
+
+    def __init__(
+        self,
+        *,
+        backend: JobsBackend,
+        worker_id: str,
+        threads: int,
+        queues: Sequence[str] | None,
+        events: queue.SimpleQueue,
+        burst: bool = False,
+        poll_interval: float = 1.0,
+        grace: float = 30.0,
+    ) -> None:
+        self.threads = threads
+        self.target = 1
+        self.autoscale = None
+        self.burst = burst
+        self._control = QueueControl(events)
+        self.runner = Runner(
+            backend=backend,
+            worker_id=worker_id,
+            queues=queues,
+            threads=threads,
+            control=self._control,
+            burst=burst,
+            poll_interval=poll_interval,
+            grace=grace,
+        )
+        self._thread = threading.Thread(target=self._run, name="django_jobs-runner", daemon=True)
+
+    @property
+    def capacity(self) -> int:
+        return self.threads
+
+    @property
+    def alive(self) -> int:
+        return int(self._thread.is_alive())
+
+    @property
+    def running(self) -> int:
+        return self.runner.running
+
+    def describe(self) -> str:
+        return f"{self.threads} thread(s) in-process"
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def wake(self) -> None:
+        self._control.put(("wake",))
+
+    def stop(self) -> None:
+        self._control.put(("stop",))
+
+    def abort(self) -> None:
+        """Threads cannot be killed: running jobs finish (documented for --pool threads)."""
+        self._control.put(("stop",))
+
+    def finished(self) -> bool:
+        return not self._thread.is_alive()
+
+    def totals(self) -> dict[str, int]:
+        stats = self.runner.stats
+        return {name: getattr(stats, name) for name in COUNTERS}
+
+    def join(self, timeout: float) -> None:
+        self._thread.join(timeout)
+
+    def _run(self) -> None:
+        try:
+            self.runner.run()
+        finally:
+            self.runner.db.close()
+            connections.close_all()
 
 
 def default_processes() -> int:

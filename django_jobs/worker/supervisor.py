@@ -1,18 +1,19 @@
-"""The ``runjobs`` supervisor's loop: wait (notify | poll) → claim for free slots → record.
+"""The ``runjobs`` process: supervise the runners, keep the worker alive, host the services.
 
-One ``Supervisor`` per ``runjobs`` process. It owns the queue connection and makes all
-the protocol calls (it never writes SQL itself): registration and heartbeats, claims
-sized to its free slots, and the services it hosts (the maintenance leader and the
-schedule tick). Jobs run in a pool (``pool.py``): child processes in production,
-threads in-process for tests. Outcomes go to an ``OutcomeRecorder`` (``outcomes.py``),
-which records them in batches.
+One ``Supervisor`` per ``runjobs`` process. It registers the worker and sends its
+heartbeat (which also keeps its children's rows fresh), LISTENs and wakes idle
+runners, runs the schedule tick and the maintenance leader, starts and watches the
+pool (``pool.py``), and stops gracefully on SIGTERM/SIGINT. It is off the per-job path:
+runners claim, run and record their own jobs (``runner.py``). When a child dies, the
+supervisor records what the child could not (``pool.ChildGone``): the job it was
+running fails with WorkerProcessDied or TimeLimitExceeded, the ones it held go back.
+It owns one connection and never writes SQL itself.
 """
 
 import atexit
 import logging
 import os
 import queue
-import random
 import secrets
 import signal
 import socket
@@ -25,33 +26,28 @@ import psycopg
 
 from .. import __version__, registry
 from ..backend import get_backend
-from ..protocol import jobs as protocol
+from ..codec import class_path
+from ..exceptions import TimeLimitExceeded, WorkerProcessDied
+from ..policy import Policy
+from ..protocol import jobs as job_protocol
 from ..protocol import workers as worker_protocol
-from ..protocol.jobs import ClaimedJob
 from ..services.leader import Leader
 from ..services.pruner import Pruner
-from ..services.rescuer import Rescuer
+from ..services.rescuer import Rescuer, failed_attempt
 from ..services.scheduler import Scheduler
 from . import dbconn
-from .executor import execute
 from .listener import Listener
-from .outcomes import Outcome, OutcomeKind, OutcomeRecorder, WorkerStats
-from .pool import ProcessPool, ThreadPool
+from .outcomes import WorkerStats
+from .pool import ChildGone, InProcessPool, ProcessPool
 
 logger = logging.getLogger(__name__)
 
-# Put on the inbox to wake the loop (a notification, a signal).
-_WAKE = object()
+# Put on the event queue to wake the loop (a signal).
+_WAKE = ("wake",)
 
 
 class Supervisor:
-    """Claim and run jobs of one backend until stopped (or, in burst mode, until idle)."""
-
-    #: Claim beyond free slots only as many jobs as recent ones would finish in this many
-    #: seconds. Short jobs get batched claims; long jobs are never hoarded while another
-    #: worker sits idle.
-    PREFETCH_WINDOW = 0.05
-    MAX_PREFETCH = 200
+    """Run jobs of one backend until stopped (or, in burst mode, until idle)."""
 
     def __init__(
         self,
@@ -76,23 +72,37 @@ class Supervisor:
         self.queues = list(queues) if queues else None
         self.burst = burst
         self.grace = grace
-        self.poll_interval = poll_interval if poll_interval is not None else options.POLL_INTERVAL
+        poll_interval = poll_interval if poll_interval is not None else options.POLL_INTERVAL
+        self.poll_interval = poll_interval
         self.listen = options.LISTEN if listen is None else listen
         self.worker_id = worker_id or (
             f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
         )
-        self.stats = WorkerStats()
-        self._inbox: queue.SimpleQueue = queue.SimpleQueue()
-        self.pool: ThreadPool | ProcessPool
+        self.started_at = time.monotonic()
+        self._events: queue.SimpleQueue = queue.SimpleQueue()
+        self.pool: ProcessPool | InProcessPool
         if processes is None:
-            self.pool = ThreadPool(threads, self._execute, self._inbox)
+            self.pool = InProcessPool(
+                backend=jobs_backend,
+                worker_id=self.worker_id,
+                threads=threads,
+                queues=self.queues,
+                events=self._events,
+                burst=burst,
+                poll_interval=poll_interval,
+                grace=grace,
+            )
         else:
             self.pool = ProcessPool(
                 backend=jobs_backend,
-                worker_id=self.worker_id,
+                supervisor_id=self.worker_id,
                 processes=processes,
                 threads=threads,
-                inbox=self._inbox,
+                queues=self.queues,
+                events=self._events,
+                burst=burst,
+                poll_interval=poll_interval,
+                grace=grace,
                 max_jobs_per_child=max_jobs_per_child,
                 max_memory_kib=max_memory_kib,
                 autoscale=autoscale,
@@ -107,23 +117,20 @@ class Supervisor:
         )
         self.scheduler = Scheduler(jobs_backend, self.worker_id)
         self._queue_db = dbconn.QueueConnection(
-            jobs_backend.database, purpose="worker", on_back=self._database_back
+            jobs_backend.database, purpose="worker", on_back=lambda: None
         )
-
         self._next_heartbeat = 0.0
-        self._in_flight = 0
-        #: Ids of jobs claimed and not yet recorded: what this worker really holds.
-        self._held: set[int] = set()
-        self._reconcile = False
-        self.outcomes = OutcomeRecorder(
-            jobs_backend, self.worker_id, self._queue_db, self.stats, self._held.discard
-        )
-        self._avg_duration: float | None = None
+        #: Children gone whose jobs still have to be recorded (the database was away).
+        self._gone: list[ChildGone] = []
         self._stopping = False
         self._aborting = False
-        self._wake_pending = False
         self._run_done = threading.Event()
         self.listener: Listener | None = None
+
+    @property
+    def stats(self) -> WorkerStats:
+        """What the runners did, summed (children that are gone included)."""
+        return WorkerStats(**self.pool.totals(), started_at=self.started_at)
 
     # ── lifecycle ────────────────────────────────────────────────────────────
 
@@ -138,14 +145,17 @@ class Supervisor:
             self._register()
             if self.listen:
                 listen_db = self.options.LISTEN_DATABASE or self.backend.database
-                self.listener = Listener(listen_db, self.queues, self.wake)
+                self.listener = Listener(listen_db, self.queues, self.pool.wake)
                 self.listener.start()
+            # One round of the services before any runner claims: schedules that are due
+            # are fired and the jobs of lost workers rescued first (burst mode counts on it).
+            self._timers()
             self.pool.start()
             paths = registry.registered_paths()
             logger.info(
                 "Worker %s serving backend %r, queues %s, %s, %d declared task(s)",
                 self.worker_id, self.backend.alias, ", ".join(self.queues or ["(all)"]),
-                self._describe_pool(), len(paths), extra={"action": "worker_started"},
+                self.pool.describe(), len(paths), extra={"action": "worker_started"},
             )  # fmt: skip
             logger.debug("Declared tasks: %s", ", ".join(paths) or "(none)")
             self._loop()
@@ -165,22 +175,7 @@ class Supervisor:
         """Stop claiming and finish what is running (safe from any thread)."""
         self._stopping = True
         self._aborting = self._aborting or abort
-        self.wake()
-
-    def wake(self) -> None:
-        if not self._wake_pending:
-            self._wake_pending = True
-            self._inbox.put(_WAKE)
-
-    def _describe_pool(self) -> str:
-        if isinstance(self.pool, ProcessPool):
-            size = (
-                f"autoscale {self.pool.autoscale[0]}-{self.pool.autoscale[1]}"
-                if self.pool.autoscale
-                else str(self.pool.target)
-            )
-            return f"{size} process(es) x {self.pool.threads} thread(s)"
-        return f"{self.pool.size} thread(s) in-process"
+        self._events.put(_WAKE)
 
     def _install_signal_handlers(self) -> dict[int, Any]:
         """Make SIGTERM and SIGINT stop gracefully; return the handlers they replaced."""
@@ -189,21 +184,22 @@ class Supervisor:
 
         def handle(signum: int, frame: object) -> None:
             name = signal.Signals(signum).name
+            running = self.pool.running
             if self._stopping:
                 logger.warning(
-                    "Got %s again: stopping now; %d running job(s) go back to the queue",
-                    name, self._in_flight,
+                    "Got %s again: stopping now; %d held job(s) go back to the queue",
+                    name, running,
                 )  # fmt: skip
                 self._aborting = True
             else:
                 logger.info(
-                    "Got %s: no new jobs; waiting up to %.0f s for %d running job(s)",
-                    name, self.grace, self._in_flight,
+                    "Got %s: no new jobs; waiting up to %.0f s for %d held job(s)",
+                    name, self.grace, running,
                 )  # fmt: skip
                 self._stopping = True
             # A queue put from inside a signal handler could deadlock on the queue's own
             # lock; a short-lived thread does it safely.
-            threading.Thread(target=self._inbox.put, args=(_WAKE,), daemon=True).start()
+            threading.Thread(target=self._events.put, args=(_WAKE,), daemon=True).start()
 
         return {
             signum: signal.signal(signum, handle) for signum in (signal.SIGTERM, signal.SIGINT)
@@ -218,7 +214,7 @@ class Supervisor:
                 host=socket.gethostname(),
                 pid=os.getpid(),
                 queues=self.queues,
-                concurrency=self._slots(),
+                concurrency=self.pool.capacity,
                 version=__version__,
             )
 
@@ -227,87 +223,32 @@ class Supervisor:
             if ok:
                 self._next_heartbeat = time.monotonic() + self.options.HEARTBEAT_INTERVAL
                 return
-            time.sleep(min(1.0, max(0.0, self._queue_db.retry_at - time.monotonic())))
-
-    def _slots(self) -> int:
-        if isinstance(self.pool, ProcessPool):
-            return max(self.pool.target, 1) * self.pool.threads
-        return self.pool.size
-
-    def _shutdown(self) -> None:
-        try:
-            self._drain()
-        finally:
-            self._close()
-
-    def _drain(self) -> None:
-        """Release what never started, let the rest finish (up to the grace), record all."""
-        unstarted = self.pool.take_unstarted()
-        for job in unstarted:
-            self.outcomes.add(Outcome(job, OutcomeKind.RELEASED))
-        self._in_flight -= len(unstarted)
-        deadline = time.monotonic() + self.grace
-        while self._in_flight > 0 and not self._aborting and time.monotonic() < deadline:
-            self._timers()
-            self._collect(timeout=min(0.2, max(0.0, deadline - time.monotonic())))
-            self._flush()
-        if self._in_flight > 0:
-            if self._aborting:
-                logger.warning("Stopping now: %d job(s) go back to the queue", self._in_flight)
-            else:
-                logger.warning(
-                    "Grace period of %.0f s is over: %d job(s) go back to the queue",
-                    self.grace, self._in_flight,
-                )  # fmt: skip
-            self.pool.abort()
-            abort_deadline = time.monotonic() + 10
-            while self._in_flight > 0 and time.monotonic() < abort_deadline:
-                self._collect(timeout=0.2)
-        # Outcomes are worth a little patience: without them the jobs would be re-run.
-        flush_deadline = time.monotonic() + 10
-        while self.outcomes and time.monotonic() < flush_deadline:
-            self._flush(force=True)
-            if self.outcomes:
-                time.sleep(0.2)
-
-    def _close(self) -> None:
-        self.pool.stop()
-        if self.listener:
-            self.listener.stop()
-        self._db(self.leader.resign)
-        self._db(lambda cur: worker_protocol.deregister_worker(cur, worker_id=self.worker_id))
-        self._queue_db.close()
-        elapsed = time.monotonic() - self.stats.started_at
-        s = self.stats
-        logger.info(
-            "Worker %s stopped after %.1f s: %d succeeded, %d failed, %d retried, %d snoozed, "
-            "%d released, %d lost to a newer attempt",
-            self.worker_id, elapsed, s.succeeded, s.failed, s.retried, s.snoozed, s.released,
-            s.lost, extra={"action": "worker_stopped"},
-        )  # fmt: skip
+            time.sleep(min(1.0, self._queue_db.retry_in()))
 
     # ── the loop ─────────────────────────────────────────────────────────────
 
     def _loop(self) -> None:
         while not self._stopping:
             self._timers()
-            self._flush()
-            claimed = self._claim()
-            if self._stopping:
+            self._record_gone()
+            if self.burst and self.pool.finished() and not self._gone:
+                return
+            self._wait(self._time_to_timers())
+
+    def _wait(self, timeout: float) -> None:
+        """Handle events (children gone, a wake-up) that arrive within ``timeout``."""
+        try:
+            event = self._events.get(timeout=max(0.0, min(timeout, 0.5)))
+        except queue.Empty:
+            return
+        while True:
+            if isinstance(event, ChildGone):
+                self._gone.append(event)
+            try:
+                event = self._events.get_nowait()
+            except queue.Empty:
                 break
-            idle = self._in_flight == 0 and not claimed
-            if idle and self.burst and self.pool.capacity > 0 and self._queue_db.up:
-                self._flush(force=True)
-                if not self.outcomes:
-                    return
-            if idle:
-                # Sleep until a notification or the next poll (jittered so that workers
-                # started together do not poll in step), or the next timer.
-                jitter = 0.9 + 0.2 * random.random()  # noqa: S311
-                self._collect(min(self.poll_interval * jitter, self._time_to_timers()))
-            elif not claimed:
-                # Busy: wake for the next outcome, or when buffered ones are due.
-                self._collect(min(self._time_to_flush(), self._time_to_timers()))
+        self._record_gone()
 
     def _timers(self) -> None:
         now = time.monotonic()
@@ -315,7 +256,7 @@ class Supervisor:
             self._next_heartbeat = now + self.options.HEARTBEAT_INTERVAL
             ok, alive = self._db(
                 lambda cur: worker_protocol.heartbeat(
-                    cur, worker_id=self.worker_id, concurrency=self._slots()
+                    cur, worker_id=self.worker_id, concurrency=self.pool.capacity
                 )
             )
             if ok and not alive:
@@ -323,19 +264,6 @@ class Supervisor:
                     "Worker %s had been declared lost; registering again", self.worker_id
                 )
                 self._register()
-        if self._reconcile:
-            ok, orphans = self._db(
-                lambda cur: protocol.release_orphans(
-                    cur, worker_id=self.worker_id, held=self._held
-                )
-            )
-            if ok:
-                self._reconcile = False
-                if orphans:
-                    logger.warning(
-                        "Released %d job(s) claimed while the connection was failing: %s",
-                        len(orphans), orphans, extra={"action": "orphans_released"},
-                    )  # fmt: skip
         if self.leader.due():
             self._db(self.leader.tick)
         if self.scheduler.due():
@@ -344,89 +272,116 @@ class Supervisor:
     def _time_to_timers(self) -> float:
         now = time.monotonic()
         return max(
-            0.0,
-            min(self._next_heartbeat, self.leader.next_run, self.scheduler.next_run) - now,
+            0.0, min(self._next_heartbeat, self.leader.next_run, self.scheduler.next_run) - now
         )
 
-    def _collect(self, timeout: float) -> None:
-        """Move finished outcomes from the inbox to the buffer, waiting up to ``timeout``."""
-        try:
-            item = self._inbox.get(timeout=max(timeout, 0.0))
-        except queue.Empty:
-            return
-        while True:
-            if item is _WAKE:
-                self._wake_pending = False
-            else:
-                self._finished(item)
-            try:
-                item = self._inbox.get_nowait()
-            except queue.Empty:
+    # ── children that are gone ──────────────────────────────────────────────
+
+    def _record_gone(self) -> None:
+        """Record what dead children could not; keep the rest while the database is away."""
+        while self._gone:
+            ok, _ = self._db(lambda cur: self._settle(cur, self._gone[0]))
+            if not ok:
                 return
+            self._gone.pop(0)
 
-    def _finished(self, outcome: Outcome) -> None:
-        self._in_flight -= 1
-        self.outcomes.add(outcome)
-        if outcome.kind in (OutcomeKind.SUCCEEDED, OutcomeKind.RECORDED, OutcomeKind.FAILED):
-            # An exponentially weighted average of run time steers the prefetch.
-            if self._avg_duration is None:
-                self._avg_duration = outcome.duration
-            else:
-                self._avg_duration += 0.2 * (outcome.duration - self._avg_duration)
+    def _settle(self, cur: psycopg.Cursor, gone: ChildGone) -> None:
+        """Fail the job a child died running, give back the rest it held, forget it.
 
-    def _time_to_flush(self) -> float:
-        return self.outcomes.time_to_flush(self.poll_interval)
+        A clean exit (code 0) leaves nothing to do but the row: a job still RUNNING
+        under its id is one whose outcome it could not record, which the rescue handles.
+        """
+        if gone.exitcode != 0 or gone.shutdown:
+            with cur.connection.transaction():
+                slot_attempts = {r.job_id: r.attempt for r in gone.running}
+                failures = []
+                for job in worker_protocol.lock_running_jobs(cur, ids=list(slot_attempts)):
+                    if job.worker_id != gone.worker_id or job.attempts != slot_attempts[job.id]:
+                        continue  # not that attempt any more
+                    if gone.shutdown or (gone.overran and job.id not in gone.overran):
+                        continue  # did nothing wrong: it goes back below
+                    failures.append(self._failure(job, gone))
+                job_protocol.fail(cur, failures)
+                released = job_protocol.release_orphans(cur, worker_id=gone.worker_id, held=[])
+            if released and not gone.shutdown:
+                logger.info(
+                    "Child %s ended (%s) holding %d job(s) it had not started: back in the "
+                    "queue", gone.pid, gone.how, len(released),
+                    extra={"action": "child_jobs_released"},
+                )  # fmt: skip
+        worker_protocol.deregister_worker(cur, worker_id=gone.worker_id)
 
-    def _claim_size(self) -> int:
-        capacity = self.pool.capacity
-        if capacity <= 0:
-            return 0
-        extra = 0
-        if self._avg_duration is not None:
-            expected = max(self._avg_duration, 1e-5)
-            extra = min(self.MAX_PREFETCH, int(self.PREFETCH_WINDOW / expected))
-        # Refill at half the prefetch, so slots never wait on a claim round trip while
-        # one claim still serves a whole batch.
-        if extra == 0:
-            return capacity - self._in_flight
-        if self._in_flight > capacity + extra // 2:
-            return 0
-        return capacity + extra - self._in_flight
-
-    def _claim(self) -> list[ClaimedJob]:
-        limit = self._claim_size()
-        if limit <= 0:
-            return []
-        ok, claimed = self._db(
-            lambda cur: protocol.claim(
-                cur,
-                worker_id=self.worker_id,
-                backend=self.backend.alias,
-                queues=self.queues,
-                limit=limit,
+    def _failure(self, job: worker_protocol.LostJob, gone: ChildGone) -> job_protocol.Failure:
+        if job.id in gone.overran:
+            limit = self._policy_timeout(job)
+            kind: type[Exception] = TimeLimitExceeded
+            message = (
+                f"the job ran past its hard time limit of {limit} s and worker process "
+                f"{gone.pid} was killed"
             )
-        )
-        if not ok or not claimed:
-            return []
-        self.pool.note_demand(len(claimed) == limit)
-        self.stats.claimed += len(claimed)
-        self._in_flight += len(claimed)
-        self._held.update(job.id for job in claimed)
-        self.pool.submit(claimed)
-        return claimed
+        else:
+            kind = WorkerProcessDied
+            message = f"worker process {gone.pid} exited with {gone.how} while running this job"
+        logger.error("Job %s %s: %s", job.id, job.task_path, message)
+        return failed_attempt(job, class_path(kind), message, self.backend.jobs_options)
 
-    def _execute(self, job: ClaimedJob) -> Outcome:
-        return execute(job, self.backend, self.worker_id)
+    def _policy_timeout(self, job: worker_protocol.LostJob) -> float | None:
+        return Policy.for_task(registry.get(job.task_path), self.options).timeout
 
-    def _flush(self, force: bool = False) -> None:
-        self.outcomes.flush(force=force, busy=self._in_flight > 0)
+    # ── stopping ─────────────────────────────────────────────────────────────
+
+    def _shutdown(self) -> None:
+        try:
+            self._drain()
+        finally:
+            self._close()
+
+    def _drain(self) -> None:
+        """Let the runners finish what runs (up to the grace), then stop them hard."""
+        self.pool.stop()
+        deadline = time.monotonic() + self.grace
+        while self.pool.alive and not self._aborting and time.monotonic() < deadline:
+            self._timers()
+            self._wait(min(0.2, max(0.0, deadline - time.monotonic())))
+        if self.pool.alive:
+            held = self.pool.running
+            if self._aborting:
+                logger.warning("Stopping now: %d held job(s) go back to the queue", held)
+            else:
+                logger.warning(
+                    "Grace period of %.0f s is over: %d held job(s) go back to the queue",
+                    self.grace, held,
+                )  # fmt: skip
+            self.pool.abort()
+            abort_deadline = time.monotonic() + 10
+            while self.pool.alive and time.monotonic() < abort_deadline:
+                self._wait(0.2)
+        self.pool.join(5)
+        self._wait(0)
+        # What dead children held is worth a little patience: else it waits for a rescue.
+        record_deadline = time.monotonic() + 10
+        while self._gone and time.monotonic() < record_deadline:
+            self._record_gone()
+            if self._gone:
+                time.sleep(0.2)
+
+    def _close(self) -> None:
+        if self.listener:
+            self.listener.stop()
+        self._db(self.leader.resign)
+        self._db(lambda cur: worker_protocol.deregister_worker(cur, worker_id=self.worker_id))
+        self._queue_db.close()
+        elapsed = time.monotonic() - self.started_at
+        s = self.stats
+        logger.info(
+            "Worker %s stopped after %.1f s: %d succeeded, %d failed, %d retried, %d snoozed, "
+            "%d released, %d lost to a newer attempt",
+            self.worker_id, elapsed, s.succeeded, s.failed, s.retried, s.snoozed, s.released,
+            s.lost, extra={"action": "worker_stopped"},
+        )  # fmt: skip
 
     # ── database access that survives an outage ─────────────────────────────
 
     def _db(self, work: Callable[[psycopg.Cursor], Any]) -> tuple[bool, Any]:
         """Run ``work`` on the queue connection; (False, None) while the database is away."""
         return self._queue_db.run(work)
-
-    def _database_back(self) -> None:
-        # A claim may have committed without its reply reaching us.
-        self._reconcile = True

@@ -40,11 +40,6 @@ ALLOWED_LATE_IMPORTS = {
     ("django_jobs", "django_jobs.task"): "lazy public names",
     # Django's idiom: system checks register when the app is ready.
     ("django_jobs.apps", "django_jobs.checks"): "registered in ready()",
-    # A spawned child imports its module before django.setup(); these need settings.
-    ("django_jobs.worker.child", "django_jobs.registry"): "after django.setup()",
-    ("django_jobs.worker.child", "django_jobs.backend"): "after django.setup()",
-    ("django_jobs.worker.child", "django_jobs.protocol.jobs"): "after django.setup()",
-    ("django_jobs.worker.child", "django_jobs.worker.executor"): "after django.setup()",
     # Django may build a backend while the app registry is still loading.
     ("django_jobs.backend", "django_jobs.models"): "models need the app registry",
 }

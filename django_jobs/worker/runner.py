@@ -1,0 +1,386 @@
+"""One process's job loop: claim for free slots → run → record, on its own connection.
+
+A runner lives in each child process of ``runjobs`` (and, with ``--pool threads``, in
+a thread of the supervisor). It claims jobs sized to its free slots, runs them (inline
+on its own thread when it has one slot, else on ``threads`` threads), and records the
+outcomes in batches through an ``OutcomeRecorder``: the supervisor never touches a job
+on the way. It tells the supervisor what it runs through shared memory (``slots.py``),
+so the supervisor can still kill it at a hard time limit and report the right job if
+it dies; and it talks to the supervisor over a small control channel: wake-ups and stop
+requests in, readiness, recycling and counters out.
+
+Every claim is made under the runner's own worker id, so after its connection comes
+back, or after it died, exactly the jobs it held can be found and released.
+"""
+
+import logging
+import queue
+import random
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict
+from typing import Protocol
+
+from django.db import connections
+
+from .. import registry
+from ..backend import JobsBackend
+from ..policy import Policy
+from ..protocol import jobs as protocol
+from ..protocol.jobs import ClaimedJob
+from .dbconn import QueueConnection
+from .executor import execute
+from .outcomes import Outcome, OutcomeKind, OutcomeRecorder, WorkerStats
+from .slots import Slots
+
+logger = logging.getLogger(__name__)
+
+
+class Control(Protocol):
+    """The runner's line to its supervisor (a pipe for a child, a queue for a thread)."""
+
+    def receive(self, timeout: float) -> list[tuple]:
+        """Messages that arrived, waiting up to ``timeout`` for the first one."""
+        ...
+
+    def send(self, message: tuple) -> None: ...
+
+
+class Runner:
+    """Claim, run and record jobs of one backend until told to stop (or idle, in burst)."""
+
+    #: Claim beyond free slots only as many jobs as recent ones would finish in this many
+    #: seconds: short jobs get batched claims; long ones are never hoarded while another
+    #: worker sits idle.
+    PREFETCH_WINDOW = 0.05
+    MAX_PREFETCH = 200
+    #: Counters go to the supervisor this often (seconds).
+    STATS_EVERY = 1.0
+    #: An inline runner reads its control channel between jobs at least this often.
+    CONTROL_EVERY = 0.005
+
+    def __init__(
+        self,
+        *,
+        backend: JobsBackend,
+        worker_id: str,
+        queues: Sequence[str] | None,
+        threads: int,
+        control: Control,
+        slots: Slots | None = None,
+        burst: bool = False,
+        poll_interval: float = 1.0,
+        max_jobs: int | None = None,
+        max_memory_kib: int | None = None,
+        memory_kib: Callable[[], int | None] | None = None,
+        grace: float = 30.0,
+    ) -> None:
+        self.backend = backend
+        self.worker_id = worker_id
+        self.queues = list(queues) if queues else None
+        self.threads = threads
+        self.control = control
+        self.slots = slots
+        self.burst = burst
+        self.poll_interval = poll_interval
+        self.max_jobs = max_jobs
+        self.max_memory_kib = max_memory_kib
+        self._memory_kib = memory_kib
+        self.grace = grace
+        self.stats = WorkerStats()
+        self.db = QueueConnection(backend.database, purpose="runner", on_back=self._db_back)
+        #: Jobs claimed and not yet settled, by id: what this runner really holds.
+        self.held: dict[int, ClaimedJob] = {}
+        #: Jobs claimed whose outcome is not known yet (running, or waiting for a thread).
+        self.running = 0
+        self.outcomes = OutcomeRecorder(
+            backend, worker_id, self.db, self.stats, lambda job_id: self.held.pop(job_id, None)
+        )
+        self.stopping = False
+        #: Past a recycling limit: no more claims; exit once what is held is done.
+        self.retiring: str | None = None
+        self._reconcile = False
+        self._avg_duration: float | None = None
+        self._claimed_total = 0
+        self._ran_total = 0
+        self._saturated_at = 0.0
+        self._idle_since: float | None = time.monotonic()
+        self._next_stats = time.monotonic() + self.STATS_EVERY
+        self._next_control = 0.0
+        self._pool: _ThreadSlots | None = _ThreadSlots(self) if threads > 1 else None
+
+    # ── the loop ─────────────────────────────────────────────────────────────
+
+    def run(self) -> None:
+        """Serve until stopped; every claimed job is finished or released on the way out."""
+        if self._pool is not None:
+            self._pool.start()
+        try:
+            self._loop()
+        finally:
+            self._finish()
+
+    def _loop(self) -> None:
+        while not self.stopping:
+            self._handle(self.control.receive(0))
+            if self.stopping:
+                return
+            self._maintain()
+            jobs = self._claim()
+            if jobs:
+                self._idle_since = None
+                if self._pool is None:
+                    self._run_inline(jobs)
+                else:
+                    self._pool.submit(jobs)
+                continue
+            if self.running:
+                # Threads are busy: wait for an outcome (or a flush, or a message).
+                self._pool.collect(min(self.outcomes.time_to_flush(0.05), 0.05))
+                continue
+            self.outcomes.flush(force=True, busy=False)
+            if self.retiring and not self.held:
+                return
+            if self._idle_since is None:
+                self._idle_since = time.monotonic()
+            if self.burst and self.db.up and not self.held:
+                return
+            # Idle: wait for a wake-up (a NOTIFY the supervisor heard) or the next poll,
+            # jittered so that workers started together do not poll in step.
+            jitter = 0.9 + 0.2 * random.random()  # noqa: S311
+            wait = self.poll_interval * jitter
+            if self.held or not self.db.up:
+                wait = min(wait, 0.2)  # outcomes still to record, or the database away
+            self._handle(self.control.receive(min(wait, self._time_to_stats())))
+
+    def _maintain(self) -> None:
+        """Between jobs: recording, reconciling after an outage, counters for the supervisor."""
+        if self._pool is not None:
+            self._pool.collect(0)
+        self.outcomes.flush(busy=self.running > 0)
+        if self._reconcile:
+            ok, orphans = self.db.run(
+                lambda cur: protocol.release_orphans(
+                    cur, worker_id=self.worker_id, held=list(self.held)
+                )
+            )
+            if ok:
+                self._reconcile = False
+                if orphans:
+                    logger.warning(
+                        "Released %d job(s) claimed while the connection was failing: %s",
+                        len(orphans), orphans, extra={"action": "orphans_released"},
+                    )  # fmt: skip
+        if time.monotonic() >= self._next_stats:
+            self._send_stats()
+
+    def _time_to_stats(self) -> float:
+        return max(0.0, self._next_stats - time.monotonic())
+
+    def _send_stats(self) -> None:
+        now = time.monotonic()
+        self._next_stats = now + self.STATS_EVERY
+        self.control.send(
+            (
+                "stats",
+                {
+                    **asdict(self.stats),
+                    "held": len(self.held),
+                    "saturated": now - self._saturated_at < self.STATS_EVERY * 1.5,
+                    "idle_for": 0.0 if self._idle_since is None else now - self._idle_since,
+                },
+            )
+        )
+
+    def _handle(self, messages: list[tuple]) -> None:
+        for message in messages:
+            kind = message[0]
+            if kind == "stop":
+                self.stopping = True
+            # "wake" needs nothing more: receiving it ended the wait.
+
+    # ── claiming ─────────────────────────────────────────────────────────────
+
+    def _capacity(self) -> int:
+        """How many jobs to claim now: free slots, plus a prefetch for short jobs."""
+        if self.stopping or self.retiring or not self.db.up:
+            return 0
+        in_flight = self.running
+        extra = 0
+        if self._avg_duration is not None:
+            extra = min(
+                self.MAX_PREFETCH, int(self.PREFETCH_WINDOW / max(self._avg_duration, 1e-5))
+            )
+        if in_flight > self.threads + extra // 2:
+            return 0  # refill at half the prefetch, so slots never wait on a round trip
+        limit = self.threads + extra - in_flight
+        if self.max_jobs is not None:
+            limit = min(limit, self.max_jobs - self._claimed_total)
+        return max(0, limit)
+
+    def _claim(self) -> list[ClaimedJob]:
+        limit = self._capacity()
+        if limit <= 0:
+            return []
+        ok, claimed = self.db.run(
+            lambda cur: protocol.claim(
+                cur,
+                worker_id=self.worker_id,
+                backend=self.backend.alias,
+                queues=self.queues,
+                limit=limit,
+            )
+        )
+        if not ok or not claimed:
+            return []
+        if len(claimed) == limit:
+            self._saturated_at = time.monotonic()
+        self.stats.claimed += len(claimed)
+        self._claimed_total += len(claimed)
+        self.running += len(claimed)
+        for job in claimed:
+            self.held[job.id] = job
+        return claimed
+
+    # ── running ──────────────────────────────────────────────────────────────
+
+    def _run_inline(self, jobs: list[ClaimedJob]) -> None:
+        """Run a claimed batch in order on this thread, watching for a stop between jobs."""
+        for position, job in enumerate(jobs):
+            if self.stopping or self.retiring:
+                self.release(jobs[position:])
+                return
+            self.finished(self.run_one(job, slot=0))
+            now = time.monotonic()
+            if now >= self._next_control:
+                self._next_control = now + self.CONTROL_EVERY
+                self._handle(self.control.receive(0))
+                self.outcomes.flush(busy=True)
+                if now >= self._next_stats:
+                    self._send_stats()
+
+    def run_one(self, job: ClaimedJob, slot: int) -> Outcome:
+        """Run one job in ``slot``, telling the supervisor through the slot's memory."""
+        if self.slots is None:
+            return execute(job, self.backend, self.worker_id)
+        timeout = Policy.for_task(registry.get(job.task_path), self.backend.jobs_options).timeout
+        self.slots.start(slot, job.id, job.attempts, timeout)
+        try:
+            return execute(job, self.backend, self.worker_id)
+        finally:
+            self.slots.clear(slot)
+
+    def finished(self, outcome: Outcome) -> None:
+        self.running -= 1
+        self._ran_total += 1
+        self.outcomes.add(outcome)
+        if outcome.kind in (OutcomeKind.SUCCEEDED, OutcomeKind.RECORDED, OutcomeKind.FAILED):
+            # An exponentially weighted average of run time steers the prefetch.
+            if self._avg_duration is None:
+                self._avg_duration = outcome.duration
+            else:
+                self._avg_duration += 0.2 * (outcome.duration - self._avg_duration)
+        self._check_recycling()
+
+    def release(self, jobs: list[ClaimedJob]) -> None:
+        """Give back jobs claimed and not started: no attempt spent."""
+        for job in jobs:
+            self.running -= 1
+            self.outcomes.add(Outcome(job, OutcomeKind.RELEASED))
+
+    def _check_recycling(self) -> None:
+        if self.retiring:
+            return
+        if self.max_jobs and self._ran_total >= self.max_jobs:
+            self.retiring = f"ran {self._ran_total} jobs (--max-jobs-per-child {self.max_jobs})"
+        elif self.max_memory_kib and self._memory_kib:
+            rss = self._memory_kib()
+            if rss and rss > self.max_memory_kib:
+                self.retiring = (
+                    f"uses {rss} KiB (--max-memory-per-child {self.max_memory_kib} KiB)"
+                )
+        if self.retiring:
+            self.control.send(("retire", self.retiring))
+
+    # ── stopping ─────────────────────────────────────────────────────────────
+
+    def _finish(self) -> None:
+        """Release what never started, wait for what runs, record everything."""
+        if self._pool is not None:
+            self.release(self._pool.take_unstarted())
+            self._pool.stop(self.grace)
+        # Outcomes are worth a little patience: without them the jobs would be re-run.
+        deadline = time.monotonic() + 10
+        while self.outcomes and time.monotonic() < deadline:
+            self.outcomes.flush(force=True, busy=False)
+            if self.outcomes:
+                time.sleep(0.2)
+        self._send_stats()
+
+    def _db_back(self) -> None:
+        # A claim may have committed without its reply reaching us.
+        self._reconcile = True
+
+
+class _ThreadSlots:
+    """``threads`` threads of this process that run the runner's jobs."""
+
+    def __init__(self, runner: Runner) -> None:
+        self.runner = runner
+        self._work: queue.SimpleQueue[ClaimedJob | None] = queue.SimpleQueue()
+        self._done: queue.SimpleQueue[Outcome] = queue.SimpleQueue()
+        self._threads = [
+            threading.Thread(
+                target=self._serve, args=(n,), name=f"django_jobs-run-{n}", daemon=True
+            )
+            for n in range(runner.threads)
+        ]
+
+    def start(self) -> None:
+        for thread in self._threads:
+            thread.start()
+
+    def submit(self, jobs: list[ClaimedJob]) -> None:
+        for job in jobs:
+            self._work.put(job)
+
+    def collect(self, timeout: float) -> None:
+        """Hand finished outcomes to the runner, waiting up to ``timeout`` for the first."""
+        try:
+            outcome = self._done.get(timeout=timeout) if timeout > 0 else self._done.get_nowait()
+        except queue.Empty:
+            return
+        while True:
+            self.runner.finished(outcome)
+            try:
+                outcome = self._done.get_nowait()
+            except queue.Empty:
+                return
+
+    def take_unstarted(self) -> list[ClaimedJob]:
+        jobs = []
+        while True:
+            try:
+                job = self._work.get_nowait()
+            except queue.Empty:
+                return jobs
+            if job is not None:
+                jobs.append(job)
+
+    def stop(self, timeout: float) -> None:
+        """Let running jobs end, up to ``timeout``; threads cannot be killed, so a job
+        still running then is left RUNNING for the rescue (documented for threads)."""
+        for _ in self._threads:
+            self._work.put(None)
+        deadline = time.monotonic() + timeout
+        for thread in self._threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
+        self.collect(0)
+
+    def _serve(self, slot: int) -> None:
+        try:
+            while (job := self._work.get()) is not None:
+                self._done.put(self.runner.run_one(job, slot))
+        finally:
+            connections.close_all()
