@@ -35,9 +35,9 @@ class Sizes:
     s4_samples: int = 1_000
     s4_poll_samples: int = 60
     s4_poll_interval: float = 0.2
-    s4_open_rate: float = 100.0
+    s4_open_rate: float = 50.0
     s4_open_seconds: float = 60.0
-    s5_history: int = 5_000_000
+    s5_history: int = 1_000_000
     s5_future: int = 1_000_000
     s6_before: float = 5.0
     s6_hold: float = 120.0

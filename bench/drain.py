@@ -170,10 +170,13 @@ def run_s1(ctx: Context) -> dict[str, Any]:
         _drain_rows(processes, "processes") + _drain_rows(threads, "threads"),
     )
     rates = [r["jobs_per_s_draining"] for r in processes if r["jobs_per_s_draining"]]
+    startups = [r["startup_s"] for r in processes if r["startup_s"] is not None]
     return {
         "processes": {"runs": processes, "median_jobs_per_s_draining": measure.median(rates)},
         "threads": {"runs": threads},
         "median_jobs_per_s_draining": measure.median(rates),
+        # From starting runjobs to the first job claimed (by the rows' own started_at).
+        "median_startup_s": measure.median(startups),
         "counting": "statements (pg_stat_statements)" if ctx.statements_available else "xacts",
     }
 

@@ -3,7 +3,9 @@
 Both go through the public API an application calls (``Task.enqueue()`` inside
 ``transaction.atomic()``, ``enqueue_many``), so they include Django's and our Python
 work per job, not just the INSERT. S2 is judged against R1's pgbench enqueue (the same
-statement, no Python), S3 against an absolute rate.
+statement, no Python) and, above all, against the same statement written by hand with
+psycopg in the same shape (4 threads, BEGIN, INSERT, COMMIT), measured in the same run;
+S3 against an absolute rate.
 """
 
 import threading
@@ -13,6 +15,52 @@ from typing import Any
 from bench import db, measure
 from bench.context import Context
 from bench.report import print_table
+
+
+def _psycopg_enqueue(ctx: Context, total: int, threads: int) -> float:
+    """Jobs/s of our ENQUEUE statement by hand: psycopg, one connection per thread, each
+    job BEGIN, INSERT, COMMIT (the reference S2 is judged against)."""
+    import psycopg
+
+    from django_jobs.protocol import jobs
+
+    params = {
+        "task_path": db.NOOP_PATH,
+        "queue_name": "default",
+        "priority": 0,
+        "backend": "default",
+        "args_json": "[]",
+        "kwargs_json": "{}",
+        "run_after": None,
+        "max_attempts": 1,
+    }
+    shares = [total // threads + (1 if n < total % threads else 0) for n in range(threads)]
+    barrier = threading.Barrier(threads + 1)
+    errors: list[BaseException] = []
+
+    def work(n: int) -> None:
+        try:
+            with psycopg.connect(**ctx.conn_params) as conn:
+                barrier.wait(timeout=60)
+                for _ in range(shares[n]):
+                    with conn.transaction():
+                        conn.execute(jobs.ENQUEUE, params).fetchone()
+        except BaseException as exc:
+            errors.append(exc)
+            barrier.abort()
+
+    workers = [threading.Thread(target=work, args=(n,), daemon=True) for n in range(threads)]
+    for thread in workers:
+        thread.start()
+    barrier.wait(timeout=60)
+    began = time.perf_counter()
+    for thread in workers:
+        thread.join(ctx.sizes.drain_timeout_s)
+    elapsed = time.perf_counter() - began
+    if errors:
+        raise errors[0]
+    db.reset_jobs()
+    return total / elapsed
 
 
 def run_s2(ctx: Context) -> dict[str, Any]:
@@ -77,11 +125,23 @@ def run_s2(ctx: Context) -> dict[str, Any]:
         "call_p99_ms": summary["p99_ms"],
         "call_max_ms": summary["max_ms"],
     }
+    # The reference, right after, in the same shape: by hand with psycopg.
+    result["psycopg_jobs_per_s"] = round(_psycopg_enqueue(ctx, total, threads))
+    result["share_of_psycopg"] = round(result["jobs_per_s"] / result["psycopg_jobs_per_s"], 3)
     r1 = ctx.results.get("R1", {}).get("enqueue_one_per_transaction", {}).get("jobs_per_s")
     share = result["jobs_per_s"] / r1 if r1 else None
     print_table(
         "S2 enqueue(), one job per transaction, 4 threads",
-        ["jobs", "threads", "jobs/s", "call p50 ms", "call p99 ms", "share of R1 enqueue"],
+        [
+            "jobs",
+            "threads",
+            "jobs/s",
+            "call p50 ms",
+            "call p99 ms",
+            "by hand (psycopg) jobs/s",
+            "share of by hand",
+            "share of R1 enqueue",
+        ],
         [
             [
                 total,
@@ -89,6 +149,8 @@ def run_s2(ctx: Context) -> dict[str, Any]:
                 result["jobs_per_s"],
                 summary["p50_ms"],
                 summary["p99_ms"],
+                result["psycopg_jobs_per_s"],
+                f"{result['share_of_psycopg']:.0%}",
                 None if share is None else f"{share:.0%}",
             ]
         ],

@@ -80,7 +80,9 @@ def _drain(params: dict[str, Any], batch: int, pipe: Connection) -> None:
             conn.execute(COMPLETE, {"ids": [row[0] for row in rows]})
             statements += 1
             done += len(rows)
-        pipe.send({"began": began, "ended": time.monotonic(), "done": done, "statements": statements})
+        pipe.send(
+            {"began": began, "ended": time.monotonic(), "done": done, "statements": statements}
+        )
 
 
 def run(params: dict[str, Any], *, jobs: int, batch: int, processes: int) -> dict[str, Any]:

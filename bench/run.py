@@ -1,7 +1,7 @@
 """The benchmark suite's entry point: ``scripts/bench`` (full) or ``scripts/bench --quick``.
 
-Runs the references (R1 pgbench, R2 psycopg loop, R3 lean queue, R4 LISTEN/NOTIFY) and the scenarios
-(S1-S6, RSS) against the database in DATABASE_URL, prints a table per scenario and a
+Runs the references (R1 pgbench, R2 psycopg loop, R3 lean queue, R4 LISTEN/NOTIFY) and
+the scenarios (S1-S7, RSS) against the database in DATABASE_URL, prints a table per scenario and a
 summary of the targets, and writes everything to ``bench/results/<timestamp>.json``
 and ``bench/results/latest.json`` (plus ``summary.svg``).
 
@@ -35,12 +35,13 @@ SCENARIOS: list[tuple[str, str]] = [
     ("S4", "idle latency: LISTEN, open loop, polling"),
     ("S5", "drain with millions of history rows"),
     ("S6", "held REPEATABLE READ transaction under load"),
+    ("S7", "async tasks on one child with --pool asyncio"),
     ("RSS", "worker memory over a long drain"),
 ]
 
 
 def _runner(key: str) -> Callable[[Any], dict[str, Any]]:
-    from bench import drain, enqueue, held, latency, references
+    from bench import asyncpool, drain, enqueue, held, latency, references
 
     return {
         "R1": references.run_r1,
@@ -53,6 +54,7 @@ def _runner(key: str) -> Callable[[Any], dict[str, Any]]:
         "S4": latency.run_s4,
         "S5": drain.run_s5,
         "S6": held.run_s6,
+        "S7": asyncpool.run_s7,
         "RSS": drain.run_rss,
     }[key]
 

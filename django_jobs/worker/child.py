@@ -21,11 +21,13 @@ from dataclasses import dataclass
 from multiprocessing.connection import Connection
 
 import django
+from django.apps import apps
 from django.db import connections
 
 from .. import __version__, registry
 from ..backend import get_backend
 from ..protocol import workers
+from .logs import configure_logging
 from .runner import Runner
 from .slots import Slots
 
@@ -41,6 +43,10 @@ class ChildConfig:
     grace: float
     max_jobs: int | None
     max_memory_kib: int | None
+    #: The supervisor's log level for the django_jobs logger (None: settings decide).
+    log_level: int | None = None
+    #: Run jobs on an event loop, ``threads`` at once (``--pool asyncio``).
+    event_loop: bool = False
 
 
 def child_worker_id(supervisor_id: str, pid: int) -> str:
@@ -97,7 +103,10 @@ def main(pipe: Connection, config: ChildConfig, slots: Slots) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
-    django.setup()
+    if not apps.ready:
+        django.setup()  # spawned; a forked child has its supervisor's setup already
+    if config.log_level is not None:
+        configure_logging(config.log_level)
     backend = get_backend(config.backend)
     registry.discover(backend.jobs_options.TASK_MODULES)
     worker_id = child_worker_id(config.supervisor_id, os.getpid())
@@ -115,6 +124,7 @@ def main(pipe: Connection, config: ChildConfig, slots: Slots) -> None:
         max_memory_kib=config.max_memory_kib,
         memory_kib=rss_kib,
         grace=config.grace,
+        event_loop=config.event_loop,
     )
 
     def register(cur: object) -> None:
@@ -135,6 +145,15 @@ def main(pipe: Connection, config: ChildConfig, slots: Slots) -> None:
         if any(m[0] == "stop" for m in control.receive(min(1.0, runner.db.retry_in()))):
             return
     control.send(("ready", os.getpid(), worker_id))
+    # Claim only once the supervisor has done its first round (due schedules fired, lost
+    # workers' jobs rescued), so that a burst worker does not find the queue empty early.
+    while True:
+        messages = control.receive(1.0)
+        if any(m[0] == "stop" for m in messages):
+            runner.stopping = True
+            break
+        if any(m[0] == "go" for m in messages):
+            break
     try:
         runner.run()
     finally:

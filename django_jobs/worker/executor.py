@@ -7,8 +7,10 @@ into an :class:`Outcome`. Recording the outcome is the worker's job, except for
 ``atomic`` tasks, whose success is recorded inside their own transaction here.
 """
 
+import asyncio
 import logging
 import time
+from dataclasses import dataclass
 from typing import Any
 
 from asgiref.sync import async_to_sync, iscoroutinefunction
@@ -18,7 +20,7 @@ from .. import registry
 from ..backend import JobsBackend
 from ..codec import encode_json, error_record
 from ..compat import Task, TaskContext, TaskResult, signal_wanted, task_started
-from ..exceptions import Snooze
+from ..exceptions import Snooze, SoftTimeLimitExceeded
 from ..policy import Policy, snooze_delay
 from ..protocol import jobs as protocol
 from ..protocol.jobs import ClaimedJob
@@ -32,8 +34,20 @@ class _LostLease(Exception):
     """An atomic task's completion found its attempt superseded: roll its work back."""
 
 
-def execute(job: ClaimedJob, backend: JobsBackend, worker_id: str) -> Outcome:
-    """Run ``job`` once; never raises (but lets KeyboardInterrupt through)."""
+@dataclass(slots=True)
+class _Run:
+    """One attempt being run: what its outcome is built from."""
+
+    job: ClaimedJob
+    task: Task
+    worker_id: str
+    started: float
+    result: TaskResult | None
+    policy: Policy
+
+
+def _start(job: ClaimedJob, backend: JobsBackend, worker_id: str) -> _Run | Outcome:
+    """Find the task and announce the attempt; an Outcome if it cannot run at all."""
     started = time.perf_counter()
     task = registry.get(job.task_path)
     if task is None:
@@ -41,7 +55,6 @@ def execute(job: ClaimedJob, backend: JobsBackend, worker_id: str) -> Outcome:
         logger.error("Job %s not run: %s", job.id, exc, extra={"action": "job_unknown_task"})
         error = error_record(exc, attempt=job.attempts, worker_id=worker_id)
         return Outcome(job, OutcomeKind.FAILED, error=error)
-
     # The TaskResult is built only for someone: the task's context, or a receiver.
     started_wanted = signal_wanted(task_started, logging.INFO)
     result = None
@@ -49,59 +62,121 @@ def execute(job: ClaimedJob, backend: JobsBackend, worker_id: str) -> Outcome:
         result = backend.result_from_row(job.as_row())
         if started_wanted:
             task_started.send(sender=type(backend), task_result=result)
-    policy = Policy.for_task(task, backend.jobs_options)
-    atomic = policy.atomic
-    close_old_connections()
-    try:
-        with soft_time_limit(policy.soft_timeout):
-            if atomic:
-                return_json = _run_atomic(task, job, result, backend)
-            else:
-                value = _call(task, job, result)
-                return_json = None
-    except KeyboardInterrupt:
-        raise
-    except Snooze as snooze:
+    return _Run(job, task, worker_id, started, result, Policy.for_task(task, backend.jobs_options))
+
+
+def _raised(run: _Run, exc: BaseException) -> Outcome:
+    """The outcome of an attempt that raised ``exc``."""
+    job = run.job
+    duration = time.perf_counter() - run.started
+    if isinstance(exc, Snooze):
         logger.info(
-            "Job %s %s snoozed for %.1f s", job.id, job.task_path, snooze.after,
+            "Job %s %s snoozed for %.1f s", job.id, job.task_path, exc.after,
             extra={"action": "job_snoozed", "job_id": job.id},
         )  # fmt: skip
-        duration = time.perf_counter() - started
-        delay = snooze_delay(snooze.after)
-        return Outcome(job, OutcomeKind.SNOOZED, duration, delay=delay, task_result=result)
-    except BaseException as exc:
-        duration = time.perf_counter() - started
-        if isinstance(exc, _LostLease):
-            return Outcome(job, OutcomeKind.LOST, duration)
-        delay = policy.next_attempt_in(job.attempts, job.max_attempts, exc)
-        _log_failure(job, exc, duration, delay)
-        error = error_record(exc, attempt=job.attempts, worker_id=worker_id)
-        return Outcome(
-            job, OutcomeKind.FAILED, duration, error=error, delay=delay, task_result=result
-        )
-    finally:
-        close_old_connections()
-    duration = time.perf_counter() - started
-    if atomic:
-        _log_success(job, duration)
-        return Outcome(
-            job, OutcomeKind.RECORDED, duration, return_json=return_json, task_result=result
-        )
-    try:
-        return_json = encode_json(value, f"The return value of task {job.task_path!r}")
-    except TypeError as exc:
-        # The task did its work; running it again would repeat its effects for the same
-        # unstorable value, so this failure is final whatever attempts remain.
-        logger.error(
-            "Job %s %s returned a value that cannot be stored: %s", job.id, job.task_path, exc,
-            extra={"action": "job_failed", "job_id": job.id},
-        )  # fmt: skip
-        error = error_record(exc, attempt=job.attempts, worker_id=worker_id)
-        return Outcome(job, OutcomeKind.FAILED, duration, error=error, task_result=result)
+        delay = snooze_delay(exc.after)
+        return Outcome(job, OutcomeKind.SNOOZED, duration, delay=delay, task_result=run.result)
+    if isinstance(exc, _LostLease):
+        return Outcome(job, OutcomeKind.LOST, duration)
+    delay = run.policy.next_attempt_in(job.attempts, job.max_attempts, exc)
+    _log_failure(job, exc, duration, delay)
+    error = error_record(exc, attempt=job.attempts, worker_id=run.worker_id)
+    return Outcome(
+        job, OutcomeKind.FAILED, duration, error=error, delay=delay, task_result=run.result
+    )
+
+
+def _returned(run: _Run, value: Any) -> Outcome:
+    """The outcome of an attempt that returned ``value``."""
+    job = run.job
+    duration = time.perf_counter() - run.started
+    if value is None:
+        return_json = "null"  # the common case, without a trip through the encoder
+    else:
+        try:
+            return_json = encode_json(value, f"The return value of task {job.task_path!r}")
+        except TypeError as exc:
+            # The task did its work; running it again would repeat its effects for the
+            # same unstorable value, so this failure is final whatever attempts remain.
+            logger.error(
+                "Job %s %s returned a value that cannot be stored: %s",
+                job.id, job.task_path, exc, extra={"action": "job_failed", "job_id": job.id},
+            )  # fmt: skip
+            error = error_record(exc, attempt=job.attempts, worker_id=run.worker_id)
+            return Outcome(job, OutcomeKind.FAILED, duration, error=error, task_result=run.result)
     _log_success(job, duration)
     return Outcome(
-        job, OutcomeKind.SUCCEEDED, duration, return_json=return_json, task_result=result
+        job, OutcomeKind.SUCCEEDED, duration, return_json=return_json, task_result=run.result
     )
+
+
+def execute(job: ClaimedJob, backend: JobsBackend, worker_id: str) -> Outcome:
+    """Run ``job`` once on this thread; never raises (but lets KeyboardInterrupt through)."""
+    run = _start(job, backend, worker_id)
+    if isinstance(run, Outcome):
+        return run
+    close_old_connections()
+    try:
+        with soft_time_limit(run.policy.soft_timeout):
+            if run.policy.atomic:
+                return_json = _run_atomic(run.task, job, run.result, backend)
+                _log_success(job, time.perf_counter() - run.started)
+                return Outcome(
+                    job,
+                    OutcomeKind.RECORDED,
+                    time.perf_counter() - run.started,
+                    return_json=return_json,
+                    task_result=run.result,
+                )
+            value = _call(run.task, job, run.result)
+    except KeyboardInterrupt:
+        raise
+    except BaseException as exc:
+        return _raised(run, exc)
+    finally:
+        close_old_connections()
+    return _returned(run, value)
+
+
+def runs_on_event_loop(job: ClaimedJob) -> bool:
+    """Whether the asyncio pool awaits this job on its loop (a plain ``async def`` task);
+    anything else (sync, atomic, unknown) runs on a thread through :func:`execute`."""
+    task = registry.get(job.task_path)
+    return task is not None and _is_async(task.func) and not getattr(task, "atomic", False)
+
+
+async def aexecute(job: ClaimedJob, backend: JobsBackend, worker_id: str) -> Outcome:
+    """Run an ``async def`` job once on the running event loop; never raises.
+
+    At the soft time limit the coroutine is cancelled (it sees ``CancelledError`` and
+    may clean up); the attempt is then recorded as ``SoftTimeLimitExceeded``.
+    """
+    run = _start(job, backend, worker_id)
+    if isinstance(run, Outcome):
+        return run
+    task = run.task
+    args: tuple = (
+        (TaskContext(task_result=run.result), *job.args)
+        if task.takes_context
+        else (tuple(job.args))
+    )
+    try:
+        if run.policy.soft_timeout:
+            limit = asyncio.timeout(run.policy.soft_timeout)
+            try:
+                async with limit:
+                    value = await task.func(*args, **job.kwargs)
+            except TimeoutError:
+                if not limit.expired():
+                    raise  # the task's own TimeoutError
+                raise SoftTimeLimitExceeded("the job ran past its soft time limit") from None
+        else:
+            value = await task.func(*args, **job.kwargs)
+    except (KeyboardInterrupt, asyncio.CancelledError):
+        raise
+    except BaseException as exc:
+        return _raised(run, exc)
+    return _returned(run, value)
 
 
 def _call(task: Task, job: ClaimedJob, result: TaskResult | None) -> Any:

@@ -18,6 +18,7 @@ import multiprocessing
 import os
 import queue
 import signal
+import sys
 import threading
 import time
 from collections.abc import Sequence
@@ -74,9 +75,10 @@ class _Child:
     stopping: bool = False
     killed_for: set[int] = field(default_factory=set)
     killed_at_shutdown: bool = False
-    #: Wake-ups sent and not yet answered: past a few, a busy child is not woken again,
-    #: so its pipe cannot fill while it runs a long job.
-    unread_wakes: int = 0
+    #: The child said it waits for work; it gets one wake-up, then none until it says so
+    #: again, so its pipe cannot fill while it runs a long job.
+    idle: bool = False
+    woken_at: float = 0.0
     stats: dict[str, Any] = field(default_factory=dict)
     idle_for: float = 0.0
     saturated: bool = False
@@ -92,8 +94,6 @@ class ProcessPool:
     SCALE_DOWN_IDLE = 10.0
     #: Margin past a hard limit before killing.
     KILL_MARGIN = 0.05
-    #: Wake-ups sent to a child that has not answered since (see _Child.unread_wakes).
-    MAX_UNREAD_WAKES = 4
     #: How often the watch thread looks at the slots' deadlines.
     WATCH_EVERY = 0.05
 
@@ -112,6 +112,8 @@ class ProcessPool:
         max_jobs_per_child: int | None = None,
         max_memory_kib: int | None = None,
         autoscale: tuple[int, int] | None = None,
+        log_level: int | None = None,
+        event_loop: bool = False,
     ) -> None:
         self.backend = backend
         self.threads = threads
@@ -129,10 +131,16 @@ class ProcessPool:
             grace=grace,
             max_jobs=max_jobs_per_child,
             max_memory_kib=max_memory_kib,
+            log_level=log_level,
+            event_loop=event_loop,
         )
-        # spawn, not fork: the supervisor has threads and open connections, and a forked
-        # child would inherit both (a psycopg connection shared across fork corrupts).
+        self.event_loop = event_loop
+        # spawn, not fork, once the supervisor has threads and open connections: a forked
+        # child would inherit both (a psycopg connection shared across fork corrupts, a
+        # lock held by another thread never comes free). See start() for the first ones.
         self._context = multiprocessing.get_context("spawn")
+        #: Children may claim (the supervisor has done its first round).
+        self._released = False
         self._lock = threading.RLock()
         self._children: list[_Child] = []
         #: Counters of children that are gone, for the stop summary.
@@ -142,6 +150,9 @@ class ProcessPool:
         self._spawn_failures = 0
         self._next_spawn = 0.0
         self._watcher = threading.Thread(target=self._watch, name="django_jobs-pool", daemon=True)
+        #: When a job last became runnable (a NOTIFY): a child that says it is idle after
+        #: that, without having been woken since, is woken at once (see _read).
+        self._notified_at = 0.0
 
     # ── the supervisor's side ───────────────────────────────────────────────
 
@@ -168,22 +179,47 @@ class ProcessPool:
             if self.autoscale
             else str(self.target)
         )
-        return f"{size} process(es) x {self.threads} thread(s)"
+        per_child = "job(s) on an event loop" if self.event_loop else "thread(s)"
+        return f"{size} process(es) x {self.threads} {per_child}"
 
     def start(self) -> None:
+        """Start the children, by fork while this process is single-threaded.
+
+        A spawned child boots a new interpreter and Django (most of a second); a forked
+        one has both at once. Forking is safe only before the supervisor (or a library,
+        such as an error tracker with a background thread) has started a thread, and
+        with no connection open, so it is done only then, on Linux; the children started
+        later (replacements, autoscaling) are spawned.
+        """
+        first = self._context
+        if sys.platform.startswith("linux") and threading.active_count() == 1:
+            connections.close_all()
+            first = multiprocessing.get_context("fork")
         with self._lock:
             for _ in range(self.target):
-                self._spawn()
+                self._spawn(first)
         self._watcher.start()
 
-    def wake(self) -> None:
-        """A job may be runnable: wake the children that wait (safe from any thread)."""
+    def release(self) -> None:
+        """Let the children claim (after the supervisor's first round of services)."""
         with self._lock:
-            children = [c for c in self._children if c.ready and not c.stopping]
-        for child in children:
-            if child.unread_wakes < self.MAX_UNREAD_WAKES:
-                child.unread_wakes += 1
-                child.control.send(("wake",))
+            self._released = True
+            for child in self._children:
+                if child.ready:
+                    child.control.send(("go",))
+
+    def wake(self) -> None:
+        """A job may be runnable: wake the children that wait for one (any thread)."""
+        with self._lock:
+            self._notified_at = time.monotonic()
+            for child in self._children:
+                if child.idle and not child.stopping:
+                    self._wake(child)
+
+    def _wake(self, child: _Child) -> None:
+        child.idle = False
+        child.woken_at = time.monotonic()
+        child.control.send(("wake",))
 
     def stop(self) -> None:
         """Ask every child to finish what runs, give back what waits, and exit."""
@@ -219,10 +255,11 @@ class ProcessPool:
 
     # ── children ───────────────────────────────────────────────────────────
 
-    def _spawn(self) -> None:
-        parent_end, child_end = self._context.Pipe()
+    def _spawn(self, context: Any = None) -> None:
+        context = context or self._context
+        parent_end, child_end = context.Pipe()
         slots = Slots(self.threads)
-        process = self._context.Process(
+        process = context.Process(
             target=child_main,
             args=(child_end, self._config, slots),
             name="django_jobs-child",
@@ -270,9 +307,14 @@ class ProcessPool:
                 message = child.pipe.recv()
             except (EOFError, OSError):
                 return
-            child.unread_wakes = 0
             kind = message[0]
-            if kind == "stats":
+            if kind == "idle":
+                child.idle = True
+                # A job that became runnable while this message was on its way would
+                # otherwise wait for the child's next poll.
+                if self._notified_at > child.woken_at and not child.stopping:
+                    self._wake(child)
+            elif kind == "stats":
                 child.stats = message[1]
                 child.idle_for = message[1].get("idle_for", 0.0)
                 child.saturated = message[1].get("saturated", False)
@@ -280,6 +322,8 @@ class ProcessPool:
                 child.ready = True
                 child.worker_id = message[2]
                 self._spawn_failures = 0
+                if self._released:
+                    child.control.send(("go",))
             elif kind == "retire":
                 logger.info(
                     "Recycling child %s: it %s", child.process.pid, message[1],
@@ -457,6 +501,9 @@ class InProcessPool:
         return f"{self.threads} thread(s) in-process"
 
     def start(self) -> None:
+        """Nothing to start before release(): the runner claims as soon as it runs."""
+
+    def release(self) -> None:
         self._thread.start()
 
     def wake(self) -> None:

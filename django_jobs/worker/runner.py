@@ -13,6 +13,7 @@ Every claim is made under the runner's own worker id, so after its connection co
 back, or after it died, exactly the jobs it held can be found and released.
 """
 
+import asyncio
 import logging
 import queue
 import random
@@ -30,7 +31,7 @@ from ..policy import Policy
 from ..protocol import jobs as protocol
 from ..protocol.jobs import ClaimedJob
 from .dbconn import QueueConnection
-from .executor import execute
+from .executor import aexecute, execute, runs_on_event_loop
 from .outcomes import Outcome, OutcomeKind, OutcomeRecorder, WorkerStats
 from .slots import Slots
 
@@ -75,6 +76,7 @@ class Runner:
         max_memory_kib: int | None = None,
         memory_kib: Callable[[], int | None] | None = None,
         grace: float = 30.0,
+        event_loop: bool = False,
     ) -> None:
         self.backend = backend
         self.worker_id = worker_id
@@ -108,7 +110,12 @@ class Runner:
         self._idle_since: float | None = time.monotonic()
         self._next_stats = time.monotonic() + self.STATS_EVERY
         self._next_control = 0.0
-        self._pool: _ThreadSlots | None = _ThreadSlots(self) if threads > 1 else None
+        self._announced_idle = False
+        self._pool: _ThreadSlots | _LoopSlots | None = None
+        if event_loop:
+            self._pool = _LoopSlots(self)
+        elif threads > 1:
+            self._pool = _ThreadSlots(self)
 
     # ── the loop ─────────────────────────────────────────────────────────────
 
@@ -130,6 +137,7 @@ class Runner:
             jobs = self._claim()
             if jobs:
                 self._idle_since = None
+                self._announced_idle = False
                 if self._pool is None:
                     self._run_inline(jobs)
                 else:
@@ -146,6 +154,13 @@ class Runner:
                 self._idle_since = time.monotonic()
             if self.burst and self.db.up and not self.held:
                 return
+            if not self._announced_idle and self.db.up and not self.stopping:
+                # Tell the supervisor we wait for work, then look once more: a job that
+                # came between the last claim and this message is found now; one that
+                # comes after it gets us a wake-up.
+                self._announced_idle = True
+                self.control.send(("idle",))
+                continue
             # Idle: wait for a wake-up (a NOTIFY the supervisor heard) or the next poll,
             # jittered so that workers started together do not poll in step.
             jitter = 0.9 + 0.2 * random.random()  # noqa: S311
@@ -198,7 +213,10 @@ class Runner:
             kind = message[0]
             if kind == "stop":
                 self.stopping = True
-            # "wake" needs nothing more: receiving it ended the wait.
+            elif kind == "wake":
+                # The supervisor wakes an idle child once; if this wake-up finds nothing
+                # (another worker was first), the runner says again that it waits.
+                self._announced_idle = False
 
     # ── claiming ─────────────────────────────────────────────────────────────
 
@@ -208,7 +226,7 @@ class Runner:
             return 0
         in_flight = self.running
         extra = 0
-        if self._avg_duration is not None:
+        if self._avg_duration is not None and not isinstance(self._pool, _LoopSlots):
             extra = min(
                 self.MAX_PREFETCH, int(self.PREFETCH_WINDOW / max(self._avg_duration, 1e-5))
             )
@@ -273,7 +291,8 @@ class Runner:
 
     def finished(self, outcome: Outcome) -> None:
         self.running -= 1
-        self._ran_total += 1
+        if outcome.kind != OutcomeKind.RELEASED:
+            self._ran_total += 1
         self.outcomes.add(outcome)
         if outcome.kind in (OutcomeKind.SUCCEEDED, OutcomeKind.RECORDED, OutcomeKind.FAILED):
             # An exponentially weighted average of run time steers the prefetch.
@@ -323,13 +342,33 @@ class Runner:
         self._reconcile = True
 
 
-class _ThreadSlots:
-    """``threads`` threads of this process that run the runner's jobs."""
+class _Executor:
+    """Runs a runner's jobs off its own thread; the outcomes come back through a queue."""
 
     def __init__(self, runner: Runner) -> None:
         self.runner = runner
-        self._work: queue.SimpleQueue[ClaimedJob | None] = queue.SimpleQueue()
         self._done: queue.SimpleQueue[Outcome] = queue.SimpleQueue()
+
+    def collect(self, timeout: float) -> None:
+        """Hand finished outcomes to the runner, waiting up to ``timeout`` for the first."""
+        try:
+            outcome = self._done.get(timeout=timeout) if timeout > 0 else self._done.get_nowait()
+        except queue.Empty:
+            return
+        while True:
+            self.runner.finished(outcome)
+            try:
+                outcome = self._done.get_nowait()
+            except queue.Empty:
+                return
+
+
+class _ThreadSlots(_Executor):
+    """``threads`` threads of this process that run the runner's jobs."""
+
+    def __init__(self, runner: Runner) -> None:
+        super().__init__(runner)
+        self._work: queue.SimpleQueue[ClaimedJob | None] = queue.SimpleQueue()
         self._threads = [
             threading.Thread(
                 target=self._serve, args=(n,), name=f"django_jobs-run-{n}", daemon=True
@@ -344,19 +383,6 @@ class _ThreadSlots:
     def submit(self, jobs: list[ClaimedJob]) -> None:
         for job in jobs:
             self._work.put(job)
-
-    def collect(self, timeout: float) -> None:
-        """Hand finished outcomes to the runner, waiting up to ``timeout`` for the first."""
-        try:
-            outcome = self._done.get(timeout=timeout) if timeout > 0 else self._done.get_nowait()
-        except queue.Empty:
-            return
-        while True:
-            self.runner.finished(outcome)
-            try:
-                outcome = self._done.get_nowait()
-            except queue.Empty:
-                return
 
     def take_unstarted(self) -> list[ClaimedJob]:
         jobs = []
@@ -384,3 +410,81 @@ class _ThreadSlots:
                 self._done.put(self.runner.run_one(job, slot))
         finally:
             connections.close_all()
+
+
+class _LoopSlots(_Executor):
+    """An event loop (on a thread of this process) running up to ``threads`` jobs at once.
+
+    ``async def`` tasks are awaited on the loop, so one process runs hundreds of them
+    while they wait on I/O; anything else (a sync or atomic task) runs on a thread of
+    the loop's default executor. Each running job holds one of the runner's slots.
+    """
+
+    def __init__(self, runner: Runner) -> None:
+        super().__init__(runner)
+        self._loop = asyncio.new_event_loop()
+        self._free = list(range(runner.threads))
+        self._tasks: set[asyncio.Task] = set()
+        self._thread = threading.Thread(
+            target=self._serve, name="django_jobs-event-loop", daemon=True
+        )
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def submit(self, jobs: list[ClaimedJob]) -> None:
+        for job in jobs:
+            self._loop.call_soon_threadsafe(self._begin, job)
+
+    def take_unstarted(self) -> list[ClaimedJob]:
+        return []  # every job submitted starts at once (claims never exceed the slots)
+
+    def stop(self, timeout: float) -> None:
+        """Let running jobs end, up to ``timeout``; the rest are cancelled and go back."""
+        asyncio.run_coroutine_threadsafe(self._finish(timeout), self._loop).result(timeout + 10)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)
+        self.collect(0)
+
+    def _serve(self) -> None:
+        asyncio.set_event_loop(self._loop)
+        try:
+            self._loop.run_forever()
+        finally:
+            self._loop.close()
+            connections.close_all()
+
+    def _begin(self, job: ClaimedJob) -> None:
+        task = self._loop.create_task(self._run(job, self._free.pop()))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _run(self, job: ClaimedJob, slot: int) -> None:
+        runner = self.runner
+        try:
+            if runs_on_event_loop(job):
+                timeout = Policy.for_task(
+                    registry.get(job.task_path), runner.backend.jobs_options
+                ).timeout
+                if runner.slots is not None:
+                    runner.slots.start(slot, job.id, job.attempts, timeout)
+                try:
+                    outcome = await aexecute(job, runner.backend, runner.worker_id)
+                finally:
+                    if runner.slots is not None:
+                        runner.slots.clear(slot)
+            else:
+                outcome = await asyncio.to_thread(runner.run_one, job, slot)
+        except asyncio.CancelledError:
+            outcome = Outcome(job, OutcomeKind.RELEASED)  # stopped at shutdown: it goes back
+        finally:
+            self._free.append(slot)
+        self._done.put(outcome)
+
+    async def _finish(self, timeout: float) -> None:
+        if self._tasks:
+            _, pending = await asyncio.wait(set(self._tasks), timeout=timeout)
+            for task in pending:
+                task.cancel()
+            if pending:
+                await asyncio.wait(pending, timeout=5)

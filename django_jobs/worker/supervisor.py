@@ -64,6 +64,8 @@ class Supervisor:
         max_memory_kib: int | None = None,
         autoscale: tuple[int, int] | None = None,
         worker_id: str | None = None,
+        log_level: int | None = None,
+        event_loop: bool = False,
     ) -> None:
         jobs_backend = get_backend(backend)
         self.backend = jobs_backend
@@ -106,6 +108,8 @@ class Supervisor:
                 max_jobs_per_child=max_jobs_per_child,
                 max_memory_kib=max_memory_kib,
                 autoscale=autoscale,
+                log_level=log_level,
+                event_loop=event_loop,
             )
         self.leader = Leader(
             self.worker_id,
@@ -142,6 +146,9 @@ class Supervisor:
         # running jobs go back to the queue instead of waiting for a rescue.
         atexit.register(self._stop_at_exit)
         try:
+            # First, while this process has no other thread and no connection: the pool
+            # may then fork its children, which start at once instead of in a second.
+            self.pool.start()
             self._register()
             if self.listen:
                 listen_db = self.options.LISTEN_DATABASE or self.backend.database
@@ -150,7 +157,7 @@ class Supervisor:
             # One round of the services before any runner claims: schedules that are due
             # are fired and the jobs of lost workers rescued first (burst mode counts on it).
             self._timers()
-            self.pool.start()
+            self.pool.release()
             paths = registry.registered_paths()
             logger.info(
                 "Worker %s serving backend %r, queues %s, %s, %d declared task(s)",

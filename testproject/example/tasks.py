@@ -41,6 +41,29 @@ def report_attempt(context) -> int:
 
 
 @task
+async def async_sleep(seconds: float) -> float:
+    """Waits on the event loop: the asyncio pool runs hundreds of these at once."""
+    await asyncio.sleep(seconds)
+    return seconds
+
+
+@job(timeout=1.0, max_attempts=1)
+async def async_block_the_loop(seconds: float = 60) -> None:
+    """Blocks its event loop (a sync sleep in async code): only the hard limit stops it."""
+    time.sleep(seconds)
+
+
+@job(soft_timeout=0.5, timeout=5.0, max_attempts=1)
+async def async_overrun_soft_limit(seconds: float = 3) -> str:
+    """Cancelled at its soft limit; cleans up and returns, so the attempt succeeds."""
+    try:
+        await asyncio.sleep(seconds)
+    except asyncio.CancelledError:
+        return "cleaned up after the soft limit"
+    return "finished"
+
+
+@task
 async def async_add(a: int, b: int) -> int:
     await asyncio.sleep(0)
     return a + b

@@ -1,5 +1,7 @@
 """The child-process pool: recycling by job count and by memory, and autoscaling."""
 
+from datetime import timedelta
+
 import pytest
 
 from django_jobs.models import Job
@@ -40,3 +42,81 @@ def test_autoscale_grows_the_pool_while_jobs_wait(start_worker):
     assert set(Job.objects.values_list("state", flat=True)) == {"SUCCESSFUL"}
     assert len(set(Execution.objects.values_list("pid", flat=True))) >= 2
     assert "Autoscale: growing" in worker.output()
+
+
+def overlap(ids: list[int]) -> int:
+    """The most of these jobs running at one instant, from their own rows' times."""
+    events = []
+    for started, finished in Job.objects.filter(pk__in=ids).values_list(
+        "started_at", "finished_at"
+    ):
+        events += [(started, 1), (finished, -1)]
+    running = most = 0
+    for _, delta in sorted(events, key=lambda e: (e[0], e[1])):
+        running += delta
+        most = max(most, running)
+    return most
+
+
+def test_the_asyncio_pool_runs_many_waiting_jobs_at_once_in_one_child(start_worker):
+    results = tasks.async_sleep.enqueue_many([((0.3,), {})] * 300)
+    worker = start_worker("--burst", "--pool", "asyncio", "--concurrency", "100")
+    assert worker.wait(timeout=90) == 0, worker.output()
+    rows = Job.objects.filter(pk__in=[int(r.id) for r in results])
+    assert set(rows.values_list("state", "attempts")) == {("SUCCESSFUL", 1)}
+    assert len(set(rows.values_list("worker_id", flat=True))) == 1  # one child did it all
+    # One at a time this is 90 s; the pool had up to 100 of them waiting together.
+    assert overlap([int(r.id) for r in results]) >= 50
+
+
+def test_the_asyncio_pool_keeps_soft_and_hard_time_limits(start_worker):
+    soft = tasks.async_overrun_soft_limit.enqueue(10)
+    blocked = tasks.async_block_the_loop.enqueue(60)
+    bystanders = tasks.async_sleep.enqueue_many([((2,), {})] * 5)
+    worker = start_worker("--burst", "--pool", "asyncio", "--concurrency", "10")
+    assert worker.wait(timeout=90) == 0, worker.output()
+    soft.refresh()
+    assert (soft.status, soft.return_value) == ("SUCCESSFUL", "cleaned up after the soft limit")
+    blocked.refresh()
+    assert blocked.status == "FAILED"
+    assert blocked.errors[0].exception_class_path == "django_jobs.exceptions.TimeLimitExceeded"
+    row = Job.objects.get(pk=int(blocked.id))
+    assert row.finished_at - row.started_at < timedelta(seconds=15)
+    # Jobs that shared the killed child did nothing wrong: they went back and ran again
+    # without spending an attempt.
+    for result in bystanders:
+        result.refresh()
+        assert (result.status, result.errors) == ("SUCCESSFUL", [])
+        assert Job.objects.get(pk=int(result.id)).attempts == 1
+
+
+def test_a_child_that_dies_gives_back_the_jobs_it_had_claimed(start_worker):
+    before = tasks.noop.enqueue_many([((), {})] * 200)
+    crash = tasks.crash_process.using(max_attempts=1).enqueue(5)
+    after = tasks.noop.enqueue_many([((), {})] * 200)
+    worker = start_worker("--burst", "--concurrency", "1")
+    assert worker.wait(timeout=90) == 0, worker.output()
+    crash.refresh()
+    assert crash.status == "FAILED"
+    assert crash.errors[0].exception_class_path == "django_jobs.exceptions.WorkerProcessDied"
+    # The child claims short jobs in batches: those it held when it died went back
+    # (no attempt spent, no error) and a new child ran them once.
+    noops = Job.objects.filter(pk__in=[int(r.id) for r in [*before, *after]])
+    assert {(r.state, r.attempts, len(r.errors)) for r in noops} == {("SUCCESSFUL", 1, 0)}
+    # And some were indeed given back: the crash's own child had claimed past it.
+    assert "it had not started: back in the queue" in worker.output()
+
+
+def test_children_stay_alive_under_their_supervisors_heartbeat(start_worker):
+    fast = {
+        "JOBS_HEARTBEAT_INTERVAL": "0.5",
+        "JOBS_WORKER_TIMEOUT": "2",
+        "JOBS_MAINTENANCE_INTERVAL": "0.5",
+    }
+    result = tasks.sleep_for.enqueue(5)
+    worker = start_worker("--burst", "--concurrency", "1", env=fast)
+    assert worker.wait(timeout=60) == 0, worker.output()
+    # 5 s running in a child, with a 2 s worker timeout: never rescued.
+    row = Job.objects.get(pk=int(result.id))
+    assert (row.state, row.attempts, row.errors) == ("SUCCESSFUL", 1, [])
+    assert "/" in row.worker_id  # a child's own worker id, "<supervisor>/<pid>"

@@ -1,8 +1,6 @@
 """``manage.py runjobs``: run jobs from the database until stopped."""
 
 import argparse
-import logging
-import sys
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError
@@ -11,6 +9,7 @@ from django.utils import autoreload
 from django_jobs.backend import get_backend
 from django_jobs.compat import InvalidTaskBackend
 from django_jobs.management.arguments import positive_int
+from django_jobs.worker.logs import configure_logging, level_for
 from django_jobs.worker.pool import default_processes
 from django_jobs.worker.supervisor import Supervisor
 
@@ -81,7 +80,15 @@ class Command(BaseCommand):
         parser.add_argument(
             "--concurrency",
             type=positive_int,
-            help="Child processes that run jobs (default: the number of CPUs).",
+            help="How many jobs run at once: child processes with --pool processes (default: "
+            "the number of CPUs), threads with --pool threads, jobs per child with --pool "
+            "asyncio (default: 100).",
+        )
+        parser.add_argument(
+            "--processes",
+            type=positive_int,
+            help="With --pool asyncio: child processes, each with its own event loop "
+            "(default: 1).",
         )
         parser.add_argument(
             "--threads",
@@ -90,11 +97,12 @@ class Command(BaseCommand):
         )
         parser.add_argument(
             "--pool",
-            choices=["processes", "threads"],
+            choices=["processes", "asyncio", "threads"],
             default="processes",
             help="'processes' (default): jobs run in child processes the worker can kill "
-            "and replace. 'threads': jobs run on threads of the worker itself (no hard time "
-            "limits; for debugging).",
+            "and replace. 'asyncio': async def tasks run concurrently on an event loop in "
+            "each child (sync tasks on its threads), for I/O-bound work. 'threads': jobs run "
+            "on threads of the worker itself (no hard time limits; for debugging).",
         )
         parser.add_argument(
             "--autoscale",
@@ -144,7 +152,8 @@ class Command(BaseCommand):
         )
 
     def handle(self, *args: Any, **options: Any) -> None:
-        _configure_logging(options["verbosity"])
+        log_level = level_for(options["verbosity"])
+        configure_logging(log_level)
         alias = options["backend"]
         try:
             backend = get_backend(alias)
@@ -174,12 +183,31 @@ class Command(BaseCommand):
                 "--autoscale, --max-jobs-per-child and --max-memory-per-child need child "
                 "processes; drop --pool threads."
             )
-        processes = options["concurrency"] or default_processes()
+        if options["pool"] == "asyncio" and (options["threads"] or options["autoscale"]):
+            raise CommandError(
+                "With --pool asyncio, --concurrency is the number of jobs each child runs at "
+                "once and --processes the number of children; drop --threads and --autoscale."
+            )
+        if options["processes"] and options["pool"] != "asyncio":
+            raise CommandError(
+                "--processes is for --pool asyncio; with --pool processes, --concurrency is "
+                "the number of child processes."
+            )
+        pool = options["pool"]
+        if pool == "asyncio":
+            processes, threads = options["processes"] or 1, options["concurrency"] or 100
+        elif pool == "threads":
+            processes, threads = None, options["concurrency"] or default_processes()
+        else:
+            processes = options["concurrency"] or default_processes()
+            threads = options["threads"] or 1
         worker = Supervisor(
+            log_level=log_level,
+            event_loop=pool == "asyncio",
             backend=alias,
             queues=queues,
-            processes=processes if options["pool"] == "processes" else None,
-            threads=(options["threads"] or 1) if options["pool"] == "processes" else processes,
+            processes=processes,
+            threads=threads,
             burst=options["burst"],
             poll_interval=options["poll_interval"],
             listen=False if options["no_listen"] else None,
@@ -192,16 +220,3 @@ class Command(BaseCommand):
             autoreload.run_with_reloader(worker.run)
         else:
             worker.run()
-
-
-def _configure_logging(verbosity: int) -> None:
-    level = {0: logging.WARNING, 1: logging.INFO}.get(verbosity, logging.DEBUG)
-    logger = logging.getLogger("django_jobs")
-    logger.setLevel(level)
-    # Respect a project's LOGGING; add a console handler only when nothing would print.
-    if not logger.handlers and not logging.getLogger().handlers:
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(
-            logging.Formatter("%(asctime)s %(levelname)s %(name)s [%(process)d] %(message)s")
-        )
-        logger.addHandler(handler)
