@@ -98,7 +98,40 @@ SELECT pg_notify('{NOTIFY_CHANNEL}', q) FROM unnest(%(queues)s::text[]) AS q
 # worker has locked, and mark them RUNNING in the same statement. The lock is held
 # only for this statement's transaction, never while the task runs. `attempts` is
 # bumped here and becomes the fencing token for the completion.
+#
+# The claim index is (backend, priority DESC, available_at, id) on READY rows. Walked as
+# one range, `available_at <= now()` would only be a filter after the priority column:
+# once the due jobs are taken, the walk would go on through every job due later (a
+# million reminders scheduled for next week: every idle poll reading a million index
+# entries). So the claim goes priority level by priority level: `levels` finds the
+# distinct priorities of READY jobs with one index probe each, highest first, and for
+# each level the due jobs are a range of the index that stops at the first job due
+# later. A nested loop takes the levels in that order and stops once `limit` rows came.
 _CLAIM = f"""
+WITH RECURSIVE levels(priority) AS (
+    (SELECT priority FROM django_jobs_job
+     WHERE state = 'READY' AND backend = %(backend)s
+     ORDER BY priority DESC LIMIT 1)
+    UNION ALL
+    SELECT (SELECT j.priority FROM django_jobs_job AS j
+            WHERE j.state = 'READY' AND j.backend = %(backend)s AND j.priority < levels.priority
+            ORDER BY j.priority DESC LIMIT 1)
+    FROM levels WHERE levels.priority IS NOT NULL
+),
+due AS (
+    SELECT d.id
+    FROM levels
+    CROSS JOIN LATERAL (
+        SELECT id FROM django_jobs_job
+        WHERE state = 'READY' AND backend = %(backend)s AND priority = levels.priority
+          AND available_at <= now() {{queue_filter}}
+        ORDER BY available_at, id
+        LIMIT %(limit)s
+        FOR UPDATE SKIP LOCKED
+    ) AS d
+    WHERE levels.priority IS NOT NULL
+    LIMIT %(limit)s
+)
 UPDATE django_jobs_job AS j
 SET state = 'RUNNING',
     attempts = j.attempts + 1,
@@ -106,13 +139,8 @@ SET state = 'RUNNING',
     worker_ids = j.worker_ids || jsonb_build_array(%(worker_id)s::text),
     started_at = COALESCE(j.started_at, now()),
     last_attempted_at = now()
-WHERE j.id IN (
-    SELECT id FROM django_jobs_job
-    WHERE state = 'READY' AND backend = %(backend)s AND available_at <= now() {{queue_filter}}
-    ORDER BY priority DESC, available_at, id
-    LIMIT %(limit)s
-    FOR UPDATE SKIP LOCKED
-)
+FROM due
+WHERE j.id = due.id
 RETURNING {_RETURNING}
 """
 CLAIM = _CLAIM.format(queue_filter="AND queue_name = ANY(%(queues)s::text[])")

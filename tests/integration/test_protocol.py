@@ -89,12 +89,42 @@ def test_claim_uses_the_partial_index_with_a_large_history(conn):
         )
         cur.execute("ANALYZE django_jobs_job")
     tasks.add.enqueue_many([((n, n), {}) for n in range(10)])
-    inner = protocol.CLAIM.split("WHERE j.id IN (")[1].split("\n)\nRETURNING")[0]
     with conn.cursor() as cur:
+        # EXPLAIN without ANALYZE plans the claim without running it.
         cur.execute(
-            "EXPLAIN (FORMAT JSON) " + inner,
-            {"backend": "default", "queues": ["default"], "limit": 10},
+            "EXPLAIN (FORMAT JSON) " + protocol.CLAIM,
+            {"backend": "default", "queues": ["default"], "limit": 10, "worker_id": "w"},
         )
         plan = json.dumps(cur.fetchone()[0])
     assert "django_jobs_job_claim" in plan, plan
     assert "Seq Scan" not in plan, plan
+
+
+def test_a_claim_does_not_walk_the_jobs_due_later(conn):
+    # 50,000 jobs due tomorrow and nothing due now: an idle worker's claim must stop at
+    # the first job due later, not read them all (it runs every poll of every worker).
+    with connection.cursor() as cur:
+        cur.execute(
+            """
+            INSERT INTO django_jobs_job (task_path, queue_name, priority, state, backend, args,
+                kwargs, run_after, available_at, enqueued_at, attempts, max_attempts,
+                worker_ids, errors)
+            SELECT 'testproject.example.tasks.add', 'default', g % 3, 'READY', 'default', '[]',
+                   '{}', now() + interval '1 day', now() + interval '1 day', now(), 0, 1,
+                   '[]', '[]'
+            FROM generate_series(1, 50000) AS g
+            """
+        )
+        cur.execute("ANALYZE django_jobs_job")
+    due = tasks.add.using(priority=1).enqueue(1, 1)
+    with conn.cursor() as cur, conn.transaction(force_rollback=True):
+        cur.execute(
+            "EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) " + protocol.CLAIM_ANY_QUEUE,
+            {"backend": "default", "limit": 10, "worker_id": "w"},
+        )
+        plan = cur.fetchone()[0][0]
+    # It claims the one due job, at the cost of a few index pages per priority level.
+    assert plan["Plan"]["Actual Rows"] == 1
+    touched = plan["Plan"]["Shared Hit Blocks"] + plan["Plan"]["Shared Read Blocks"]
+    assert touched < 200, json.dumps(plan)
+    assert Job.objects.get(pk=int(due.id)).state == "READY"  # rolled back
