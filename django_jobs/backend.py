@@ -15,7 +15,7 @@ from django.core import checks
 from django.db import connections, router
 from django.utils import timezone
 
-from . import policy, registry
+from . import instrumentation, policy, registry
 from .codec import encode_arguments
 from .compat import (
     DEFAULT_TASK_BACKEND_ALIAS,
@@ -86,13 +86,39 @@ class JobsBackend(BaseTaskBackend):
             kwargs_json=kwargs_json,
             run_after=task.run_after,
             max_attempts=policy.default_max_attempts(task, self.jobs_options),
+            callback_url=getattr(task, "callback_url", None),
         )
 
     def enqueue(self, task: Task, args: Sequence[Any], kwargs: Mapping[str, Any]) -> TaskResult:
         new_job = self._new_job(task, args, kwargs)
+        if instrumentation.enqueue_wrappers:
+            return self._enqueue_instrumented(task, [new_job])[0]
         with connections[self.database].cursor() as cursor:
             job_id, enqueued_at = jobs.enqueue(cursor, new_job)
         return self.enqueued(task, job_id, enqueued_at, new_job)
+
+    def _enqueue_instrumented(self, task: Task, new_jobs: list[jobs.NewJob]) -> list[TaskResult]:
+        """Enqueue inside the integrations' wrappers (a tracing span), storing the trace
+        context they give with each job."""
+        call = instrumentation.Enqueue(
+            task_path=task.module_path,
+            queue_name=task.queue_name,
+            backend=self.alias,
+            count=len(new_jobs),
+        )
+        with instrumentation.enqueueing(call), connections[self.database].cursor() as cursor:
+            if call.trace_context:
+                context = json.dumps(call.trace_context)
+                new_jobs = [replace(j, trace_context_json=context) for j in new_jobs]
+            if len(new_jobs) == 1:
+                rows = [jobs.enqueue(cursor, new_jobs[0])]
+            else:
+                rows = jobs.enqueue_many(cursor, new_jobs, now=timezone.now())
+            call.job_ids = [job_id for job_id, _ in rows]
+        return [
+            self.enqueued(task, job_id, enqueued_at, new_job)
+            for (job_id, enqueued_at), new_job in zip(rows, new_jobs, strict=True)
+        ]
 
     def enqueue_many(
         self, calls: Sequence[tuple[Task, Sequence[Any], Mapping[str, Any]]]
@@ -106,6 +132,9 @@ class JobsBackend(BaseTaskBackend):
                 self.validate_task(task)
                 validated.add(id(task))
             new_jobs.append(self._new_job(task, args, kwargs, validated=True))
+        if instrumentation.enqueue_wrappers and len(validated) == 1 and new_jobs:
+            # One task (the usual bulk call): one span for the batch.
+            return self._enqueue_instrumented(calls[0][0], new_jobs)
         with connections[self.database].cursor() as cursor:
             rows = jobs.enqueue_many(cursor, new_jobs, now=timezone.now())
         return [

@@ -10,6 +10,7 @@ the task's backoff, or FAILED on the last attempt, as the policy says.
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime
 
 from . import Cursor
 
@@ -18,12 +19,16 @@ INSERT INTO django_jobs_worker (id, backend, host, pid, queues, concurrency, ver
                                 started_at, last_heartbeat)
 VALUES (%(id)s, %(backend)s, %(host)s, %(pid)s, %(queues)s::jsonb, %(concurrency)s,
         %(version)s, now(), now())
-ON CONFLICT (id) DO UPDATE SET last_heartbeat = now(), concurrency = EXCLUDED.concurrency
+ON CONFLICT (id) DO UPDATE
+    SET last_heartbeat = now(), concurrency = EXCLUDED.concurrency, lost_at = NULL
 """
 
 # Returns nothing when the row is gone: the worker was declared lost and must re-register.
+# A worker declared lost that beats again is not lost any more (lost_at back to NULL), so
+# a second loss is announced again.
 HEARTBEAT = """
-UPDATE django_jobs_worker SET last_heartbeat = now(), concurrency = %(concurrency)s
+UPDATE django_jobs_worker
+SET last_heartbeat = now(), concurrency = %(concurrency)s, lost_at = NULL
 WHERE id = %(id)s
 RETURNING id
 """
@@ -47,6 +52,15 @@ ON CONFLICT (name) DO UPDATE
 RETURNING holder
 """
 
+# Declare workers lost once per loss: the conditional UPDATE (lost_at IS NULL) moves each
+# row once however many leaders race, so worker_lost fires once. The worker table holds a
+# row per live worker (and the recently dead): a scan of it is cheap.
+MARK_LOST_WORKERS = """
+UPDATE django_jobs_worker SET lost_at = now()
+WHERE lost_at IS NULL AND last_heartbeat < now() - make_interval(secs => %(stale_after)s)
+RETURNING id, backend, host, pid, last_heartbeat
+"""
+
 RELEASE_LEASE = "DELETE FROM django_jobs_lease WHERE name = %(name)s AND holder = %(holder)s"
 
 # RUNNING jobs whose worker has not been heard from for `stale_after` seconds (or whose
@@ -55,7 +69,7 @@ RELEASE_LEASE = "DELETE FROM django_jobs_lease WHERE name = %(name)s AND holder 
 # Reads the partial index on RUNNING rows only; SKIP LOCKED passes over rows a live
 # worker is finishing right now.
 LOCK_LOST_JOBS = """
-SELECT j.id, j.task_path, j.backend, j.attempts, j.max_attempts, j.worker_id
+SELECT j.id, j.task_path, j.queue_name, j.backend, j.attempts, j.max_attempts, j.worker_id
 FROM django_jobs_job AS j
 WHERE j.state = 'RUNNING'
   AND NOT EXISTS (
@@ -75,6 +89,7 @@ class LostJob:
 
     id: int
     task_path: str
+    queue_name: str
     backend: str
     attempts: int
     max_attempts: int
@@ -129,6 +144,23 @@ def acquire_lease(cursor: Cursor, *, name: str, holder: str, ttl: float) -> bool
 
 def release_lease(cursor: Cursor, *, name: str, holder: str) -> None:
     cursor.execute(RELEASE_LEASE, {"name": name, "holder": holder})
+
+
+@dataclass(frozen=True, slots=True)
+class LostWorker:
+    """A worker just declared lost."""
+
+    id: str
+    backend: str
+    host: str
+    pid: int
+    last_heartbeat: datetime
+
+
+def mark_lost_workers(cursor: Cursor, *, stale_after: float) -> list[LostWorker]:
+    """Declare workers silent for ``stale_after`` s lost; return those declared just now."""
+    cursor.execute(MARK_LOST_WORKERS, {"stale_after": stale_after})
+    return [LostWorker(*row) for row in cursor.fetchall()]
 
 
 def lock_lost_jobs(cursor: Cursor, *, stale_after: float, limit: int) -> list[LostJob]:

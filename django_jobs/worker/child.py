@@ -7,6 +7,7 @@ it at a hard time limit. It dies with its supervisor (PR_SET_PDEATHSIG on Linux,
 an EOF on the pipe everywhere), so no orphan keeps running jobs that get rescued.
 """
 
+import contextlib
 import ctypes
 import os
 import queue
@@ -18,8 +19,13 @@ from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from typing import Any
 
+# No Django in it: importable before django.setup(), unlike the modules main() loads.
+from ..tally import TALLY
+
 #: A single-threaded child reports finished jobs at least this often (seconds).
 REPORT_EVERY = 0.002
+#: With metrics on, a child hands its counts to the supervisor this often (seconds).
+TALLY_EVERY = 1.0
 
 
 @dataclass(frozen=True)
@@ -29,6 +35,9 @@ class ChildConfig:
     threads: int
     max_jobs: int | None
     max_memory_kib: int | None
+    #: Dotted paths of functions to call once Django is set up (``runjobs
+    #: --metrics-port`` turns metrics on here with ``django_jobs.metrics.enable``).
+    setup: tuple[str, ...] = ()
 
 
 def _die_with_parent() -> None:
@@ -63,6 +72,7 @@ def main(pipe: Connection, config: ChildConfig) -> None:
     # Only now: these read settings and the app registry, which a spawned process has
     # once django.setup() has run (this module itself is imported before that).
     from django.db import connections
+    from django.utils.module_loading import import_string
 
     from .. import registry
     from ..backend import get_backend
@@ -71,11 +81,32 @@ def main(pipe: Connection, config: ChildConfig) -> None:
 
     backend = get_backend(config.backend)
     registry.discover(backend.jobs_options.TASK_MODULES)
+    for path in config.setup:
+        import_string(path)()
     send_lock = threading.Lock()
 
     def send(message: tuple) -> None:
         with send_lock:
             pipe.send(message)
+
+    def hand_over_counts() -> None:
+        taken = TALLY.take()
+        if taken is not None:
+            send(("tally", taken))
+
+    stopped = threading.Event()
+    if TALLY.enabled:
+
+        def report_counts() -> None:
+            # On a timer, not per job: a burst of short jobs costs one message a second,
+            # and an idle child still reports what its last jobs added.
+            while not stopped.wait(TALLY_EVERY):
+                try:
+                    hand_over_counts()
+                except OSError:
+                    return  # the supervisor is gone
+
+        threading.Thread(target=report_counts, name="django_jobs-tally", daemon=True).start()
 
     jobs_done = 0
     retiring = False
@@ -161,4 +192,7 @@ def main(pipe: Connection, config: ChildConfig) -> None:
             work.put(None)
         for thread in threads:
             thread.join()
+        stopped.set()
+        with contextlib.suppress(OSError):
+            hand_over_counts()
         connections.close_all()

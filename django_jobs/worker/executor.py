@@ -13,7 +13,7 @@ from typing import Any
 
 from django.db import close_old_connections, connections, transaction
 
-from .. import registry
+from .. import instrumentation, registry
 from ..backend import JobsBackend
 from ..codec import encode_json, error_record
 from ..compat import Task, TaskContext, TaskResult, task_started
@@ -33,6 +33,27 @@ class _LostLease(Exception):
 
 def execute(job: ClaimedJob, backend: JobsBackend, worker_id: str) -> Outcome:
     """Run ``job`` once; never raises (but lets KeyboardInterrupt through)."""
+    if not instrumentation.run_wrappers:
+        return _execute(job, backend, worker_id, None)
+    # The integrations' wrappers (a tracing span, error reporting) are entered before
+    # task_started and left after the outcome is known: what the task does runs inside.
+    run = instrumentation.JobRun(job)
+    with instrumentation.running(run):
+        outcome = _execute(job, backend, worker_id, run)
+        run.outcome = _OUTCOME_NAMES.get(outcome.kind, outcome.kind.value)
+        if outcome.kind == OutcomeKind.FAILED and outcome.delay is not None:
+            run.outcome = "retrying"
+        run.error = outcome.error
+        run.duration = outcome.duration
+    return outcome
+
+
+_OUTCOME_NAMES = {OutcomeKind.RECORDED: "succeeded", OutcomeKind.SUCCEEDED: "succeeded"}
+
+
+def _execute(
+    job: ClaimedJob, backend: JobsBackend, worker_id: str, run: instrumentation.JobRun | None
+) -> Outcome:
     started = time.perf_counter()
     task = registry.get(job.task_path)
     if task is None:
@@ -42,6 +63,8 @@ def execute(job: ClaimedJob, backend: JobsBackend, worker_id: str) -> Outcome:
         return Outcome(job, OutcomeKind.FAILED, error=error)
 
     result = backend.result_from_row(job.as_row())
+    if run is not None:
+        run.task_result = result
     task_started.send(sender=type(backend), task_result=result)
     policy = Policy.for_task(task, backend.jobs_options)
     atomic = policy.atomic
@@ -67,6 +90,8 @@ def execute(job: ClaimedJob, backend: JobsBackend, worker_id: str) -> Outcome:
         duration = time.perf_counter() - started
         if isinstance(exc, _LostLease):
             return Outcome(job, OutcomeKind.LOST, duration)
+        if run is not None:
+            run.exception = exc
         delay = policy.next_attempt_in(job.attempts, job.max_attempts, exc)
         _log_failure(job, exc, duration, delay)
         error = error_record(exc, attempt=job.attempts, worker_id=worker_id)
@@ -91,6 +116,8 @@ def execute(job: ClaimedJob, backend: JobsBackend, worker_id: str) -> Outcome:
             extra={"action": "job_failed", "job_id": job.id},
         )  # fmt: skip
         error = error_record(exc, attempt=job.attempts, worker_id=worker_id)
+        if run is not None:
+            run.exception = exc
         return Outcome(job, OutcomeKind.FAILED, duration, error=error, task_result=result)
     _log_success(job, duration)
     return Outcome(

@@ -20,7 +20,7 @@ from typing import Any
 import psycopg
 from django.utils import timezone
 
-from .. import policy, registry
+from .. import policy, registry, signals
 from ..backend import JobsBackend
 from ..codec import encode_json, error_record, storable_text
 from ..compat import TaskError, TaskResult, TaskResultStatus, task_finished
@@ -85,6 +85,10 @@ class WorkerStats:
     started_at: float = field(default_factory=time.monotonic)
 
 
+#: The counts of WorkerStats, as worker_stopped reports them.
+STAT_NAMES = ("claimed", "succeeded", "failed", "retried", "snoozed", "released", "lost")
+
+
 #: What the database took of one batch: finished_at per success, (state, finished_at)
 #: per failure, and the ids snoozed and released. A job in none of them was refused.
 Recorded = tuple[dict[int, Any], dict[int, tuple[str, Any]], set[int], set[int]]
@@ -126,7 +130,8 @@ def record(cur: psycopg.Cursor, outcomes: list[Outcome]) -> Recorded:
 
 
 def send_finished(backend: JobsBackend, outcome: Outcome, state: str, finished_at: Any) -> None:
-    """Send ``task_finished`` for a recorded outcome, with the TaskResult as stored."""
+    """Send ``task_finished`` for a recorded outcome, with the TaskResult as stored, then
+    ``job_retrying`` or ``job_snoozed`` when the job goes back to the queue."""
     result = outcome.task_result
     if result is None:
         # The job ran in a child process: rebuild its result here for the signal.
@@ -148,6 +153,16 @@ def send_finished(backend: JobsBackend, outcome: Outcome, state: str, finished_a
             )
         )
     task_finished.send(type(backend), task_result=result)
+    if state == JobState.READY:
+        if outcome.kind == OutcomeKind.SNOOZED:
+            signals.send(
+                signals.job_snoozed, type(backend), task_result=result, delay=outcome.delay
+            )
+        else:
+            signals.send(
+                signals.job_retrying, type(backend),
+                task_result=result, error=outcome.error, delay=outcome.delay,
+            )  # fmt: skip
 
 
 class OutcomeRecorder:

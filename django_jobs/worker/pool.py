@@ -27,6 +27,7 @@ from ..codec import class_path, error_record
 from ..exceptions import TimeLimitExceeded, WorkerProcessDied
 from ..policy import Policy
 from ..protocol.jobs import ClaimedJob
+from ..tally import TALLY
 from .child import ChildConfig
 from .child import main as child_main
 from .outcomes import Outcome, OutcomeKind
@@ -130,6 +131,7 @@ class ProcessPool:
         max_jobs_per_child: int | None = None,
         max_memory_kib: int | None = None,
         autoscale: tuple[int, int] | None = None,
+        child_setup: tuple[str, ...] = (),
     ) -> None:
         self.backend = backend
         self.worker_id = worker_id
@@ -143,6 +145,7 @@ class ProcessPool:
             threads=threads,
             max_jobs=max_jobs_per_child,
             max_memory_kib=max_memory_kib,
+            setup=child_setup,
         )
         # spawn, not fork: the supervisor has threads and open connections, and a forked
         # child would inherit both (a psycopg connection shared across fork corrupts).
@@ -344,6 +347,10 @@ class ProcessPool:
                         self._pending.appendleft(entry[0])
                 if not child.assigned and child.retiring:
                     self._send_stop(child)
+            elif kind == "tally":
+                # A child's counts since its last report (metrics are on): the supervisor
+                # serves the totals of every process it ran.
+                TALLY.merge(message[1])
             elif kind == "ready":
                 child.ready = True
                 self._spawn_failures = 0

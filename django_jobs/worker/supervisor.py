@@ -23,7 +23,7 @@ from typing import Any
 
 import psycopg
 
-from .. import __version__, registry
+from .. import __version__, registry, signals
 from ..backend import get_backend
 from ..protocol import jobs as protocol
 from ..protocol import workers as worker_protocol
@@ -35,7 +35,7 @@ from ..services.scheduler import Scheduler
 from . import dbconn
 from .executor import execute
 from .listener import Listener
-from .outcomes import Outcome, OutcomeKind, OutcomeRecorder, WorkerStats
+from .outcomes import STAT_NAMES, Outcome, OutcomeKind, OutcomeRecorder, WorkerStats
 from .pool import ProcessPool, ThreadPool
 
 logger = logging.getLogger(__name__)
@@ -68,6 +68,7 @@ class Supervisor:
         max_memory_kib: int | None = None,
         autoscale: tuple[int, int] | None = None,
         worker_id: str | None = None,
+        child_setup: Sequence[str] = (),
     ) -> None:
         jobs_backend = get_backend(backend)
         self.backend = jobs_backend
@@ -96,6 +97,7 @@ class Supervisor:
                 max_jobs_per_child=max_jobs_per_child,
                 max_memory_kib=max_memory_kib,
                 autoscale=autoscale,
+                child_setup=tuple(child_setup),
             )
         self.leader = Leader(
             self.worker_id,
@@ -148,6 +150,10 @@ class Supervisor:
                 self._describe_pool(), len(paths), extra={"action": "worker_started"},
             )  # fmt: skip
             logger.debug("Declared tasks: %s", ", ".join(paths) or "(none)")
+            signals.send(
+                signals.worker_started, Supervisor, worker_id=self.worker_id,
+                backend=self.backend.alias, queues=self.queues, concurrency=self._slots(),
+            )  # fmt: skip
             self._loop()
         finally:
             self._shutdown()
@@ -284,6 +290,11 @@ class Supervisor:
             "%d released, %d lost to a newer attempt",
             self.worker_id, elapsed, s.succeeded, s.failed, s.retried, s.snoozed, s.released,
             s.lost, extra={"action": "worker_stopped"},
+        )  # fmt: skip
+        counts = {name: getattr(s, name) for name in STAT_NAMES}
+        signals.send(
+            signals.worker_stopped, Supervisor,
+            worker_id=self.worker_id, backend=self.backend.alias, stats=counts,
         )  # fmt: skip
 
     # ── the loop ─────────────────────────────────────────────────────────────

@@ -22,12 +22,33 @@ import pytest
 PACKAGE = Path(__file__).resolve().parents[2] / "django_jobs"
 
 LAYERS = {
-    "store": {"compat", "conf", "exceptions", "states", "models", "codec", "migrations"},
+    "store": {
+        "compat",
+        "conf",
+        "exceptions",
+        "states",
+        "models",
+        "codec",
+        "migrations",
+        # Signals, the integrations' wrappers and the event counts: no Django models, no
+        # I/O; everything above may send, wrap or count.
+        "signals",
+        "instrumentation",
+        "tally",
+    },
     "protocol": {"protocol", "policy", "registry"},
     "contract": {"task", "backend"},
     "services": {"services", "schedules"},
     "runtime": {"worker"},
-    "interfaces": {"console", "admin", "management", "templatetags", "checks", "apps"},
+    "interfaces": {
+        "console",
+        "admin",
+        "management",
+        "templatetags",
+        "checks",
+        "apps",
+        "metrics",
+    },
 }
 RANK = {name: rank for rank, (_, names) in enumerate(LAYERS.items()) for name in names}
 
@@ -45,6 +66,11 @@ ALLOWED_LATE_IMPORTS = {
     ("django_jobs.worker.child", "django_jobs.backend"): "after django.setup()",
     ("django_jobs.worker.child", "django_jobs.protocol.jobs"): "after django.setup()",
     ("django_jobs.worker.child", "django_jobs.worker.executor"): "after django.setup()",
+    # Optional extras (prometheus-client): imported only when the feature is used.
+    (
+        "django_jobs.management.commands.runjobs",
+        "django_jobs.metrics.exposition",
+    ): "the prometheus extra, only with --metrics-port",
     # Django may build a backend while the app registry is still loading.
     ("django_jobs.backend", "django_jobs.models"): "models need the app registry",
 }
