@@ -96,8 +96,9 @@ def _exit(entered: list[AbstractContextManager[Any]], exc: BaseException | None)
     for manager in reversed(entered):
         try:
             manager.__exit__(*info)
-        except Exception:
-            logger.exception("Instrumentation %r failed on exit", manager)
+        except Exception as raised:
+            if raised is not exc:  # a generator-based wrapper re-raises what it was given
+                logger.exception("Instrumentation %r failed on exit", manager)
 
 
 def enqueueing(call: Enqueue) -> AbstractContextManager[Enqueue]:

@@ -60,6 +60,8 @@ def _execute(
         exc = registry.UnknownTask(job.task_path)
         logger.error("Job %s not run: %s", job.id, exc, extra={"action": "job_unknown_task"})
         error = error_record(exc, attempt=job.attempts, worker_id=worker_id)
+        if run is not None:
+            run.exception = exc
         return Outcome(job, OutcomeKind.FAILED, error=error)
 
     result = backend.result_from_row(job.as_row())

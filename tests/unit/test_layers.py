@@ -35,10 +35,11 @@ LAYERS = {
         "signals",
         "instrumentation",
         "tally",
+        "redaction",
     },
     "protocol": {"protocol", "policy", "registry"},
     "contract": {"task", "backend"},
-    "services": {"services", "schedules"},
+    "services": {"services", "schedules", "webhooks", "tasks"},
     "runtime": {"worker"},
     "interfaces": {
         "console",
@@ -48,6 +49,7 @@ LAYERS = {
         "checks",
         "apps",
         "metrics",
+        "integrations",
     },
 }
 RANK = {name: rank for rank, (_, names) in enumerate(LAYERS.items()) for name in names}
@@ -61,6 +63,10 @@ ALLOWED_LATE_IMPORTS = {
     ("django_jobs", "django_jobs.task"): "lazy public names",
     # Django's idiom: system checks register when the app is ready.
     ("django_jobs.apps", "django_jobs.checks"): "registered in ready()",
+    # Optional integrations: imported only when their DJANGO_JOBS key is on.
+    ("django_jobs.apps", "django_jobs.conf"): "settings are read in ready()",
+    ("django_jobs.apps", "django_jobs.metrics"): "only with DJANGO_JOBS['METRICS']",
+    ("django_jobs.apps", "django_jobs.integrations"): "only with TRACING or SENTRY",
     # A spawned child imports its module before django.setup(); these need settings.
     ("django_jobs.worker.child", "django_jobs.registry"): "after django.setup()",
     ("django_jobs.worker.child", "django_jobs.backend"): "after django.setup()",
