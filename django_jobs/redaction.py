@@ -2,9 +2,10 @@
 
 Used for a job's arguments and return value (the admin's job page, the HTTP API, the
 arguments sent to Sentry), and for a schedule's arguments wherever the admin shows them
-read-only (view-only staff, schedules declared in settings). Only the display changes: the rows keep the real values, which the task
-needs. Values are matched by their *key*, at any depth of nested dicts and lists; a
-secret passed as a positional argument has no key and is shown. Error messages and
+read-only (view-only staff, schedules declared in settings). Only what is shown
+changes: the rows keep the real values, which the task needs. Values are matched by
+their *key*, at any depth of nested dicts and lists; a secret passed as a positional
+argument has no key and is shown. Error messages and
 tracebacks are shown as recorded, never redacted.
 """
 
