@@ -50,12 +50,15 @@ LAYERS = {
         "apps",
         "metrics",
         "integrations",
+        "api",
     },
 }
 RANK = {name: rank for rank, (_, names) in enumerate(LAYERS.items()) for name in names}
 
 #: Interfaces may use the runtime (``runjobs`` starts it), but these never run jobs.
-NEVER_IMPORT_THE_RUNTIME = {"admin", "console", "templatetags", "checks", "apps"}
+NEVER_IMPORT_THE_RUNTIME = {
+    "admin", "console", "templatetags", "checks", "apps", "api", "metrics", "integrations",
+}  # fmt: skip
 
 #: Imports inside a function, and why each is there and not at the top of its module.
 ALLOWED_LATE_IMPORTS = {
