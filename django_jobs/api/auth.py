@@ -23,7 +23,7 @@ from ..conf import jobs_settings
 from ..models import ApiToken
 from .errors import ApiError
 
-TOKEN_PREFIX = "djj_"
+TOKEN_PREFIX = "djj_"  # noqa: S105 - a marker, not a secret
 #: last_used_at is written at most this often per token.
 TOUCH_EVERY = timedelta(minutes=1)
 

@@ -63,7 +63,8 @@ def test_enqueue_read_and_list_with_a_token():
                                                     "args": [2, 3]})  # fmt: skip
     assert response.status_code == 201, body
     conforms(body, "Job")
-    assert body["state"] == "READY" and body["args"] == [2, 3]
+    assert body["state"] == "READY"
+    assert body["args"] == [2, 3]
     assert response["Location"] == f"{BASE}/jobs/{body['id']}/"
     assert Job.objects.get(pk=int(body["id"])).task_path == "testproject.example.tasks.add"
 
@@ -76,11 +77,13 @@ def test_enqueue_read_and_list_with_a_token():
     response, page = call("get", "/jobs/?limit=2&task=testproject.example.tasks.add", token)
     assert response.status_code == 200
     conforms(page, "JobPage")
-    assert len(page["jobs"]) == 2 and page["next"]
+    assert len(page["jobs"]) == 2
+    assert page["next"]
     _, rest = call("get", page["next"].removeprefix(BASE), token)
     assert len(rest["jobs"]) == 2
     ids = [int(j["id"]) for j in page["jobs"] + rest["jobs"]]
-    assert ids == sorted(ids, reverse=True) and len(set(ids)) == 4
+    assert ids == sorted(ids, reverse=True)
+    assert len(set(ids)) == 4
 
 
 def test_detail_hides_secrets_and_tracebacks():
@@ -269,9 +272,11 @@ def test_the_admin_shows_a_new_token_once_and_stores_its_digest():
     assert response.status_code == 200, response.content[:500]
     page = response.content.decode()
     token = page.split('id="django-jobs-new-token"', 1)[1].split(">", 1)[1].split("<", 1)[0]
-    assert token.startswith("djj_") and len(token) > 40
+    assert token.startswith("djj_")
+    assert len(token) > 40
     stored = ApiToken.objects.get(name="billing")
-    assert stored.digest == digest(token) and token not in str(stored.__dict__)
+    assert stored.digest == digest(token)
+    assert token not in str(stored.__dict__)
     assert stored.created_by == "root"
     assert "no-store" in response["Cache-Control"]
     assert (
