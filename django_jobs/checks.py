@@ -16,7 +16,7 @@ E014 arguments not JSON or not fitting the task's signature, E015 other bad valu
 """
 
 from fnmatch import fnmatchcase
-from importlib.util import find_spec
+from importlib import import_module
 from typing import Any
 
 from django.apps import apps
@@ -115,8 +115,11 @@ def check_jobs_settings(app_configs: Any = None, **kwargs: Any) -> list[checks.C
         return messages
     current = jobs_settings()
     wanted = list(missing_packages(current))
-    if current.METRICS and find_spec("prometheus_client") is None:
-        wanted.append(("METRICS", "prometheus_client", "prometheus"))
+    if current.METRICS:
+        try:
+            import_module("prometheus_client")
+        except ImportError:
+            wanted.append(("METRICS", "prometheus_client", "prometheus"))
     for key, package, extra in wanted:
         messages.append(
             checks.Error(

@@ -64,6 +64,11 @@ DJANGO_JOBS = {
     "TRACING": env.bool("JOBS_TRACING", default=False),
 }
 
+if os.environ.get("JOBS_TRACE_FILE"):
+    from testproject import tracing
+
+    tracing.configure(os.environ["JOBS_TRACE_FILE"])
+
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",

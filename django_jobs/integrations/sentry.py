@@ -44,7 +44,7 @@ def _tag(scope: Any, job_id: Any, task: str, queue: str, backend: str, attempt: 
     scope.set_tag("django_jobs.queue", queue)
     scope.set_tag("django_jobs.backend", backend)
     scope.set_tag("django_jobs.job_id", str(job_id))
-    scope.set_tag("django_jobs.attempt", attempt)
+    scope.set_tag("django_jobs.attempt", str(attempt))
 
 
 @contextmanager
@@ -71,7 +71,7 @@ def report_run(run: instrumentation.JobRun) -> Iterator[None]:
             return
         if run.outcome == "retrying" and not jobs_settings().SENTRY_REPORT_RETRIES:
             return
-        scope.set_tag("django_jobs.will_retry", run.outcome == "retrying")
+        scope.set_tag("django_jobs.will_retry", "true" if run.outcome == "retrying" else "false")
         sentry_sdk.capture_exception(run.exception)
 
 
@@ -87,7 +87,7 @@ def report_killed(sender: Any, task_result: Any, **kwargs: Any) -> None:
             scope, task_result.id, task_result.task.module_path, task_result.task.queue_name,
             task_result.backend, task_result.attempts,
         )  # fmt: skip
-        scope.set_tag("django_jobs.will_retry", False)
+        scope.set_tag("django_jobs.will_retry", "false")
         sentry_sdk.capture_message(
             f"Job {task_result.id} ({task_result.task.module_path}) failed: "
             f"{kind.rsplit('.', 1)[-1]}",
@@ -104,7 +104,7 @@ def report_rescued(
         return
     with sentry_sdk.isolation_scope() as scope:
         _tag(scope, job_id, task_path, queue_name, backend, attempt)
-        scope.set_tag("django_jobs.will_retry", False)
+        scope.set_tag("django_jobs.will_retry", "false")
         sentry_sdk.capture_message(
             f"Job {job_id} ({task_path}) failed: its worker {lost_worker_id} was lost",
             level="error",

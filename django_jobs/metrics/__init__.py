@@ -13,6 +13,6 @@ Nothing here is imported unless metrics are used: ``runjobs --metrics-port``, th
 view, or ``DJANGO_JOBS["METRICS"] = True``.
 """
 
-from .receivers import enable
+from .receivers import disable, enable
 
-__all__ = ["enable"]
+__all__ = ["disable", "enable"]

@@ -14,7 +14,7 @@ from wsgiref.simple_server import WSGIRequestHandler, make_server
 from django.core.exceptions import ImproperlyConfigured
 
 try:
-    from prometheus_client import REGISTRY, make_wsgi_app
+    from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest, make_wsgi_app
     from prometheus_client.core import (
         CounterMetricFamily,
         GaugeMetricFamily,
@@ -34,6 +34,8 @@ from . import gauges
 from .receivers import COUNTERS, HISTOGRAMS, JOB_LABELS, WORKERS_LOST
 
 logger = logging.getLogger(__name__)
+
+__all__ = ["CONTENT_TYPE_LATEST", "REGISTRY", "JobsCollector", "MetricsServer", "generate_latest"]
 
 PREFIX = "django_jobs_"
 

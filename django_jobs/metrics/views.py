@@ -8,11 +8,12 @@ with ``authorization: {credentials: …}`` in its scrape config).
 
 from django.http import HttpRequest, HttpResponse
 from django.views.decorators.http import require_GET
-from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
 from ..api.auth import authenticate
 from ..api.errors import ApiError
-from .exposition import install
+
+# First: without prometheus-client, it raises ImproperlyConfigured naming the extra.
+from .exposition import CONTENT_TYPE_LATEST, REGISTRY, generate_latest, install
 
 
 @require_GET
