@@ -15,7 +15,8 @@ from . import NOTIFY_CHANNEL
 
 __all__ = ["DELIVERY_MAX_ATTEMPTS", "DELIVERY_TASK", "RETURNING", "deliveries"]
 #: Attempts of one delivery: with the task's backoff (5 s doubling, at most an hour
-#: apart) the last one is about six hours after the first.
+#: apart, each a random point in the upper half of its window) the last one comes
+#: five to six hours after the first.
 DELIVERY_MAX_ATTEMPTS = 16
 
 # Columns the outcome statements return for the delivery CTE, from the row as updated.

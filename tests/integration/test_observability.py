@@ -259,8 +259,8 @@ def test_failed_jobs_are_reported_to_sentry_with_the_job(sentry_events, settings
     settings.DJANGO_JOBS = {**settings.DJANGO_JOBS, "SENTRY_REPORT_RETRIES": True}
     tasks.fails_with.enqueue("ConnectionError")
     run_worker()
-    assert sentry_events
-    assert sentry_events[0]["tags"]["django_jobs.will_retry"] == "true"
+    retries = [e for e in sentry_events if e["tags"]["django_jobs.will_retry"] == "true"]
+    assert retries, sentry_events
 
 
 def test_a_job_lost_with_its_worker_is_reported(sentry_events):
@@ -275,3 +275,23 @@ def test_a_job_lost_with_its_worker_is_reported(sentry_events):
     (event,) = sentry_events
     assert "its worker gone was lost" in event["message"]
     assert event["tags"]["django_jobs.job_id"] == job.id
+
+
+def test_the_grafana_dashboard_uses_only_names_a_scrape_has():
+    import re
+    from pathlib import Path
+
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from django_jobs.tally import TALLY
+
+    dashboard = (Path(__file__).parents[2] / "docs/howto/grafana-dashboard.json").read_text()
+    used = set(re.findall(r"django_jobs_[a-z_]+", dashboard))
+    assert len(used) > 15
+    registry = CollectorRegistry()
+    registry.register(JobsCollector(TALLY))
+    exposed = set()
+    suffixes = {"counter": ("_total",), "histogram": ("_bucket", "_count", "_sum"), "gauge": ("",)}
+    for family in text_string_to_metric_families(generate_latest(registry).decode()):
+        exposed.update(family.name + s for s in suffixes.get(family.type, ("",)))
+    assert used <= exposed, sorted(used - exposed)
