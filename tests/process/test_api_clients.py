@@ -54,7 +54,8 @@ def test_the_node_client_enqueues_waits_and_verifies_webhooks(api):
 import {{ verifyWebhook }} from "{EXAMPLES / "jobs-client.mjs"}";
 const headers = {json.dumps(headers)};
 const body = {json.dumps(body.decode())};
-console.log(verifyWebhook("{secret}", headers, body), verifyWebhook("{secret}", headers, body + " "),
+console.log(verifyWebhook("{secret}", headers, body),
+            verifyWebhook("{secret}", headers, body + " "),
             verifyWebhook("whsec_AAAA", headers, body));
 """
     done = run(["node", "--input-type=module", "-e", check], {})
