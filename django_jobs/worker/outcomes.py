@@ -4,7 +4,8 @@ The pool puts an :class:`Outcome` on the supervisor's inbox for every job it ran
 could not run). The supervisor hands them to an :class:`OutcomeRecorder`, which keeps
 them for a few milliseconds and records them with one fenced statement per kind
 (success, failure, snooze, release). Then it sends ``task_finished`` for each outcome
-the database accepted, and counts them. This is what lets one process record thousands
+the database accepted (and ``job_retrying`` or ``job_snoozed`` for a job going back to
+the queue: the metrics count from these, in whichever process records), and counts them. This is what lets one process record thousands
 of short jobs per second.
 """
 
