@@ -5,8 +5,8 @@ could not run). The supervisor hands them to an :class:`OutcomeRecorder`, which 
 them for a few milliseconds and records them with one fenced statement per kind
 (success, failure, snooze, release). Then it sends ``task_finished`` for each outcome
 the database accepted (and ``job_retrying`` or ``job_snoozed`` for a job going back to
-the queue: the metrics count from these, in whichever process records), and counts them. This is what lets one process record thousands
-of short jobs per second.
+the queue: the metrics count from these, in whichever process records), and counts
+them. This is what lets one process record thousands of short jobs per second.
 """
 
 import json

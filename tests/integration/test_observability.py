@@ -17,12 +17,11 @@ from django_jobs.integrations import tracing
 from django_jobs.metrics import gauges
 from django_jobs.metrics.exposition import JobsCollector
 from django_jobs.models import Job
-from django_jobs.services.rescuer import Rescuer
 from django_jobs.tally import Tally
-from django_jobs.worker import dbconn
 from testproject.example import tasks
 
 from ..conftest import run_worker
+from ..maintenance import rescue_all
 from ..otel import exporter
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -46,15 +45,6 @@ def received():
     yield got
     for name, receiver in receivers.items():
         getattr(signals, name).disconnect(receiver)
-
-
-def rescue_all() -> None:
-    conn = dbconn.connect("default", purpose="test")
-    try:
-        with conn.cursor() as cur:
-            Rescuer(worker_timeout=30).run_once(cur)
-    finally:
-        conn.close()
 
 
 def test_our_signals_fire_with_their_arguments(received):

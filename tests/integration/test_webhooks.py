@@ -10,11 +10,11 @@ from django_jobs import tasks as own_tasks
 from django_jobs.console import operations
 from django_jobs.models import DELIVERY_TASK, Job, WebhookDelivery
 from django_jobs.protocol import jobs as protocol
-from django_jobs.services.rescuer import Rescuer
 from django_jobs.webhooks import signing
 from testproject.example import tasks
 
 from ..conftest import run_worker
+from ..maintenance import rescue_all
 from ..receiver import Receiver
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -104,14 +104,7 @@ def test_cancel_and_rescue_send_webhooks_too():
     assert operations.cancel([int(cancelled.id)]).moved == [int(cancelled.id)]
     with connection.cursor() as cur:
         protocol.claim(cur, worker_id="gone:1:x", backend="default", queues=None, limit=5)
-    from django_jobs.worker import dbconn
-
-    conn = dbconn.connect("default", purpose="test")
-    try:
-        with conn.cursor() as cur:
-            Rescuer(worker_timeout=30).run_once(cur)
-    finally:
-        conn.close()
+    rescue_all()
     events = {d.args[1]["data"]["id"]: d.args[1] for d in deliveries()}
     assert events[cancelled.id]["type"] == "job.cancelled"
     assert events[cancelled.id]["data"]["state"] == "CANCELLED"
