@@ -52,6 +52,10 @@ class JobsCollector:
         #: Set in a runjobs process: labels of django_jobs_worker_info.
         self.worker: dict[str, str] | None = None
 
+    def describe(self) -> list[Metric]:
+        # Without it, registering would call collect(), and read the database, at once.
+        return []
+
     def collect(self) -> Iterator[Metric]:
         counts, histograms = self.tally.snapshot()
         for name, help_text in COUNTERS.items():
