@@ -10,6 +10,7 @@ delivery runs again after its backoff, up to ``DELIVERY_MAX_ATTEMPTS`` attempts.
 import json
 import urllib.error
 import urllib.request
+from functools import cache
 from typing import Any
 
 from .. import __version__
@@ -35,7 +36,11 @@ class _NoRedirects(urllib.request.HTTPRedirectHandler):
         return None
 
 
-_opener = urllib.request.build_opener(_NoRedirects)
+@cache
+def _opener() -> urllib.request.OpenerDirector:
+    # Built on first use: building it loads the CA certificates (tens of milliseconds),
+    # which every process that discovers tasks would otherwise pay at start.
+    return urllib.request.build_opener(_NoRedirects)
 
 
 def deliver(context: TaskContext, url: str, event: dict[str, Any]) -> dict[str, Any]:
@@ -60,7 +65,7 @@ def deliver(context: TaskContext, url: str, event: dict[str, Any]) -> dict[str, 
         },
     )
     try:
-        with _opener.open(request, timeout=settings.WEBHOOK_TIMEOUT) as response:
+        with _opener().open(request, timeout=settings.WEBHOOK_TIMEOUT) as response:
             status = response.status
     except urllib.error.HTTPError as exc:
         detail = exc.read(300).decode(errors="replace").strip()

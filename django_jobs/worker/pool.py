@@ -132,8 +132,11 @@ class ProcessPool:
         max_memory_kib: int | None = None,
         autoscale: tuple[int, int] | None = None,
         child_setup: tuple[str, ...] = (),
+        on_ready: Callable[[], None] | None = None,
     ) -> None:
         self.backend = backend
+        #: Called when a child becomes ready: slots opened that the loop may be idle on.
+        self._on_ready = on_ready
         self.worker_id = worker_id
         self.threads = threads
         self.target = processes if autoscale is None else autoscale[0]
@@ -354,6 +357,10 @@ class ProcessPool:
             elif kind == "ready":
                 child.ready = True
                 self._spawn_failures = 0
+                # A job notified while no child was ready found no slot; without a wake
+                # it would wait for the next poll or timer.
+                if self._on_ready is not None:
+                    self._on_ready()
             elif kind == "retire":
                 logger.info(
                     "Recycling child %s: it %s", child.process.pid, message[1],

@@ -98,6 +98,7 @@ class Supervisor:
                 max_memory_kib=max_memory_kib,
                 autoscale=autoscale,
                 child_setup=tuple(child_setup),
+                on_ready=self.wake,
             )
         self.leader = Leader(
             self.worker_id,
