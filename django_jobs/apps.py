@@ -9,3 +9,16 @@ class JobsConfig(AppConfig):
 
     def ready(self) -> None:
         from . import checks  # noqa: F401  (registers the system checks)
+        from .conf import jobs_settings
+
+        settings = jobs_settings()
+        # Each integration is imported only when its setting is on: a project that uses
+        # none of them loads none of their packages.
+        if settings.METRICS:
+            from . import metrics
+
+            metrics.enable()
+        if settings.TRACING or settings.SENTRY:
+            from . import integrations
+
+            integrations.enable(settings)

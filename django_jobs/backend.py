@@ -5,6 +5,7 @@ enqueues through the caller's connection (so jobs commit or roll back with the
 caller's transaction) and reads results from any process. It never runs jobs.
 """
 
+import json
 import logging
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import replace
@@ -15,7 +16,7 @@ from django.core import checks
 from django.db import connections, router
 from django.utils import timezone
 
-from . import policy, registry
+from . import instrumentation, policy, registry
 from .codec import encode_arguments, encode_calls
 from .compat import (
     DEFAULT_TASK_BACKEND_ALIAS,
@@ -89,14 +90,33 @@ class JobsBackend(BaseTaskBackend):
             kwargs_json=kwargs_json,
             run_after=task.run_after,
             max_attempts=policy.default_max_attempts(task, self.jobs_options),
+            callback_url=getattr(task, "callback_url", None),
         )
 
     def enqueue(self, task: Task, args: Sequence[Any], kwargs: Mapping[str, Any]) -> TaskResult:
         self._validate_once(task)
         new_job = self.new_job(task, args, kwargs)
-        with connections[self.database].cursor() as cursor:
+        if not instrumentation.enqueue_wrappers:
+            with connections[self.database].cursor() as cursor:
+                job_id, enqueued_at = jobs.enqueue(cursor, new_job)
+            return self.enqueued(task, job_id, enqueued_at, args, kwargs)
+        # Inside the integrations' wrappers (a tracing span), storing the trace context
+        # they give with the job.
+        call = self._enqueue_call(task, 1)
+        with instrumentation.enqueueing(call), connections[self.database].cursor() as cursor:
+            if call.trace_context:
+                new_job = replace(new_job, trace_context_json=json.dumps(call.trace_context))
             job_id, enqueued_at = jobs.enqueue(cursor, new_job)
+            call.job_ids = [job_id]
         return self.enqueued(task, job_id, enqueued_at, args, kwargs)
+
+    def _enqueue_call(self, task: Task, count: int) -> instrumentation.Enqueue:
+        return instrumentation.Enqueue(
+            task_path=task.module_path,
+            queue_name=task.queue_name,
+            backend=self.alias,
+            count=count,
+        )
 
     def enqueue_many(
         self, calls: Sequence[tuple[Task, Sequence[Any], Mapping[str, Any]]]
@@ -123,6 +143,7 @@ class JobsBackend(BaseTaskBackend):
                     backend=self.alias,
                     run_after=task.run_after,
                     max_attempts=policy.default_max_attempts(task, self.jobs_options),
+                    callback_url=getattr(task, "callback_url", None),
                 )
                 number = spec_numbers.setdefault(spec, len(specs))
                 if number == len(specs):
@@ -132,13 +153,27 @@ class JobsBackend(BaseTaskBackend):
         if not numbered:
             return EnqueuedResults(self, [], [], None)
         calls_json = encode_calls(numbered)
-        with connections[self.database].cursor() as cursor:
-            ids, enqueued_at = jobs.enqueue_batch(cursor, specs, calls_json, now=timezone.now())
+        if instrumentation.enqueue_wrappers and len(specs) == 1:
+            # One task (the usual bulk call): one span for the batch, and its trace
+            # context stored with each job.
+            call = self._enqueue_call(numbered[0][0], len(numbered))
+            with instrumentation.enqueueing(call):
+                if call.trace_context:
+                    context = json.dumps(call.trace_context)
+                    specs = [replace(spec, trace_context_json=context) for spec in specs]
+                ids, enqueued_at = self._insert_batch(specs, calls_json)
+                call.job_ids = ids
+        else:
+            ids, enqueued_at = self._insert_batch(specs, calls_json)
         results = EnqueuedResults(self, numbered, ids, enqueued_at)
         if signal_wanted(task_enqueued, logging.DEBUG):
             for result in results:
                 task_enqueued.send(type(self), task_result=result)
         return results
+
+    def _insert_batch(self, specs: list[jobs.JobSpec], calls_json: str) -> tuple[list[int], Any]:
+        with connections[self.database].cursor() as cursor:
+            return jobs.enqueue_batch(cursor, specs, calls_json, now=timezone.now())
 
     def enqueued(
         self,

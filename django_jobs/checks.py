@@ -7,14 +7,20 @@ looks like a transaction-mode pooler.
 
 Here: W001 another app's ``runjobs`` command shadows ours.
 
+``settings.DJANGO_JOBS`` (here): E020 a bad key or value, E021 an integration turned on
+whose package is not installed, W020 an ``API_TASKS`` entry that names no declared task.
+
 Schedules declared in ``OPTIONS["SCHEDULES"]`` (here): E010 malformed declaration,
 E011 bad cron expression or interval, E012 unknown time zone, E013 task not declared,
 E014 arguments not JSON or not fitting the task's signature, E015 other bad value.
 """
 
+from fnmatch import fnmatchcase
+from importlib import import_module
 from typing import Any
 
 from django.apps import apps
+from django.conf import settings
 from django.core import checks
 from django.core.management import get_commands
 
@@ -22,6 +28,8 @@ from . import registry
 from .backend import JobsBackend
 from .codec import call_problem
 from .compat import task_backends
+from .conf import jobs_settings, settings_problems
+from .integrations import missing_packages
 from .schedules import declared
 
 
@@ -89,4 +97,51 @@ def check_declared_schedules(app_configs: Any = None, **kwargs: Any) -> list[che
                     id=f"django_jobs.{p.check_id}",
                 )
             )
+    return messages
+
+
+@checks.register()
+def check_jobs_settings(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
+    raw = getattr(settings, "DJANGO_JOBS", None) or {}
+    messages: list[checks.CheckMessage] = [
+        checks.Error(
+            f"settings.DJANGO_JOBS: {message}.",
+            hint="See the settings reference in the django_jobs docs.",
+            id="django_jobs.E020",
+        )
+        for _, message in settings_problems(raw)
+    ]
+    if messages:
+        return messages
+    current = jobs_settings()
+    wanted = list(missing_packages(current))
+    if current.METRICS:
+        try:
+            import_module("prometheus_client")
+        except ImportError:
+            wanted.append(("METRICS", "prometheus_client", "prometheus"))
+    for key, package, extra in wanted:
+        messages.append(
+            checks.Error(
+                f"settings.DJANGO_JOBS[{key!r}] is on, but {package!r} is not installed.",
+                hint=f"pip install 'django-jobs[{extra}]', or turn {key} off.",
+                id="django_jobs.E021",
+            )
+        )
+    if current.API_TASKS:
+        for backend in task_backends.all():
+            if isinstance(backend, JobsBackend):
+                registry.discover(backend.jobs_options.TASK_MODULES)
+        paths = registry.registered_paths()
+        for entry in current.API_TASKS:
+            if not any(fnmatchcase(path, entry) for path in paths):
+                messages.append(
+                    checks.Warning(
+                        f"settings.DJANGO_JOBS['API_TASKS'] has {entry!r}, which matches no "
+                        "declared task, so nothing can be enqueued with it over HTTP.",
+                        hint="Name a task declared with @task or @job in an installed app's "
+                        "tasks.py or a TASK_MODULES module (a dotted path, or 'module.*').",
+                        id="django_jobs.W020",
+                    )
+                )
     return messages

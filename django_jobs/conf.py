@@ -9,7 +9,13 @@ from dataclasses import dataclass, field, fields
 from datetime import timedelta
 from typing import Any
 
+from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
+
+#: The task every webhook delivery job runs (declared in django_jobs/tasks.py). The
+#: protocol enqueues it and the admin's deliveries list filters on it, so the path lives
+#: here, below both.
+DELIVERY_TASK = "django_jobs.webhooks.delivery.deliver"
 
 #: Successful jobs are history after a week; failures and cancellations are kept a month
 #: so that someone can look at them (and retry them) after a holiday.
@@ -158,4 +164,123 @@ def validate(raw: dict[str, Any]) -> list[str]:
     schedules = raw.get("SCHEDULES", {})
     if not isinstance(schedules, dict):
         problems.append(f"SCHEDULES must be a dict of name -> schedule, got {schedules!r}")
+    return problems
+
+
+#: Process-wide settings: ``settings.DJANGO_JOBS``, key -> (default, description).
+SETTINGS_DEFAULTS: dict[str, Any] = {
+    "ADMIN_REDACT": None,  # None: redaction.DEFAULT_REDACT
+    "METRICS": False,
+    "TRACING": False,
+    "SENTRY": False,
+    "SENTRY_REPORT_RETRIES": False,
+    "API_TASKS": (),
+    "API_MAX_BODY_BYTES": 256 * 1024,
+    "API_SESSION_AUTH": True,
+    "WEBHOOK_SECRET": None,
+    "WEBHOOK_ALLOWED_URLS": (),
+    "WEBHOOK_TIMEOUT": 10.0,
+}
+
+
+@dataclass(frozen=True, kw_only=True)
+class JobsSettings:
+    """``settings.DJANGO_JOBS``, with defaults, read when asked (never cached: tests and
+    ``override_settings`` change it)."""
+
+    #: Regex of dict keys whose values are hidden (admin, API, Sentry); "" hides nothing.
+    ADMIN_REDACT: str | None = None
+    #: Count job events in every process from start-up (web processes count enqueues).
+    METRICS: bool = False
+    #: OpenTelemetry spans for enqueues and job runs, and trace context propagation.
+    TRACING: bool = False
+    #: Report failed jobs to Sentry.
+    SENTRY: bool = False
+    #: Also report attempts that will be retried (by default only final failures).
+    SENTRY_REPORT_RETRIES: bool = False
+    #: Tasks that may be enqueued over the HTTP API: dotted paths, or "module.*".
+    API_TASKS: tuple[str, ...] = ()
+    #: Largest request body the API reads.
+    API_MAX_BODY_BYTES: int = 256 * 1024
+    #: Accept a logged-in user's session (with permissions and CSRF) besides tokens.
+    API_SESSION_AUTH: bool = True
+    #: Secrets that sign webhooks: the first signs, all are sent during a rotation.
+    WEBHOOK_SECRET: tuple[str, ...] = ()
+    #: URL prefixes a callback URL given over the HTTP API must start with.
+    WEBHOOK_ALLOWED_URLS: tuple[str, ...] = ()
+    #: Seconds a webhook POST may take before the attempt fails (and is retried).
+    WEBHOOK_TIMEOUT: float = 10.0
+
+
+def jobs_settings() -> JobsSettings:
+    """``settings.DJANGO_JOBS``; values the checks would reject fall back to the default."""
+    raw = getattr(settings, "DJANGO_JOBS", None) or {}
+    bad = {key for key, _ in settings_problems(raw)}
+    values: dict[str, Any] = {}
+    for key in SETTINGS_DEFAULTS:
+        if key in raw and key not in bad:
+            value = raw[key]
+            if key in ("API_TASKS", "WEBHOOK_ALLOWED_URLS"):
+                value = tuple(value)
+            elif key == "WEBHOOK_SECRET":
+                value = (value,) if isinstance(value, str) else tuple(value or ())
+            values[key] = value
+    return JobsSettings(**values)
+
+
+def settings_problems(raw: Any) -> list[tuple[str, str]]:
+    """(key, message) for each bad key or value of ``DJANGO_JOBS``."""
+    if not isinstance(raw, dict):
+        return [("", f"DJANGO_JOBS must be a dict, got {type(raw).__name__}")]
+    problems = []
+    for key in sorted(set(raw) - set(SETTINGS_DEFAULTS)):
+        problems.append(
+            (key, f"unknown key {key!r}; the known keys are {', '.join(SETTINGS_DEFAULTS)}")
+        )
+    for key in ("METRICS", "TRACING", "SENTRY", "SENTRY_REPORT_RETRIES", "API_SESSION_AUTH"):
+        if key in raw and not isinstance(raw[key], bool):
+            problems.append((key, f"{key} must be True or False, got {raw[key]!r}"))
+    redact = raw.get("ADMIN_REDACT")
+    if redact is not None and not isinstance(redact, str):
+        problems.append(("ADMIN_REDACT", f"ADMIN_REDACT must be a regex string, got {redact!r}"))
+    for key in ("API_TASKS", "WEBHOOK_ALLOWED_URLS"):
+        value = raw.get(key, ())
+        if isinstance(value, str) or not all(isinstance(v, str) and v for v in value):
+            problems.append((key, f"{key} must be a list of non-empty strings, got {value!r}"))
+    for prefix in raw.get("WEBHOOK_ALLOWED_URLS", ()) or ():
+        if isinstance(prefix, str) and not prefix.startswith(("https://", "http://")):
+            problems.append(
+                (
+                    "WEBHOOK_ALLOWED_URLS",
+                    f"WEBHOOK_ALLOWED_URLS entries are URL prefixes starting with https:// "
+                    f"(or http://), got {prefix!r}",
+                )
+            )
+    size = raw.get("API_MAX_BODY_BYTES", 1)
+    if not isinstance(size, int) or isinstance(size, bool) or size < 1:
+        problems.append(
+            ("API_MAX_BODY_BYTES", f"API_MAX_BODY_BYTES must be a whole number > 0, got {size!r}")
+        )
+    secret = raw.get("WEBHOOK_SECRET")
+    secrets_ = [secret] if isinstance(secret, str) else secret
+    if secret is not None and (
+        not isinstance(secrets_, list | tuple)
+        or not secrets_
+        or not all(isinstance(s, str) and len(s) >= 24 for s in secrets_)
+    ):
+        problems.append(
+            (
+                "WEBHOOK_SECRET",
+                "WEBHOOK_SECRET must be a string of at least 24 characters (or a list of "
+                "them, newest first, while rotating); generate one with "
+                "python -c 'import secrets; print(secrets.token_urlsafe(32))'",
+            )
+        )
+    if "WEBHOOK_TIMEOUT" in raw and not _positive_number(raw["WEBHOOK_TIMEOUT"]):
+        problems.append(
+            (
+                "WEBHOOK_TIMEOUT",
+                f"WEBHOOK_TIMEOUT must be a number of seconds > 0, got {raw['WEBHOOK_TIMEOUT']!r}",
+            )
+        )
     return problems

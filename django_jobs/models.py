@@ -12,6 +12,7 @@ from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 from django.db.models.functions import Now
 
+from .conf import DELIVERY_TASK
 from .states import FINISHED, JobState
 
 #: The largest id a job can have (the column is a bigint); a larger "id" names no job.
@@ -80,6 +81,13 @@ class Job(models.Model):
     # One dict per failed attempt: exception_class_path, message, traceback,
     # worker_id, attempt, failed_at.
     errors = models.JSONField(default=list, db_default=models.Value([], models.JSONField()))
+    # W3C trace context headers (traceparent, tracestate) of the enqueue, when tracing is
+    # on: the worker continues that trace, so a request's trace shows its jobs.
+    trace_context = models.JSONField(null=True, blank=True)
+    # Where the outcome is POSTed once the job has finished (a delivery job of its own,
+    # enqueued by the statement that records the outcome: protocol/webhooks.py). NULL,
+    # not "", for none: the statements test it per row, and most rows have none.
+    callback_url = models.URLField(max_length=2000, null=True, blank=True)  # noqa: DJ001
 
     class Meta:
         ordering = ["-id"]
@@ -162,6 +170,27 @@ class Dashboard(Job):
         default_permissions = ()
 
 
+#: The task that POSTs webhooks (declared in django_jobs/tasks.py); its jobs are the
+#: deliveries, enqueued by the protocol's outcome statements (protocol/webhooks.py).
+
+
+class WebhookDeliveryManager(models.Manager):
+    def get_queryset(self) -> models.QuerySet:
+        return super().get_queryset().filter(task_path=DELIVERY_TASK)
+
+
+class WebhookDelivery(Job):
+    """The jobs that POST webhooks (no table of their own): the admin lists them apart."""
+
+    objects = WebhookDeliveryManager()
+
+    class Meta:
+        proxy = True
+        verbose_name = "webhook delivery"
+        verbose_name_plural = "webhook deliveries"
+        default_permissions = ("view",)
+
+
 class Worker(models.Model):
     """One running ``runjobs`` supervisor. Its heartbeat is what keeps its jobs its own."""
 
@@ -176,6 +205,9 @@ class Worker(models.Model):
     version = models.CharField(max_length=50, blank=True, default="")
     started_at = models.DateTimeField(db_default=Now())
     last_heartbeat = models.DateTimeField(db_default=Now())
+    #: When the maintenance leader declared it lost (no heartbeat for WORKER_TIMEOUT);
+    #: cleared by its next heartbeat. Marks each loss once, for the worker_lost signal.
+    lost_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         ordering = ["-started_at"]
@@ -361,3 +393,42 @@ class ScheduleRun(models.Model):
 
     def __str__(self) -> str:
         return f"{self.schedule_id} at {self.fire_at:%Y-%m-%d %H:%M:%S}"
+
+
+class ApiToken(models.Model):
+    """A credential for the HTTP API (``django_jobs.api``), scoped to tasks and actions.
+
+    Only a SHA-256 digest of the token is stored: the token itself is shown once, when it
+    is created in the admin. Tokens are 256 random bits, so a fast hash is enough (there
+    is nothing to guess); the lookup is by digest.
+    """
+
+    name = models.CharField(max_length=100, unique=True, help_text="Who or what uses it.")
+    #: The token's first characters, to tell tokens apart in the admin and in logs.
+    prefix = models.CharField(max_length=16, editable=False)
+    digest = models.CharField(max_length=64, unique=True, editable=False)
+    can_read = models.BooleanField(default=True, help_text="Read jobs (GET).")
+    can_enqueue = models.BooleanField(default=False, help_text="Enqueue jobs (POST /jobs/).")
+    can_cancel = models.BooleanField(default=False, help_text="Cancel jobs that have not started.")
+    can_scrape_metrics = models.BooleanField(
+        default=False, help_text="Read the Prometheus metrics view."
+    )
+    tasks = models.JSONField(
+        default=list,
+        blank=True,
+        help_text='Task paths this token may act on ("app.tasks.send", "app.tasks.*"); '
+        '["*"] for every task. Enqueueing also needs the task in DJANGO_JOBS["API_TASKS"].',
+    )
+    is_active = models.BooleanField(default=True)
+    expires_at = models.DateTimeField(null=True, blank=True, help_text="Empty: never.")
+    created_at = models.DateTimeField(db_default=Now())
+    created_by = models.CharField(max_length=150, blank=True, default="", editable=False)
+    #: Updated at most once a minute, so a busy client does not write on every request.
+    last_used_at = models.DateTimeField(null=True, blank=True, editable=False)
+
+    class Meta:
+        ordering = ["name"]
+        verbose_name = "API token"
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.prefix}…)"

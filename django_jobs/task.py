@@ -8,6 +8,7 @@
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
+from urllib.parse import urlsplit
 
 from .compat import (
     DEFAULT_TASK_BACKEND_ALIAS,
@@ -36,6 +37,8 @@ class JobsTask(Task):
     #: Run inside a transaction on the jobs database that also records the success:
     #: the task's writes and its SUCCESSFUL state commit together, or neither does.
     atomic: bool = False
+    #: POST the outcome here once a job has finished (a webhook, signed; see the docs).
+    callback_url: str | None = None
 
     def __post_init__(self) -> None:
         # Django's @task passes our options through as given: accept one class, or a list.
@@ -56,8 +59,10 @@ class JobsTask(Task):
         run_after: Any = None,
         backend: str | None = None,
         max_attempts: int | None = None,
+        callback_url: str | None = None,
     ) -> "JobsTask":
-        """Return a copy with some defaults changed, including ``max_attempts``.
+        """Return a copy with some defaults changed, including ``max_attempts`` and
+        ``callback_url``.
 
         The other options of ours (time limits, retry policy, atomic) belong to the
         task's code and are read from its declaration when the job runs.
@@ -67,6 +72,8 @@ class JobsTask(Task):
         )
         if max_attempts is not None:
             task = replace(task, max_attempts=max_attempts)
+        if callback_url is not None:
+            task = replace(task, callback_url=callback_url)
         return task
 
     def enqueue_many(
@@ -125,6 +132,26 @@ def _check_options(task: JobsTask) -> None:
             )
     if not isinstance(task.atomic, bool):
         raise InvalidTask(f"atomic must be True or False, got {task.atomic!r} {where}.")
+    if task.callback_url is not None:
+        problem = callback_url_problem(task.callback_url)
+        if problem:
+            raise InvalidTask(f"callback_url {problem} {where}.")
+
+
+#: Longest callback URL stored (the column's size).
+MAX_CALLBACK_URL = 2000
+
+
+def callback_url_problem(url: Any) -> str | None:
+    """Why ``url`` cannot be a webhook's callback URL, or None."""
+    if not isinstance(url, str):
+        return f"must be a URL string, got {type(url).__name__}"
+    if len(url) > MAX_CALLBACK_URL:
+        return f"is {len(url)} characters long; at most {MAX_CALLBACK_URL} are stored"
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return f"must be an absolute http:// or https:// URL, got {url!r}"
+    return None
 
 
 def job(
@@ -142,6 +169,7 @@ def job(
     timeout: float | None = None,
     soft_timeout: float | None = None,
     atomic: bool = False,
+    callback_url: str | None = None,
 ) -> Any:
     """Declare a task, like ``django.tasks.task``, with this backend's extra options."""
     if isinstance(retry_on, type):
@@ -164,6 +192,7 @@ def job(
             timeout=timeout,
             soft_timeout=soft_timeout,
             atomic=atomic,
+            callback_url=callback_url,
         )
 
     if function is not None:

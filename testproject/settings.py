@@ -51,6 +51,24 @@ TASKS = {
     }
 }
 
+DJANGO_JOBS = {
+    # Tests sign and verify webhooks with this; never use a checked-in secret in production.
+    "WEBHOOK_SECRET": env.str(
+        "JOBS_WEBHOOK_SECRET", default="test-only-webhook-secret-0123456789"
+    ),
+    # Callback URLs given over the HTTP API may point at a receiver on this machine.
+    "WEBHOOK_ALLOWED_URLS": ["http://127.0.0.1:", "http://localhost:"],
+    "API_TASKS": ["testproject.example.tasks.add", "testproject.example.tasks.sleep_for"],
+    # Process tests turn these on through the environment.
+    "METRICS": env.bool("JOBS_METRICS", default=False),
+    "TRACING": env.bool("JOBS_TRACING", default=False),
+}
+
+if os.environ.get("JOBS_TRACE_FILE"):
+    from testproject import tracing
+
+    tracing.configure(os.environ["JOBS_TRACE_FILE"])
+
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",

@@ -2,14 +2,18 @@
 
 from django.contrib import admin
 
-from django_jobs.models import Dashboard, Job, Schedule, Worker
+from django_jobs.models import ApiToken, Dashboard, Job, Schedule, WebhookDelivery, Worker
 
 from .dashboard import DashboardEntryAdmin
 from .jobs import JobAdmin
 from .schedules import ScheduleAdmin
+from .tokens import ApiTokenAdmin
+from .webhooks import WebhookDeliveryAdmin
 from .workers import WorkerAdmin
 
 admin.site.register(Job, JobAdmin)
 admin.site.register(Dashboard, DashboardEntryAdmin)
 admin.site.register(Worker, WorkerAdmin)
 admin.site.register(Schedule, ScheduleAdmin)
+admin.site.register(WebhookDelivery, WebhookDeliveryAdmin)
+admin.site.register(ApiToken, ApiTokenAdmin)

@@ -13,6 +13,7 @@ from typing import Any
 
 from django.db import connections, transaction
 
+from .. import signals
 from ..backend import jobs_database
 from ..models import Job
 from ..protocol import operator as protocol
@@ -127,8 +128,23 @@ def retry(ids: Iterable[int], using: str | None = None) -> Report:
 
 
 def cancel(ids: Iterable[int], using: str | None = None) -> Report:
-    """Cancel jobs that have not started (READY or BLOCKED)."""
-    return _operate(ids, protocol.cancel_jobs, "cancelled", _cancel_reason, using)
+    """Cancel jobs that have not started (READY or BLOCKED); send job_cancelled for each."""
+
+    def move(cur: Any, ids: list[int]) -> list[int]:
+        cancelled = protocol.cancel(cur, ids)
+        # Once committed (and never for a rolled-back cancel, in the caller's atomic).
+        transaction.on_commit(lambda: _announce(cancelled), using=cur.db.alias)
+        return [job.id for job in cancelled]
+
+    return _operate(ids, move, "cancelled", _cancel_reason, using)
+
+
+def _announce(cancelled: list[protocol.CancelledJob]) -> None:
+    for job in cancelled:
+        signals.send(
+            signals.job_cancelled, Job, job_id=job.id, task_path=job.task_path,
+            queue_name=job.queue_name, backend=job.backend,
+        )  # fmt: skip
 
 
 def run_now(ids: Iterable[int], using: str | None = None) -> Report:

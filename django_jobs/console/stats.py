@@ -418,3 +418,67 @@ def workers(using: str | None = None) -> QuerySet:
         .annotate(running_jobs=running_now())
         .order_by("-started_at")
     )
+
+
+BLOCKED_BY_QUEUE = f"""
+SELECT queue_name, count(*) FROM {TABLE} WHERE state = 'BLOCKED' GROUP BY queue_name
+"""
+RUNNING_BY_BACKEND = f"""
+SELECT backend, count(*) FROM {TABLE} WHERE state = 'RUNNING' GROUP BY backend
+"""
+# The worker table has a row per live worker and the recently dead: read it whole.
+WORKERS_SEEN = """
+SELECT backend, concurrency, extract(epoch FROM now() - last_heartbeat), lost_at IS NOT NULL
+FROM django_jobs_worker
+"""
+
+
+@dataclass
+class Depths:
+    """What waits and runs, per queue, for gauges (``Overview`` without the history)."""
+
+    queues: list[QueueStats]
+    #: Blocked jobs per queue (workflow steps waiting on their parents).
+    blocked: dict[str, int]
+    #: The ready counts are the planner's estimates (too many rows to count quickly).
+    ready_estimated: bool
+    #: Running jobs per backend alias: the busy slots.
+    running_by_backend: dict[str, int]
+
+
+def depths(queues: list[str] | None = None, using: str | None = None) -> Depths:
+    """Ready, delayed, running and blocked jobs per queue, through the partial indexes.
+
+    The same bounded reads as :func:`overview`: exact under EXACT_BELOW rows and
+    EXACT_TIMEOUT_MS, else the planner's estimates (then the oldest ready job's age is
+    unknown).
+    """
+    using = _db(using)
+    by_queue: dict[str, QueueStats] = {name: QueueStats(name) for name in queues or []}
+
+    def queue(name: str) -> QueueStats:
+        return by_queue.setdefault(name, QueueStats(name))
+
+    with _cursor(using) as cur:
+        ready_planned = planned_rows(cur, READY_ROWS)
+    ready = _bounded(using, READY_BY_QUEUE) if ready_planned <= EXACT_BELOW else None
+    for name, runnable, delayed, oldest in ready or []:
+        q = queue(name)
+        q.runnable, q.delayed, q.oldest_runnable = runnable, delayed, oldest
+    for name, n in _bounded(using, RUNNING_BY_QUEUE) or []:
+        queue(name).running = n
+    if ready is None:
+        _estimate(using, by_queue, queue, True, False, timezone.now())
+    return Depths(
+        queues=sorted(by_queue.values(), key=lambda q: q.name),
+        blocked=dict(_bounded(using, BLOCKED_BY_QUEUE) or []),
+        ready_estimated=ready is None,
+        running_by_backend=dict(_bounded(using, RUNNING_BY_BACKEND) or []),
+    )
+
+
+def workers_seen(using: str | None = None) -> list[tuple[str, int, float, bool]]:
+    """(backend, slots, seconds since the last heartbeat, declared lost) per worker row."""
+    with _cursor(using) as cur:
+        cur.execute(WORKERS_SEEN)
+        return [(b, c, float(age), lost) for b, c, age, lost in cur.fetchall()]

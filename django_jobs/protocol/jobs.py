@@ -14,7 +14,7 @@ from datetime import datetime
 from operator import attrgetter, itemgetter
 from typing import Any
 
-from . import NOTIFY_CHANNEL, Cursor, execute_many
+from . import NOTIFY_CHANNEL, Cursor, execute_many, webhooks
 
 #: Columns a worker needs to run a job and to build its TaskResult, in this order.
 JOB_COLUMNS = (
@@ -34,10 +34,11 @@ JOB_COLUMNS = (
     "max_attempts",
     "worker_ids",
     "errors",
+    "trace_context",
 )
 #: The JSON columns among them, which the claim returns as one JSON array text: parsing
 #: one document per row costs half of what four jsonb values cost (bench/, S1).
-JSON_COLUMNS = ("args", "kwargs", "worker_ids", "errors")
+JSON_COLUMNS = ("args", "kwargs", "worker_ids", "errors", "trace_context")
 _RETURNING = ", ".join(
     [f"j.{c}" for c in JOB_COLUMNS if c not in JSON_COLUMNS]
     + [f"jsonb_build_array({', '.join(f'j.{c}' for c in JSON_COLUMNS)})::text"]
@@ -50,12 +51,14 @@ ENQUEUE = f"""
 WITH j AS (
     INSERT INTO django_jobs_job (
         task_path, queue_name, priority, state, backend, args, kwargs,
-        run_after, available_at, enqueued_at, attempts, max_attempts, worker_ids, errors
+        run_after, available_at, enqueued_at, attempts, max_attempts, worker_ids, errors,
+        trace_context, callback_url
     )
     VALUES (
         %(task_path)s, %(queue_name)s, %(priority)s, 'READY', %(backend)s,
         %(args_json)s::jsonb, %(kwargs_json)s::jsonb, %(run_after)s::timestamptz,
-        COALESCE(%(run_after)s::timestamptz, now()), now(), 0, %(max_attempts)s, '[]', '[]'
+        COALESCE(%(run_after)s::timestamptz, now()), now(), 0, %(max_attempts)s, '[]', '[]',
+        %(trace_context_json)s::jsonb, %(callback_url)s
     )
     RETURNING id, enqueued_at, available_at, queue_name
 )
@@ -73,16 +76,19 @@ ENQUEUE_BATCH = """
 WITH inserted AS (
 INSERT INTO django_jobs_job (
     task_path, queue_name, priority, state, backend, args, kwargs,
-    run_after, available_at, enqueued_at, attempts, max_attempts, worker_ids, errors
+    run_after, available_at, enqueued_at, attempts, max_attempts, worker_ids, errors,
+    trace_context, callback_url
 )
 SELECT s.task_path, s.queue_name, s.priority, 'READY', s.backend, c.call -> 0, c.call -> 1,
-       s.run_after, COALESCE(s.run_after, now()), now(), 0, s.max_attempts, '[]', '[]'
+       s.run_after, COALESCE(s.run_after, now()), now(), 0, s.max_attempts, '[]', '[]',
+       s.trace_context, s.callback_url
 FROM jsonb_array_elements(%(calls)s::jsonb) WITH ORDINALITY AS c(call, n)
 JOIN unnest(
     %(task_path)s::text[], %(queue_name)s::text[], %(priority)s::smallint[],
-    %(backend)s::text[], %(run_after)s::timestamptz[], %(max_attempts)s::int[]
+    %(backend)s::text[], %(run_after)s::timestamptz[], %(max_attempts)s::int[],
+    %(trace_context_json)s::jsonb[], %(callback_url)s::text[]
 ) WITH ORDINALITY AS s(task_path, queue_name, priority, backend, run_after, max_attempts,
-                      spec)
+                      trace_context, callback_url, spec)
     ON s.spec = (c.call ->> 2)::bigint + 1
 ORDER BY c.n
 RETURNING id
@@ -147,30 +153,40 @@ CLAIM = _CLAIM.format(queue_filter="AND queue_name = ANY(%(queues)s::text[])")
 CLAIM_ANY_QUEUE = _CLAIM.format(queue_filter="")
 
 # Fenced success: only the attempt that claimed the job may finish it. A row that was
-# rescued (and maybe re-claimed) since then no longer matches and is left alone.
-COMPLETE_MANY = """
-UPDATE django_jobs_job AS j
-SET state = 'SUCCESSFUL', finished_at = now(), return_value = o.return_value
-FROM unnest(%(job_id)s::bigint[], %(attempt)s::int[], %(return_json)s::jsonb[])
-     AS o(id, attempt, return_value)
-WHERE j.id = o.id AND j.state = 'RUNNING' AND j.attempts = o.attempt
-RETURNING j.id, j.finished_at
+# rescued (and maybe re-claimed) since then no longer matches and is left alone. The
+# webhook deliveries of the jobs that name a callback URL are enqueued in the same
+# statement (protocol/webhooks.py says why).
+COMPLETE_MANY = f"""
+WITH done AS (
+    UPDATE django_jobs_job AS j
+    SET state = 'SUCCESSFUL', finished_at = now(), return_value = o.return_value
+    FROM unnest(%(job_id)s::bigint[], %(attempt)s::int[], %(return_json)s::jsonb[])
+         AS o(id, attempt, return_value)
+    WHERE j.id = o.id AND j.state = 'RUNNING' AND j.attempts = o.attempt
+    RETURNING j.id, j.finished_at, {webhooks.RETURNING}
+), {webhooks.deliveries("done", "job.finished")}
+SELECT id, finished_at FROM done
 """
 
 # Fenced failure. `retry_in` (seconds) NULL means the attempt was the last one: FAILED.
 # Otherwise the job goes back to READY, due after the backoff. The decision is the
 # policy's (policy.py); this statement only carries it out.
-FAIL_MANY = """
-UPDATE django_jobs_job AS j
-SET state = CASE WHEN o.retry_in IS NULL THEN 'FAILED' ELSE 'READY' END,
-    finished_at = CASE WHEN o.retry_in IS NULL THEN now() END,
-    available_at = CASE WHEN o.retry_in IS NULL THEN j.available_at
-                        ELSE now() + make_interval(secs => o.retry_in) END,
-    errors = j.errors || jsonb_build_array(o.error || jsonb_build_object('failed_at', now()))
-FROM unnest(%(job_id)s::bigint[], %(attempt)s::int[], %(error_json)s::jsonb[],
-            %(retry_in)s::float8[]) AS o(id, attempt, error, retry_in)
-WHERE j.id = o.id AND j.state = 'RUNNING' AND j.attempts = o.attempt
-RETURNING j.id, j.state, j.finished_at
+# A final failure with a callback URL enqueues its webhook delivery, as a success does.
+FAIL_MANY = f"""
+WITH done AS (
+    UPDATE django_jobs_job AS j
+    SET state = CASE WHEN o.retry_in IS NULL THEN 'FAILED' ELSE 'READY' END,
+        finished_at = CASE WHEN o.retry_in IS NULL THEN now() END,
+        available_at = CASE WHEN o.retry_in IS NULL THEN j.available_at
+                            ELSE now() + make_interval(secs => o.retry_in) END,
+        errors = j.errors
+                 || jsonb_build_array(o.error || jsonb_build_object('failed_at', now()))
+    FROM unnest(%(job_id)s::bigint[], %(attempt)s::int[], %(error_json)s::jsonb[],
+                %(retry_in)s::float8[]) AS o(id, attempt, error, retry_in)
+    WHERE j.id = o.id AND j.state = 'RUNNING' AND j.attempts = o.attempt
+    RETURNING j.id, j.state, j.finished_at, {webhooks.RETURNING}
+), {webhooks.deliveries("done", "job.finished")}
+SELECT id, state, finished_at FROM done
 """
 
 # Snooze: the job asked to run later. The attempt is not an error: the policy gives it
@@ -228,6 +244,10 @@ class NewJob:
     kwargs_json: str
     run_after: datetime | None
     max_attempts: int
+    #: W3C trace context headers (JSON text) of the enqueue, continued by the worker.
+    trace_context_json: str | None = None
+    #: Where to POST the outcome once the job has finished (webhooks).
+    callback_url: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -250,6 +270,7 @@ class ClaimedJob:
     max_attempts: int
     worker_ids: list[str]
     errors: list[dict[str, Any]]
+    trace_context: dict[str, str] | None
 
     def to_wire(self) -> tuple:
         """A plain tuple for a pipe: pickling a slots dataclass is several times slower."""
@@ -321,6 +342,10 @@ class JobSpec:
     backend: str
     run_after: datetime | None
     max_attempts: int
+    #: Where to POST the outcome once a job has finished (webhooks).
+    callback_url: str | None = None
+    #: W3C trace context headers (JSON text) of the enqueue, continued by the worker.
+    trace_context_json: str | None = None
 
 
 _NEW_JOB_FIELDS = tuple(f.name for f in fields(NewJob))

@@ -7,10 +7,11 @@ operator looked at it no longer matches and is skipped, never forced. The caller
 """
 
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 
 from ..policy import OPERATOR_RETRY_ATTEMPTS
 from ..states import FINISHED, FINISHED_SQL
-from . import NOTIFY_CHANNEL, Cursor
+from . import NOTIFY_CHANNEL, Cursor, webhooks
 
 # Re-queue finished-but-unsuccessful jobs, due now. They are allowed `grant` attempts
 # beyond those used (policy.OPERATOR_RETRY_ATTEMPTS), so a job that exhausted
@@ -26,11 +27,16 @@ WITH moved AS (
 SELECT moved.id, pg_notify('{NOTIFY_CHANNEL}', moved.queue_name) FROM moved
 """
 
-CANCEL_JOBS = """
-UPDATE django_jobs_job AS j
-SET state = 'CANCELLED', finished_at = now()
-WHERE j.id = ANY(%(ids)s::bigint[]) AND j.state IN ('READY', 'BLOCKED')
-RETURNING j.id
+# Returns what the job_cancelled signal reports of each job (its metrics labels). A job
+# with a callback URL gets its webhook delivery in the same statement, as on finishing.
+CANCEL_JOBS = f"""
+WITH done AS (
+    UPDATE django_jobs_job AS j
+    SET state = 'CANCELLED', finished_at = now()
+    WHERE j.id = ANY(%(ids)s::bigint[]) AND j.state IN ('READY', 'BLOCKED')
+    RETURNING j.id, j.task_path, j.queue_name, j.backend, {webhooks.RETURNING}
+), {webhooks.deliveries("done", "job.cancelled")}
+SELECT id, task_path, queue_name, backend FROM done
 """
 
 RUN_JOBS_NOW = f"""
@@ -79,9 +85,23 @@ def retry_jobs(
     return _ids(cursor, RETRY_JOBS, ids, grant=grant)
 
 
+@dataclass(frozen=True, slots=True)
+class CancelledJob:
+    id: int
+    task_path: str
+    queue_name: str
+    backend: str
+
+
+def cancel(cursor: Cursor, ids: Iterable[int]) -> list[CancelledJob]:
+    """Cancel READY or BLOCKED jobs; return those that moved (running ones are skipped)."""
+    cursor.execute(CANCEL_JOBS, {"ids": list(ids)})
+    return [CancelledJob(*row) for row in cursor.fetchall()]
+
+
 def cancel_jobs(cursor: Cursor, ids: Iterable[int]) -> list[int]:
     """Cancel READY or BLOCKED jobs; return the ids that moved (running ones are skipped)."""
-    return _ids(cursor, CANCEL_JOBS, ids)
+    return [job.id for job in cancel(cursor, ids)]
 
 
 def run_jobs_now(cursor: Cursor, ids: Iterable[int]) -> list[int]:

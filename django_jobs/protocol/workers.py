@@ -10,6 +10,7 @@ the task's backoff, or FAILED on the last attempt, as the policy says.
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime
 
 from . import Cursor
 
@@ -18,16 +19,20 @@ INSERT INTO django_jobs_worker (id, backend, host, pid, queues, concurrency, ver
                                 started_at, last_heartbeat)
 VALUES (%(id)s, %(backend)s, %(host)s, %(pid)s, %(queues)s::jsonb, %(concurrency)s,
         %(version)s, now(), now())
-ON CONFLICT (id) DO UPDATE SET last_heartbeat = now(), concurrency = EXCLUDED.concurrency
+ON CONFLICT (id) DO UPDATE
+    SET last_heartbeat = now(), concurrency = EXCLUDED.concurrency, lost_at = NULL
 """
 
 # One statement for a supervisor and its children, whose ids are "<supervisor id>/<pid>":
 # their rows stay fresh exactly as long as the supervisor is heard from. Returns no row
-# for the supervisor when it is gone: it was declared lost and must register again.
+# for the supervisor when it is gone: it was declared lost and must register again. A
+# worker declared lost that beats again is not lost any more (lost_at back to NULL), so
+# a second loss is announced again.
 HEARTBEAT = """
 UPDATE django_jobs_worker
 SET last_heartbeat = now(),
-    concurrency = CASE WHEN id = %(id)s THEN %(concurrency)s ELSE concurrency END
+    concurrency = CASE WHEN id = %(id)s THEN %(concurrency)s ELSE concurrency END,
+    lost_at = NULL
 WHERE id = %(id)s OR starts_with(id, %(id)s || '/')
 RETURNING id
 """
@@ -51,6 +56,17 @@ ON CONFLICT (name) DO UPDATE
 RETURNING holder
 """
 
+# Declare workers lost once per loss: the conditional UPDATE (lost_at IS NULL) moves each
+# row once however many leaders race, so worker_lost fires once. The worker table holds a
+# row per live worker (and the recently dead): a scan of it is cheap.
+MARK_LOST_WORKERS = """
+UPDATE django_jobs_worker SET lost_at = now()
+WHERE lost_at IS NULL AND last_heartbeat < now() - make_interval(secs => %(stale_after)s)
+RETURNING id, backend, host, pid, last_heartbeat
+"""
+# (A child's row, "<supervisor id>/<pid>", goes silent with its supervisor: it is marked
+# lost too, and the rescuer announces the supervisor only.)
+
 RELEASE_LEASE = "DELETE FROM django_jobs_lease WHERE name = %(name)s AND holder = %(holder)s"
 
 # RUNNING jobs whose worker has not been heard from for `stale_after` seconds (or whose
@@ -59,7 +75,7 @@ RELEASE_LEASE = "DELETE FROM django_jobs_lease WHERE name = %(name)s AND holder 
 # Reads the partial index on RUNNING rows only; SKIP LOCKED passes over rows a live
 # worker is finishing right now.
 LOCK_LOST_JOBS = """
-SELECT j.id, j.task_path, j.backend, j.attempts, j.max_attempts, j.worker_id
+SELECT j.id, j.task_path, j.queue_name, j.backend, j.attempts, j.max_attempts, j.worker_id
 FROM django_jobs_job AS j
 WHERE j.state = 'RUNNING'
   AND NOT EXISTS (
@@ -75,7 +91,7 @@ FOR UPDATE OF j SKIP LOCKED
 
 # RUNNING jobs by id, locked: what a dead child was running, to fail those attempts.
 LOCK_RUNNING_JOBS = """
-SELECT id, task_path, backend, attempts, max_attempts, worker_id
+SELECT id, task_path, queue_name, backend, attempts, max_attempts, worker_id
 FROM django_jobs_job
 WHERE id = ANY(%(ids)s::bigint[]) AND state = 'RUNNING'
 ORDER BY id
@@ -89,6 +105,7 @@ class LostJob:
 
     id: int
     task_path: str
+    queue_name: str
     backend: str
     attempts: int
     max_attempts: int
@@ -151,6 +168,23 @@ def lock_running_jobs(cursor: Cursor, *, ids: Sequence[int]) -> list[LostJob]:
         return []
     cursor.execute(LOCK_RUNNING_JOBS, {"ids": list(ids)})
     return [LostJob(*row) for row in cursor.fetchall()]
+
+
+@dataclass(frozen=True, slots=True)
+class LostWorker:
+    """A worker just declared lost."""
+
+    id: str
+    backend: str
+    host: str
+    pid: int
+    last_heartbeat: datetime
+
+
+def mark_lost_workers(cursor: Cursor, *, stale_after: float) -> list[LostWorker]:
+    """Declare workers silent for ``stale_after`` s lost; return those declared just now."""
+    cursor.execute(MARK_LOST_WORKERS, {"stale_after": stale_after})
+    return [LostWorker(*row) for row in cursor.fetchall()]
 
 
 def lock_lost_jobs(cursor: Cursor, *, stale_after: float, limit: int) -> list[LostJob]:

@@ -9,7 +9,7 @@ transaction; SKIP LOCKED passes over a job its live worker is finishing right no
 import logging
 from collections.abc import Callable
 
-from .. import registry
+from .. import registry, signals
 from ..backend import get_backend
 from ..codec import class_path, encode_json, error_record
 from ..compat import InvalidTaskBackend
@@ -45,16 +45,40 @@ class Rescuer:
     def run_once(self, cursor: Cursor) -> list[tuple[int, str, str]]:
         """Rescue up to BATCH lost jobs; return (job id, new state, lost worker) each."""
         with cursor.connection.transaction():
+            gone = workers.mark_lost_workers(cursor, stale_after=self.worker_timeout)
             lost = workers.lock_lost_jobs(
                 cursor, stale_after=self.worker_timeout, limit=self.BATCH
             )
             moved = jobs.fail(cursor, [self._failure(job) for job in lost])
-        rescued = [(job.id, moved[job.id][0], job.worker_id) for job in lost if job.id in moved]
-        for job_id, state, worker in rescued:
+        # Signals only once the moves are committed: a receiver never sees a rescue that
+        # was rolled back.
+        for worker in gone:
+            if "/" in worker.id:
+                continue  # a child's row: lost with its supervisor, announced once for both
             logger.warning(
-                "Rescued job %s from lost worker %s: %s", job_id, worker,
+                "Worker %s (host %s, pid %s) is lost: no heartbeat since %s",
+                worker.id, worker.host, worker.pid, worker.last_heartbeat,
+                extra={"action": "worker_lost"},
+            )  # fmt: skip
+            signals.send(
+                signals.worker_lost, Rescuer, worker_id=worker.id, backend=worker.backend,
+                host=worker.host, pid=worker.pid, last_heartbeat=worker.last_heartbeat,
+            )  # fmt: skip
+        rescued = []
+        for job in lost:
+            if job.id not in moved:
+                continue
+            state = moved[job.id][0]
+            rescued.append((job.id, state, job.worker_id))
+            logger.warning(
+                "Rescued job %s from lost worker %s: %s", job.id, job.worker_id,
                 "will run again" if state == "READY" else "no attempts left, FAILED",
-                extra={"action": "job_rescued", "job_id": job_id},
+                extra={"action": "job_rescued", "job_id": job.id},
+            )  # fmt: skip
+            signals.send(
+                signals.job_rescued, Rescuer, job_id=job.id, task_path=job.task_path,
+                queue_name=job.queue_name, backend=job.backend, attempt=job.attempts,
+                lost_worker_id=job.worker_id, state=state,
             )  # fmt: skip
         return rescued
 

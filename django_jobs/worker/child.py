@@ -23,13 +23,18 @@ from multiprocessing.connection import Connection
 import django
 from django.apps import apps
 from django.db import connections
+from django.utils.module_loading import import_string
 
 from .. import __version__, registry
 from ..backend import get_backend
 from ..protocol import workers
+from ..tally import TALLY
 from .logs import configure_logging
 from .runner import Runner
 from .slots import Slots
+
+#: With metrics on, a child hands its counts to the supervisor this often (seconds).
+TALLY_EVERY = 1.0
 
 
 @dataclass(frozen=True)
@@ -47,6 +52,9 @@ class ChildConfig:
     log_level: int | None = None
     #: Run jobs on an event loop, ``threads`` at once (``--pool asyncio``).
     event_loop: bool = False
+    #: Dotted paths of functions to call once Django is set up (``runjobs
+    #: --metrics-port`` turns metrics on here with ``django_jobs.metrics.enable``).
+    setup: tuple[str, ...] = ()
 
 
 def child_worker_id(supervisor_id: str, pid: int) -> str:
@@ -109,8 +117,11 @@ def main(pipe: Connection, config: ChildConfig, slots: Slots) -> None:
         configure_logging(config.log_level)
     backend = get_backend(config.backend)
     registry.discover(backend.jobs_options.TASK_MODULES)
+    for path in config.setup:
+        import_string(path)()
     worker_id = child_worker_id(config.supervisor_id, os.getpid())
     control = PipeControl(pipe)
+    counting = _hand_over_counts(control) if TALLY.enabled else None
     runner = Runner(
         backend=backend,
         worker_id=worker_id,
@@ -157,6 +168,29 @@ def main(pipe: Connection, config: ChildConfig, slots: Slots) -> None:
     try:
         runner.run()
     finally:
+        if counting is not None:
+            counting.set()
+            _send_counts(control)  # what the last jobs added
         runner.db.run(lambda cur: workers.deregister_worker(cur, worker_id=worker_id))
         runner.db.close()
         connections.close_all()
+
+
+def _send_counts(control: PipeControl) -> None:
+    taken = TALLY.take()
+    if taken is not None:
+        control.send(("tally", taken))
+
+
+def _hand_over_counts(control: PipeControl) -> threading.Event:
+    """Send this child's metric counts to the supervisor about once a second, on a timer
+    (not per job: a burst of short jobs costs one message a second, and a long job's
+    start is counted while it runs). Set the returned event to stop."""
+    stopped = threading.Event()
+
+    def loop() -> None:
+        while not stopped.wait(TALLY_EVERY):
+            _send_counts(control)
+
+    threading.Thread(target=loop, name="django_jobs-tally", daemon=True).start()
+    return stopped

@@ -16,7 +16,7 @@ from typing import Any
 from asgiref.sync import async_to_sync, iscoroutinefunction
 from django.db import close_old_connections, connections, transaction
 
-from .. import registry
+from .. import instrumentation, registry
 from ..backend import JobsBackend
 from ..codec import encode_json, error_record
 from ..compat import Task, TaskContext, TaskResult, signal_wanted, task_started
@@ -44,9 +44,13 @@ class _Run:
     started: float
     result: TaskResult | None
     policy: Policy
+    #: What the integrations' run wrappers see (None when none is on).
+    trace: instrumentation.JobRun | None = None
 
 
-def _start(job: ClaimedJob, backend: JobsBackend, worker_id: str) -> _Run | Outcome:
+def _start(
+    job: ClaimedJob, backend: JobsBackend, worker_id: str, trace: instrumentation.JobRun | None
+) -> _Run | Outcome:
     """Find the task and announce the attempt; an Outcome if it cannot run at all."""
     started = time.perf_counter()
     task = registry.get(job.task_path)
@@ -54,6 +58,8 @@ def _start(job: ClaimedJob, backend: JobsBackend, worker_id: str) -> _Run | Outc
         exc = registry.UnknownTask(job.task_path)
         logger.error("Job %s not run: %s", job.id, exc, extra={"action": "job_unknown_task"})
         error = error_record(exc, attempt=job.attempts, worker_id=worker_id)
+        if trace is not None:
+            trace.exception = exc
         return Outcome(job, OutcomeKind.FAILED, error=error)
     # The TaskResult is built only for someone: the task's context, or a receiver.
     started_wanted = signal_wanted(task_started, logging.INFO)
@@ -62,7 +68,10 @@ def _start(job: ClaimedJob, backend: JobsBackend, worker_id: str) -> _Run | Outc
         result = backend.result_from_row(job.as_row())
         if started_wanted:
             task_started.send(sender=type(backend), task_result=result)
-    return _Run(job, task, worker_id, started, result, Policy.for_task(task, backend.jobs_options))
+    if trace is not None:
+        trace.task_result = result
+    policy = Policy.for_task(task, backend.jobs_options)
+    return _Run(job, task, worker_id, started, result, policy, trace)
 
 
 def _raised(run: _Run, exc: BaseException) -> Outcome:
@@ -78,6 +87,8 @@ def _raised(run: _Run, exc: BaseException) -> Outcome:
         return Outcome(job, OutcomeKind.SNOOZED, duration, delay=delay, task_result=run.result)
     if isinstance(exc, _LostLease):
         return Outcome(job, OutcomeKind.LOST, duration)
+    if run.trace is not None:
+        run.trace.exception = exc
     delay = run.policy.next_attempt_in(job.attempts, job.max_attempts, exc)
     _log_failure(job, exc, duration, delay)
     error = error_record(exc, attempt=job.attempts, worker_id=run.worker_id)
@@ -112,7 +123,33 @@ def _returned(run: _Run, value: Any) -> Outcome:
 
 def execute(job: ClaimedJob, backend: JobsBackend, worker_id: str) -> Outcome:
     """Run ``job`` once on this thread; never raises (but lets KeyboardInterrupt through)."""
-    run = _start(job, backend, worker_id)
+    if not instrumentation.run_wrappers:
+        return _execute(job, backend, worker_id, None)
+    # The integrations' wrappers (a tracing span, error reporting) are entered before
+    # task_started and left after the outcome is known: what the task does runs inside.
+    trace = instrumentation.JobRun(job)
+    with instrumentation.running(trace):
+        outcome = _execute(job, backend, worker_id, trace)
+        _describe(trace, outcome)
+    return outcome
+
+
+_OUTCOME_NAMES = {OutcomeKind.RECORDED: "succeeded", OutcomeKind.SUCCEEDED: "succeeded"}
+
+
+def _describe(trace: instrumentation.JobRun, outcome: Outcome) -> None:
+    """Tell the run wrappers how the attempt ended, before they exit."""
+    trace.outcome = _OUTCOME_NAMES.get(outcome.kind, outcome.kind.value)
+    if outcome.kind == OutcomeKind.FAILED and outcome.delay is not None:
+        trace.outcome = "retrying"
+    trace.error = outcome.error
+    trace.duration = outcome.duration
+
+
+def _execute(
+    job: ClaimedJob, backend: JobsBackend, worker_id: str, trace: instrumentation.JobRun | None
+) -> Outcome:
+    run = _start(job, backend, worker_id, trace)
     if isinstance(run, Outcome):
         return run
     close_old_connections()
@@ -151,7 +188,19 @@ async def aexecute(job: ClaimedJob, backend: JobsBackend, worker_id: str) -> Out
     At the soft time limit the coroutine is cancelled (it sees ``CancelledError`` and
     may clean up); the attempt is then recorded as ``SoftTimeLimitExceeded``.
     """
-    run = _start(job, backend, worker_id)
+    if not instrumentation.run_wrappers:
+        return await _aexecute(job, backend, worker_id, None)
+    trace = instrumentation.JobRun(job)
+    with instrumentation.running(trace):
+        outcome = await _aexecute(job, backend, worker_id, trace)
+        _describe(trace, outcome)
+    return outcome
+
+
+async def _aexecute(
+    job: ClaimedJob, backend: JobsBackend, worker_id: str, trace: instrumentation.JobRun | None
+) -> Outcome:
+    run = _start(job, backend, worker_id, trace)
     if isinstance(run, Outcome):
         return run
     task = run.task

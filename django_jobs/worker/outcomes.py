@@ -4,8 +4,9 @@ The pool puts an :class:`Outcome` on the supervisor's inbox for every job it ran
 could not run). The supervisor hands them to an :class:`OutcomeRecorder`, which keeps
 them for a few milliseconds and records them with one fenced statement per kind
 (success, failure, snooze, release). Then it sends ``task_finished`` for each outcome
-the database accepted, and counts them. This is what lets one process record thousands
-of short jobs per second.
+the database accepted (and ``job_retrying`` or ``job_snoozed`` for a job going back to
+the queue: the metrics count from these, in whichever process records), and counts
+them. This is what lets one process record thousands of short jobs per second.
 """
 
 import json
@@ -20,7 +21,7 @@ from typing import Any
 import psycopg
 from django.utils import timezone
 
-from .. import policy, registry
+from .. import policy, registry, signals
 from ..backend import JobsBackend
 from ..codec import encode_json, error_record, storable_text
 from ..compat import TaskError, TaskResult, TaskResultStatus, signal_wanted, task_finished
@@ -85,6 +86,10 @@ class WorkerStats:
     started_at: float = field(default_factory=time.monotonic)
 
 
+#: The counts of WorkerStats, as worker_stopped reports them.
+STAT_NAMES = ("claimed", "succeeded", "failed", "retried", "snoozed", "released", "lost")
+
+
 #: What the database took of one batch: finished_at per success, (state, finished_at)
 #: per failure, and the ids snoozed and released. A job in none of them was refused.
 Recorded = tuple[dict[int, Any], dict[int, tuple[str, Any]], set[int], set[int]]
@@ -126,10 +131,23 @@ def record(cur: psycopg.Cursor, outcomes: list[Outcome]) -> Recorded:
 
 
 def send_finished(backend: JobsBackend, outcome: Outcome, state: str, finished_at: Any) -> None:
-    """Send ``task_finished`` for a recorded outcome, with the TaskResult as stored."""
+    """Send ``task_finished`` for a recorded outcome, with the TaskResult as stored, then
+    ``job_retrying`` or ``job_snoozed`` when the job goes back to the queue.
+
+    The TaskResult is built only if one of them has a receiver that does something (see
+    compat.signal_wanted): a worker whose signals nobody listens to pays nothing here.
+    """
     status = to_task_status(state)
     level = logging.ERROR if status == TaskResultStatus.FAILED else logging.INFO
-    if not signal_wanted(task_finished, level):
+    finished_wanted = signal_wanted(task_finished, level)
+    follow_up = None
+    if state == JobState.READY:
+        follow_up = (
+            signals.job_snoozed if outcome.kind == OutcomeKind.SNOOZED else signals.job_retrying
+        )
+        if not follow_up.receivers:
+            follow_up = None
+    if not finished_wanted and follow_up is None:
         return
     result = outcome.task_result
     if result is None:
@@ -150,7 +168,15 @@ def send_finished(backend: JobsBackend, outcome: Outcome, state: str, finished_a
                 traceback=outcome.error["traceback"],
             )
         )
-    task_finished.send(type(backend), task_result=result)
+    if finished_wanted:
+        task_finished.send(type(backend), task_result=result)
+    if follow_up is signals.job_snoozed:
+        signals.send(follow_up, type(backend), task_result=result, delay=outcome.delay)
+    elif follow_up is not None:
+        signals.send(
+            follow_up, type(backend),
+            task_result=result, error=outcome.error, delay=outcome.delay,
+        )  # fmt: skip
 
 
 class OutcomeRecorder:

@@ -29,15 +29,17 @@ from typing import Any
 from django.db import connections
 
 from ..backend import JobsBackend
+from ..tally import TALLY
 from .child import ChildConfig, PipeControl, child_worker_id
 from .child import main as child_main
+from .outcomes import STAT_NAMES
 from .runner import Runner
 from .slots import Running, Slots
 
 logger = logging.getLogger(__name__)
 
 #: Counters a runner reports, summed over the pool for the stop summary.
-COUNTERS = ("claimed", "succeeded", "failed", "retried", "snoozed", "released", "lost")
+COUNTERS = STAT_NAMES
 
 
 @dataclass(frozen=True)
@@ -114,6 +116,7 @@ class ProcessPool:
         autoscale: tuple[int, int] | None = None,
         log_level: int | None = None,
         event_loop: bool = False,
+        child_setup: tuple[str, ...] = (),
     ) -> None:
         self.backend = backend
         self.threads = threads
@@ -133,6 +136,7 @@ class ProcessPool:
             max_memory_kib=max_memory_kib,
             log_level=log_level,
             event_loop=event_loop,
+            setup=child_setup,
         )
         self.event_loop = event_loop
         # spawn, not fork, once the supervisor has threads and open connections: a forked
@@ -238,9 +242,10 @@ class ProcessPool:
                     child.process.kill()
 
     def finished(self) -> bool:
-        """In burst mode: every child is gone and none will be started again."""
+        """Every child is gone and none will be started again (stopping, or in burst mode
+        every child found nothing left to do)."""
         with self._lock:
-            return not self._children and (self._stopping or self.burst)
+            return not self._children and (self._stopping or (self.burst and self.target <= 0))
 
     def totals(self) -> dict[str, int]:
         with self._lock:
@@ -314,6 +319,10 @@ class ProcessPool:
                 # otherwise wait for the child's next poll.
                 if self._notified_at > child.woken_at and not child.stopping:
                     self._wake(child)
+            elif kind == "tally":
+                # A child's metric counts since its last report (metrics are on): the
+                # supervisor serves the totals of every process it ran.
+                TALLY.merge(message[1])
             elif kind == "stats":
                 child.stats = message[1]
                 child.idle_for = message[1].get("idle_for", 0.0)
@@ -363,10 +372,10 @@ class ProcessPool:
                 shutdown=child.killed_at_shutdown,
             )
         )
-        replace = not self._stopping and not child.retiring and not child.stopping
-        if self.burst and code == 0:
-            replace = False  # it found nothing to do: that is how burst mode ends
-        if replace:
+        if self.burst and code == 0 and not child.retiring and not child.stopping:
+            # It found nothing to do: that is how burst mode ends, one child at a time.
+            self.target -= 1
+        if not self._stopping and not child.stopping:
             self._top_up()
 
     def _top_up(self) -> None:
@@ -399,8 +408,7 @@ class ProcessPool:
         if self._stopping:
             return
         if self.autoscale is None:
-            if not self.burst:
-                self._top_up()
+            self._top_up()
             return
         low, high = self.autoscale
         now = time.monotonic()
@@ -422,8 +430,7 @@ class ProcessPool:
                 self._last_scale = now
                 logger.info("Autoscale: shrinking to %d processes", self.target)
                 self._send_stop(idle[0])
-        if not self.burst:
-            self._top_up()
+        self._top_up()
 
 
 class QueueControl:

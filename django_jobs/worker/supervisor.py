@@ -24,7 +24,7 @@ from typing import Any
 
 import psycopg
 
-from .. import __version__, registry
+from .. import __version__, registry, signals
 from ..backend import get_backend
 from ..codec import class_path
 from ..exceptions import TimeLimitExceeded, WorkerProcessDied
@@ -37,7 +37,7 @@ from ..services.rescuer import Rescuer, failed_attempt
 from ..services.scheduler import Scheduler
 from . import dbconn
 from .listener import Listener
-from .outcomes import WorkerStats
+from .outcomes import STAT_NAMES, WorkerStats
 from .pool import ChildGone, InProcessPool, ProcessPool
 
 logger = logging.getLogger(__name__)
@@ -66,6 +66,7 @@ class Supervisor:
         worker_id: str | None = None,
         log_level: int | None = None,
         event_loop: bool = False,
+        child_setup: Sequence[str] = (),
     ) -> None:
         jobs_backend = get_backend(backend)
         self.backend = jobs_backend
@@ -110,6 +111,7 @@ class Supervisor:
                 autoscale=autoscale,
                 log_level=log_level,
                 event_loop=event_loop,
+                child_setup=tuple(child_setup),
             )
         self.leader = Leader(
             self.worker_id,
@@ -163,6 +165,10 @@ class Supervisor:
                 "Worker %s serving backend %r, queues %s, %s, %d declared task(s)",
                 self.worker_id, self.backend.alias, ", ".join(self.queues or ["(all)"]),
                 self.pool.describe(), len(paths), extra={"action": "worker_started"},
+            )  # fmt: skip
+            signals.send(
+                signals.worker_started, Supervisor, worker_id=self.worker_id,
+                backend=self.backend.alias, queues=self.queues, concurrency=self.pool.capacity,
             )  # fmt: skip
             logger.debug("Declared tasks: %s", ", ".join(paths) or "(none)")
             self._loop()
@@ -385,6 +391,11 @@ class Supervisor:
             "%d released, %d lost to a newer attempt",
             self.worker_id, elapsed, s.succeeded, s.failed, s.retried, s.snoozed, s.released,
             s.lost, extra={"action": "worker_stopped"},
+        )  # fmt: skip
+        counts = {name: getattr(s, name) for name in STAT_NAMES}
+        signals.send(
+            signals.worker_stopped, Supervisor,
+            worker_id=self.worker_id, backend=self.backend.alias, stats=counts,
         )  # fmt: skip
 
     # ── database access that survives an outage ─────────────────────────────

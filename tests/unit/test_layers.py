@@ -14,6 +14,9 @@ imports inside functions are the few listed in ALLOWED_LATE_IMPORTS, each with i
 """
 
 import ast
+import os
+import subprocess
+import sys
 from collections import defaultdict
 from pathlib import Path
 
@@ -22,17 +25,43 @@ import pytest
 PACKAGE = Path(__file__).resolve().parents[2] / "django_jobs"
 
 LAYERS = {
-    "store": {"compat", "conf", "exceptions", "states", "models", "codec", "migrations"},
+    "store": {
+        "compat",
+        "conf",
+        "exceptions",
+        "states",
+        "models",
+        "codec",
+        "migrations",
+        # Signals, the integrations' wrappers and the event counts: no Django models, no
+        # I/O; everything above may send, wrap or count.
+        "signals",
+        "instrumentation",
+        "tally",
+        "redaction",
+    },
     "protocol": {"protocol", "policy", "registry"},
     "contract": {"task", "backend"},
-    "services": {"services", "schedules"},
+    "services": {"services", "schedules", "webhooks", "tasks"},
     "runtime": {"worker"},
-    "interfaces": {"console", "admin", "management", "templatetags", "checks", "apps"},
+    "interfaces": {
+        "console",
+        "admin",
+        "management",
+        "templatetags",
+        "checks",
+        "apps",
+        "metrics",
+        "integrations",
+        "api",
+    },
 }
 RANK = {name: rank for rank, (_, names) in enumerate(LAYERS.items()) for name in names}
 
 #: Interfaces may use the runtime (``runjobs`` starts it), but these never run jobs.
-NEVER_IMPORT_THE_RUNTIME = {"admin", "console", "templatetags", "checks", "apps"}
+NEVER_IMPORT_THE_RUNTIME = {
+    "admin", "console", "templatetags", "checks", "apps", "api", "metrics", "integrations",
+}  # fmt: skip
 
 #: Imports inside a function, and why each is there and not at the top of its module.
 ALLOWED_LATE_IMPORTS = {
@@ -40,6 +69,15 @@ ALLOWED_LATE_IMPORTS = {
     ("django_jobs", "django_jobs.task"): "lazy public names",
     # Django's idiom: system checks register when the app is ready.
     ("django_jobs.apps", "django_jobs.checks"): "registered in ready()",
+    # Optional integrations: imported only when their DJANGO_JOBS key is on.
+    ("django_jobs.apps", "django_jobs.conf"): "settings are read in ready()",
+    ("django_jobs.apps", "django_jobs.metrics"): "only with DJANGO_JOBS['METRICS']",
+    ("django_jobs.apps", "django_jobs.integrations"): "only with TRACING or SENTRY",
+    # Optional extras (prometheus-client): imported only when the feature is used.
+    (
+        "django_jobs.management.commands.runjobs",
+        "django_jobs.metrics.exposition",
+    ): "the prometheus extra, only with --metrics-port",
     # Django may build a backend while the app registry is still loading.
     ("django_jobs.backend", "django_jobs.models"): "models need the app registry",
 }
@@ -185,3 +223,19 @@ def test_imports_inside_functions_are_the_listed_ones():
         "function-level imports of our own modules hide a layering problem or a circle; "
         f"move them to the top or list them with a reason: {unexplained}"
     )
+
+
+def test_a_spawned_child_can_import_its_module_before_django_is_set_up():
+    # multiprocessing's spawn imports the child's module first, django.setup() comes after:
+    # nothing it imports may need settings or the app registry (a models import would).
+    env = {k: v for k, v in os.environ.items() if k != "DJANGO_SETTINGS_MODULE"}
+    done = subprocess.run(
+        [sys.executable, "-c", "import django_jobs.worker.child"],
+        cwd=PACKAGE.parent,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr

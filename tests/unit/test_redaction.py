@@ -2,7 +2,7 @@
 
 import pytest
 
-from django_jobs.admin.redaction import REDACTED, redact, redact_pattern
+from django_jobs.redaction import REDACTED, redact, redact_pattern
 
 
 @pytest.mark.parametrize(

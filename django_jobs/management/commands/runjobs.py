@@ -1,11 +1,13 @@
 """``manage.py runjobs``: run jobs from the database until stopped."""
 
 import argparse
+import logging
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError
 from django.utils import autoreload
 
+from django_jobs import metrics
 from django_jobs.backend import get_backend
 from django_jobs.compat import InvalidTaskBackend
 from django_jobs.management.arguments import positive_int
@@ -151,6 +153,19 @@ class Command(BaseCommand):
             "transaction mode).",
         )
 
+        parser.add_argument(
+            "--metrics-port",
+            type=_port,
+            metavar="PORT",
+            help="Serve Prometheus metrics on this port (needs the 'prometheus' extra): this "
+            "worker's counters and histograms, and the queue gauges. 0 picks a free port.",
+        )
+        parser.add_argument(
+            "--metrics-address",
+            default="0.0.0.0",  # noqa: S104 - Prometheus scrapes from another host
+            help="Address the metrics server listens on (default: %(default)s).",
+        )
+
     def handle(self, *args: Any, **options: Any) -> None:
         log_level = level_for(options["verbosity"])
         configure_logging(log_level)
@@ -215,8 +230,60 @@ class Command(BaseCommand):
             max_jobs_per_child=options["max_jobs_per_child"],
             max_memory_kib=options["max_memory_per_child"],
             autoscale=options["autoscale"],
+            child_setup=_metrics_setup(options["metrics_port"]),
         )
+        run = worker.run
+        if options["metrics_port"] is not None:
+            run = _with_metrics(worker, options["metrics_port"], options["metrics_address"])
         if options["reload"]:
-            autoreload.run_with_reloader(worker.run)
+            autoreload.run_with_reloader(run)
         else:
+            run()
+
+
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a TCP port number, got {text!r}") from None
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"a port is 0 to 65535, got {value}")
+    return value
+
+
+def _metrics_setup(port: int | None) -> tuple[str, ...]:
+    """What the children call after django.setup(): count for the metrics, if served."""
+    if port is None:
+        return ()
+    try:
+        import prometheus_client  # noqa: F401
+    except ImportError:
+        raise CommandError(
+            "--metrics-port needs the prometheus-client package: "
+            "pip install 'django-jobs[prometheus]'."
+        ) from None
+    return ("django_jobs.metrics.enable",)
+
+
+def _with_metrics(worker: Supervisor, port: int, address: str) -> Any:
+    from django_jobs.metrics.exposition import MetricsServer
+
+    def run() -> None:
+        metrics.enable()
+        server = MetricsServer(port, address)
+        try:
+            server.start({"worker_id": worker.worker_id, "backend": worker.backend.alias})
+        except OSError as exc:
+            raise CommandError(
+                f"--metrics-port {port}: cannot listen on {address}: {exc}"
+            ) from None
+        logging.getLogger("django_jobs.metrics").info(
+            "Serving metrics on http://%s:%d/metrics", address, server.port,
+            extra={"action": "metrics_serving"},
+        )  # fmt: skip
+        try:
             worker.run()
+        finally:
+            server.stop()
+
+    return run

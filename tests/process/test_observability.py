@@ -1,0 +1,126 @@
+"""A real ``runjobs --metrics-port``: scraped and parsed, its webhooks received and
+verified, and the trace its children continue, all from one worker run."""
+
+import json
+import signal
+import socket
+import urllib.request
+
+import pytest
+from opentelemetry import trace
+from prometheus_client.parser import text_string_to_metric_families
+
+from django_jobs.integrations import tracing
+from django_jobs.models import Job, WebhookDelivery
+from django_jobs.webhooks import signing
+from testproject.example import tasks
+
+from ..conftest import wait_for
+from ..otel import exporter
+from ..receiver import Receiver
+
+SECRET = "test-only-webhook-secret-0123456789"
+DEFAULT = {"backend": "default", "queue": "default"}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def scrape(port: int) -> dict[str, list]:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+        text = response.read().decode()
+    found: dict[str, list] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            found.setdefault(sample.name, []).append((sample.labels, sample.value))
+    return found
+
+
+def value(samples: dict, name: str, **labels: str) -> float | None:
+    for found, number in samples.get(name, []):
+        if all(found.get(k) == v for k, v in labels.items()):
+            return number
+    return None
+
+
+@pytest.mark.timeout(90)
+def test_a_worker_serves_metrics_delivers_webhooks_and_continues_traces(start_worker, tmp_path):
+    receiver = Receiver().start()
+    trace_file = tmp_path / "spans.jsonl"
+    memory = exporter()
+    tracing.enable()
+    try:
+        with trace.get_tracer("test").start_as_current_span("POST /orders") as request_span:
+            traced = tasks.add.enqueue(40, 2)
+        for n in range(20):
+            tasks.add.enqueue(n, n)
+        tasks.fails_with.enqueue("ValueError")
+        tasks.fails_with.enqueue("ConnectionError")  # 3 attempts, 10-20 ms apart
+        tasks.snooze_once.enqueue()
+        hooked = tasks.add.using(callback_url=f"{receiver.url}/done").enqueue(1, 2)
+    finally:
+        tracing.disable()
+    assert memory.get_finished_spans()
+
+    port = free_port()
+    worker = start_worker(
+        "--concurrency", "2", "--metrics-port", str(port), "--metrics-address", "127.0.0.1",
+        env={"JOBS_TRACING": "true", "JOBS_TRACE_FILE": str(trace_file)},
+    )  # fmt: skip
+    add = {**DEFAULT, "task": "testproject.example.tasks.add"}
+    fails = {**DEFAULT, "task": "testproject.example.tasks.fails_with"}
+
+    def counted() -> dict | None:
+        try:
+            samples = scrape(port)
+        except OSError:
+            return None
+        # Children hand their counts over once a second: wait for the last of them.
+        # The gauges are cached for a few seconds: also wait for a reading taken after
+        # the worker registered.
+        done = (
+            value(samples, "django_jobs_jobs_started_total", **add) == 22
+            and value(samples, "django_jobs_jobs_failed_total", **fails) == 2
+            and value(samples, "django_jobs_workers_alive", backend="default") == 1
+        )
+        return samples if done else None
+
+    samples = wait_for(counted, 45, "the worker's metrics to count every job", interval=0.3)
+    assert value(samples, "django_jobs_jobs_succeeded_total", **add) == 22
+    assert value(samples, "django_jobs_jobs_retried_total", **fails) == 2
+    assert value(samples, "django_jobs_jobs_snoozed_total", **DEFAULT,
+                 task="testproject.example.tasks.snooze_once") == 1  # fmt: skip
+    assert value(samples, "django_jobs_job_run_seconds_count", **add) == 22
+    assert value(samples, "django_jobs_job_run_seconds_bucket", **add, le="+Inf") == 22
+    assert value(samples, "django_jobs_job_queue_wait_seconds_count", **add) == 22
+    assert value(samples, "django_jobs_workers_alive", backend="default") == 1
+    assert value(samples, "django_jobs_worker_slots", backend="default") == 2
+    assert value(samples, "django_jobs_queue_ready_jobs", queue="default") is not None
+    assert value(samples, "django_jobs_worker_info", backend="default") == 1
+    assert value(samples, "process_cpu_seconds_total") is not None
+
+    # The webhook: delivered by the real worker, signed with the project's secret.
+    wait_for(lambda: receiver.received, 30, "the webhook")
+    hit = receiver.received[0]
+    assert signing.verify(SECRET, hit.headers, hit.body)
+    assert json.loads(hit.body)["data"]["id"] == hooked.id
+    assert wait_for(
+        lambda: WebhookDelivery.objects.filter(state="SUCCESSFUL").exists(), 10, "the delivery"
+    )
+
+    worker.signal(signal.SIGTERM)
+    assert worker.wait(30) == 0
+    receiver.stop()
+
+    # The trace: the run span, written by a child process, continues the request's trace.
+    spans = [json.loads(line) for line in trace_file.read_text().splitlines()]
+    runs = [s for s in spans if s["attributes"].get("django_jobs.job_id") == int(traced.id)]
+    assert len(runs) == 1, spans[:3]
+    (run,) = runs
+    assert run["trace_id"] == f"{request_span.get_span_context().trace_id:032x}"
+    stored = Job.objects.get(pk=int(traced.id)).trace_context["traceparent"]
+    assert run["parent_id"] == stored.split("-")[2]
+    assert run["pid"] != worker.pid  # a child ran it
