@@ -212,6 +212,13 @@ class MisfirePolicy(models.TextChoices):
     ALL = "all", "run each missed run (up to max catch-up)"
 
 
+# Jobs are pruned and deleted with plain SQL, not through the ORM, so the rows that point
+# at a job (or a schedule) must be cleared by the database itself. Django 6.1 says so with
+# DB_SET_NULL and DB_CASCADE; before it, the ORM-level action stands in for the model
+# state, and migration 0007 puts the same ON DELETE clause on the constraints.
+DB_SET_NULL = getattr(models, "DB_SET_NULL", models.SET_NULL)
+DB_CASCADE = getattr(models, "DB_CASCADE", models.CASCADE)
+
 #: Most missed runs one fire of a schedule enqueues (misfire policy "all"): a schedule
 #: every second that was off for a month must not enqueue 2.6 million jobs at once.
 MAX_CATCHUP = 1000
@@ -275,7 +282,7 @@ class Schedule(models.Model):
     last_run_at = models.DateTimeField(null=True, blank=True)
     # DB-level SET NULL: jobs are pruned with plain SQL, not through the ORM.
     last_job = models.ForeignKey(
-        Job, null=True, blank=True, on_delete=models.DB_SET_NULL, related_name="+"
+        Job, null=True, blank=True, on_delete=DB_SET_NULL, related_name="+"
     )
     last_error = models.TextField(
         blank=True, default="", help_text="Why the last fire failed; empty when healthy."
@@ -341,13 +348,11 @@ class ScheduleRun(models.Model):
     id = models.BigAutoField(primary_key=True)
     # The unique (schedule, fire_at) index serves lookups by schedule too.
     schedule = models.ForeignKey(
-        Schedule, on_delete=models.DB_CASCADE, related_name="runs", db_index=False
+        Schedule, on_delete=DB_CASCADE, related_name="runs", db_index=False
     )
     fire_at = models.DateTimeField(help_text="The fire time this run is for.")
     # Indexed (the default) so that pruning jobs finds the runs to clear quickly.
-    job = models.ForeignKey(
-        Job, null=True, blank=True, on_delete=models.DB_SET_NULL, related_name="+"
-    )
+    job = models.ForeignKey(Job, null=True, blank=True, on_delete=DB_SET_NULL, related_name="+")
     manual = models.BooleanField(default=False, help_text="Started with 'run now'.")
     created_at = models.DateTimeField(db_default=Now())
 

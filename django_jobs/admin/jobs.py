@@ -11,7 +11,6 @@ from itertools import accumulate
 from typing import Any
 
 from django.contrib import admin, messages
-from django.contrib.admin import ActionLocation
 from django.contrib.admin.utils import unquote
 from django.contrib.admin.views.main import ChangeList
 from django.core import signing
@@ -171,10 +170,11 @@ class JobAdmin(ReadOnlyAdmin):
         paths = [p for p in registry.registered_paths() if needle in p.lower()]
         return stats.by_tasks(queryset, [*paths, term]), False
 
-    def get_actions(
-        self, request: HttpRequest, action_location: Any = ActionLocation.CHANGE_LIST
-    ) -> dict[str, Any]:
-        actions = super().get_actions(request, action_location=action_location)
+    def get_actions(self, request: HttpRequest, action_location: Any = None) -> dict[str, Any]:
+        # Django 6.1 says where the actions show (the changelist or a change form); earlier
+        # versions have changelist actions only, and no such parameter.
+        where = {} if action_location is None else {"action_location": action_location}
+        actions = super().get_actions(request, **where)
         # Django's own delete_selected renders every selected row on its confirmation page
         # (millions with "select all") and would delete running jobs; ours does neither.
         actions.pop("delete_selected", None)

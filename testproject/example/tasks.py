@@ -4,9 +4,9 @@ import asyncio
 import time
 
 from django.core.mail import send_mail
-from django.tasks import task
 
 from django_jobs import job
+from django_jobs.compat import task
 
 
 @task

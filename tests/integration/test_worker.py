@@ -5,11 +5,10 @@ from pathlib import Path
 
 import pytest
 from django.db import connection
-from django.tasks import TaskResultStatus
-from django.tasks.signals import task_finished, task_started
 from django.test import override_settings
 from django.utils import timezone
 
+from django_jobs.compat import TaskResultStatus, task_finished, task_started
 from django_jobs.models import Job
 from django_jobs.protocol import jobs as protocol
 from testproject.example import tasks

@@ -190,3 +190,26 @@ def test_imports_inside_functions_are_the_listed_ones():
         "function-level imports of our own modules hide a layering problem or a circle; "
         f"move them to the top or list them with a reason: {unexplained}"
     )
+
+
+def test_only_compat_imports_the_tasks_framework():
+    # django.tasks on Django 6, the django_tasks backport on 5.2: one module chooses.
+    offenders = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        if path.name == "compat.py" and path.parent == PACKAGE:
+            continue
+        visitor = _Imports()
+        visitor.visit(ast.parse(path.read_text(), str(path)))
+        for node, _ in visitor.found:
+            names = (
+                [a.name for a in node.names]
+                if isinstance(node, ast.Import)
+                else [node.module or ""]
+            )
+            if any(
+                n.split(".")[0] == "django_tasks" or n.startswith("django.tasks") for n in names
+            ):
+                offenders.append(f"{module_name(path)}: {ast.unparse(node)}")
+    assert not offenders, "import the Tasks framework's names from django_jobs.compat:\n" + (
+        "\n".join(offenders)
+    )
