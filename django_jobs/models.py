@@ -49,6 +49,11 @@ class Job(models.Model):
 
     id = models.BigAutoField(primary_key=True)
     task_path = models.CharField(max_length=255, help_text="Dotted path of the task function.")
+    # Written by enqueue: proof (an HMAC under SECRET_KEY) that the path was a declared
+    # task there, which lets a worker import its module (registry.py says why).
+    task_proof = models.CharField(
+        max_length=64, blank=True, default="", db_default="", editable=False
+    )
     queue_name = models.CharField(max_length=255, default="default")
     priority = models.SmallIntegerField(default=0, db_default=0)
     state = models.CharField(

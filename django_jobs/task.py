@@ -5,9 +5,11 @@
 ``task_class``), so the two styles give the same object.
 """
 
+import types
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
-from typing import Any
+from functools import lru_cache
+from typing import Any, NoReturn
 
 from .compat import (
     DEFAULT_TASK_BACKEND_ALIAS,
@@ -83,6 +85,65 @@ class JobsTask(Task):
                 "enqueue() in a loop."
             )
         return backend.enqueue_many([(self, args, kwargs) for args, kwargs in calls])
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MissingTask(JobsTask):
+    """Stands in for a task this process cannot find, so that its jobs' results can be read.
+
+    ``get_result()`` of a job whose task was renamed, removed, or declared in a module
+    this process cannot import returns the job's real status, errors and return value
+    with one of these as its ``task``. Its ``module_path`` is the stored path; calling or
+    enqueueing it raises ``InvalidTask``.
+    """
+
+    def __post_init__(self) -> None:
+        # Not validated by a backend: that would declare it as a task (registry.py), and
+        # a worker must never find it.
+        pass
+
+    @classmethod
+    def for_path(cls, path: str, *, backend: str) -> "MissingTask":
+        """The placeholder for ``path`` (the same function object for the same path)."""
+        return cls(func=_missing_function(path), backend=backend)
+
+    def _refuse(self) -> NoReturn:
+        raise InvalidTask(
+            f"Task {self.module_path!r} cannot be found in this process (renamed, removed, "
+            "or in a module that is not imported here); this placeholder only carries the "
+            "results of its existing jobs, and cannot be called or enqueued. Import the task "
+            "from its module instead."
+        )
+
+    def enqueue(self, *args: Any, **kwargs: Any) -> NoReturn:
+        self._refuse()
+
+    async def aenqueue(self, *args: Any, **kwargs: Any) -> NoReturn:
+        self._refuse()
+
+    def enqueue_many(self, calls: Any) -> NoReturn:
+        self._refuse()
+
+    def call(self, *args: Any, **kwargs: Any) -> NoReturn:
+        self._refuse()
+
+    async def acall(self, *args: Any, **kwargs: Any) -> NoReturn:
+        self._refuse()
+
+
+def _refuse_call(*args: Any, **kwargs: Any) -> NoReturn:
+    raise InvalidTask("This task cannot be found in this process; it cannot be called.")
+
+
+@lru_cache(maxsize=1024)
+def _missing_function(path: str) -> Callable[..., Any]:
+    # A function whose module and qualname are the stored path, so that the placeholder's
+    # module_path (and its TaskResult's) reads as the job's task.
+    module, _, qualname = path.rpartition(".")
+    func = types.FunctionType(_refuse_call.__code__, _refuse_call.__globals__, qualname)
+    func.__module__ = module
+    func.__qualname__ = qualname
+    return func
 
 
 def _check_options(task: JobsTask) -> None:

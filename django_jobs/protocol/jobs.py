@@ -34,6 +34,8 @@ JOB_COLUMNS = (
     "max_attempts",
     "worker_ids",
     "errors",
+    # Last, so that ClaimedJob can give it a default (registry.py says what it proves).
+    "task_proof",
 )
 #: The JSON columns among them, which the claim returns as one JSON array text: parsing
 #: one document per row costs half of what four jsonb values cost (bench/, S1).
@@ -50,12 +52,14 @@ ENQUEUE = f"""
 WITH j AS (
     INSERT INTO django_jobs_job (
         task_path, queue_name, priority, state, backend, args, kwargs,
-        run_after, available_at, enqueued_at, attempts, max_attempts, worker_ids, errors
+        run_after, available_at, enqueued_at, attempts, max_attempts, worker_ids, errors,
+        task_proof
     )
     VALUES (
         %(task_path)s, %(queue_name)s, %(priority)s, 'READY', %(backend)s,
         %(args_json)s::jsonb, %(kwargs_json)s::jsonb, %(run_after)s::timestamptz,
-        COALESCE(%(run_after)s::timestamptz, now()), now(), 0, %(max_attempts)s, '[]', '[]'
+        COALESCE(%(run_after)s::timestamptz, now()), now(), 0, %(max_attempts)s, '[]', '[]',
+        %(task_proof)s
     )
     RETURNING id, enqueued_at, available_at, queue_name
 )
@@ -69,16 +73,18 @@ FROM j
 ENQUEUE_MANY = """
 INSERT INTO django_jobs_job (
     task_path, queue_name, priority, state, backend, args, kwargs,
-    run_after, available_at, enqueued_at, attempts, max_attempts, worker_ids, errors
+    run_after, available_at, enqueued_at, attempts, max_attempts, worker_ids, errors,
+    task_proof
 )
 SELECT t.task_path, t.queue_name, t.priority, 'READY', t.backend, t.args, t.kwargs,
-       t.run_after, COALESCE(t.run_after, now()), now(), 0, t.max_attempts, '[]', '[]'
+       t.run_after, COALESCE(t.run_after, now()), now(), 0, t.max_attempts, '[]', '[]',
+       t.task_proof
 FROM unnest(
     %(task_path)s::text[], %(queue_name)s::text[], %(priority)s::smallint[],
     %(backend)s::text[], %(args_json)s::jsonb[], %(kwargs_json)s::jsonb[],
-    %(run_after)s::timestamptz[], %(max_attempts)s::int[]
+    %(run_after)s::timestamptz[], %(max_attempts)s::int[], %(task_proof)s::text[]
 ) WITH ORDINALITY AS t(task_path, queue_name, priority, backend, args, kwargs,
-                      run_after, max_attempts, n)
+                      run_after, max_attempts, task_proof, n)
 ORDER BY t.n
 RETURNING id, enqueued_at
 """
@@ -193,6 +199,8 @@ class NewJob:
     kwargs_json: str
     run_after: datetime | None
     max_attempts: int
+    #: registry.proof(task_path), or "" for a row that proves nothing.
+    task_proof: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -215,6 +223,7 @@ class ClaimedJob:
     max_attempts: int
     worker_ids: list[str]
     errors: list[dict[str, Any]]
+    task_proof: str = ""
 
     def to_wire(self) -> tuple:
         """A plain tuple for a pipe: pickling a slots dataclass is several times slower."""

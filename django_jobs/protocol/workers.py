@@ -55,7 +55,7 @@ RELEASE_LEASE = "DELETE FROM django_jobs_lease WHERE name = %(name)s AND holder 
 # Reads the partial index on RUNNING rows only; SKIP LOCKED passes over rows a live
 # worker is finishing right now.
 LOCK_LOST_JOBS = """
-SELECT j.id, j.task_path, j.backend, j.attempts, j.max_attempts, j.worker_id
+SELECT j.id, j.task_path, j.backend, j.attempts, j.max_attempts, j.worker_id, j.task_proof
 FROM django_jobs_job AS j
 WHERE j.state = 'RUNNING'
   AND NOT EXISTS (
@@ -79,6 +79,8 @@ class LostJob:
     attempts: int
     max_attempts: int
     worker_id: str
+    #: Lets the leader find the task's retry policy when it has not imported its module.
+    task_proof: str = ""
 
 
 def register_worker(

@@ -61,7 +61,8 @@ class Rescuer:
     def _failure(self, job: workers.LostJob) -> jobs.Failure:
         """The lost attempt as a failure that raised nothing: the policy retries it if
         attempts remain, whatever the task's retry_on says."""
-        policy = Policy.for_task(registry.get(job.task_path), self.options_for(job.backend))
+        task = registry.find(job.task_path, job.task_proof)
+        policy = Policy.for_task(task, self.options_for(job.backend))
         error = error_record(
             None,
             attempt=job.attempts,

@@ -34,9 +34,10 @@ class _LostLease(Exception):
 def execute(job: ClaimedJob, backend: JobsBackend, worker_id: str) -> Outcome:
     """Run ``job`` once; never raises (but lets KeyboardInterrupt through)."""
     started = time.perf_counter()
-    task = registry.get(job.task_path)
-    if task is None:
-        exc = registry.UnknownTask(job.task_path)
+    try:
+        # Declared here, or its module imported on the strength of the job's proof.
+        task = registry.resolve(job.task_path, job.task_proof)
+    except registry.UnknownTask as exc:
         logger.error("Job %s not run: %s", job.id, exc, extra={"action": "job_unknown_task"})
         error = error_record(exc, attempt=job.attempts, worker_id=worker_id)
         return Outcome(job, OutcomeKind.FAILED, error=error)

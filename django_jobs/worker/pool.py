@@ -408,7 +408,9 @@ class ProcessPool:
         )
 
     def _policy(self, job: ClaimedJob) -> Policy:
-        return Policy.for_task(registry.get(job.task_path), self.backend.jobs_options)
+        # find(), not get(): the supervisor enforces hard limits of tasks it has not imported.
+        task = registry.find(job.task_path, job.task_proof)
+        return Policy.for_task(task, self.backend.jobs_options)
 
     def _top_up(self) -> None:
         live = [c for c in self._children if not c.stopping]

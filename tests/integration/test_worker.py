@@ -170,7 +170,7 @@ def test_only_declared_tasks_run(path, tmp_path: Path):
     assert row.state == "FAILED"
     assert row.attempts == 1  # not retried: it can never run
     assert row.errors[0]["exception_class_path"] == "django_jobs.registry.UnknownTask"
-    assert "is not a declared task" in row.errors[0]["message"]
+    assert "is not a task this worker can run" in row.errors[0]["message"]
     assert not marker.exists()
     good.refresh()
     assert good.status == TaskResultStatus.SUCCESSFUL

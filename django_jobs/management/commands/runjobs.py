@@ -68,6 +68,10 @@ def _memory_kib(text: str) -> int:
 
 class Command(BaseCommand):
     help = "Run background jobs stored by a django_jobs backend. SIGTERM/SIGINT stop gracefully."
+    # handle() runs the checks itself, with the jobs database: Django runs the database
+    # checks only for migrate and `check --database`, and W003 (tasks with waiting jobs
+    # that this worker cannot find) is one.
+    requires_system_checks: list[str] = []
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
         parser.add_argument(
@@ -137,6 +141,9 @@ class Command(BaseCommand):
             "(default: OPTIONS['POLL_INTERVAL'], 1.0).",
         )
         parser.add_argument(
+            "--skip-checks", action="store_true", help="Skip the system checks at start."
+        )
+        parser.add_argument(
             "--no-listen",
             action="store_true",
             help="Do not LISTEN for new jobs; rely on polling (behind PgBouncer in "
@@ -150,6 +157,8 @@ class Command(BaseCommand):
             backend = get_backend(alias)
         except InvalidTaskBackend as exc:
             raise CommandError(f"--backend {alias!r}: {exc}") from None
+        if not options["skip_checks"]:
+            self.check(databases=[backend.database])
         queues = options["queues"]
         if queues and backend.queues:
             unknown = sorted(set(queues) - backend.queues)
