@@ -117,6 +117,17 @@ RETURNING {_RETURNING}
 CLAIM = _CLAIM.format(queue_filter="AND queue_name = ANY(%(queues)s::text[])")
 CLAIM_ANY_QUEUE = _CLAIM.format(queue_filter="")
 
+# Seconds until the next READY job of a backend (and queues) is due, for `--burst`
+# deciding whether to wait (negative: due already). A read: it walks the READY rows of
+# the backend in django_jobs_job_claim, which is cheap since burst mode asks only when
+# nothing is runnable.
+_NEXT_DUE = """
+SELECT EXTRACT(EPOCH FROM min(available_at) - now())::float8 FROM django_jobs_job
+WHERE state = 'READY' AND backend = %(backend)s {queue_filter}
+"""
+NEXT_DUE = _NEXT_DUE.format(queue_filter="AND queue_name = ANY(%(queues)s::text[])")
+NEXT_DUE_ANY_QUEUE = _NEXT_DUE.format(queue_filter="")
+
 # Fenced success: only the attempt that claimed the job may finish it. A row that was
 # rescued (and maybe re-claimed) since then no longer matches and is left alone.
 COMPLETE_MANY = """
@@ -324,6 +335,15 @@ def claim(
     # RETURNING does not keep the sub-select's order.
     jobs.sort(key=lambda j: (-j.priority, j.available_at, j.id))
     return jobs
+
+
+def next_due_in(cursor: Cursor, *, backend: str, queues: Sequence[str] | None) -> float | None:
+    """Seconds until the next READY job of ``backend`` is due, or None if there is none."""
+    if queues is None:
+        cursor.execute(NEXT_DUE_ANY_QUEUE, {"backend": backend})
+    else:
+        cursor.execute(NEXT_DUE, {"backend": backend, "queues": list(queues)})
+    return cursor.fetchone()[0]
 
 
 def complete(cursor: Cursor, successes: Iterable[Success]) -> dict[int, datetime]:

@@ -14,7 +14,7 @@ import signal
 import sys
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from typing import Any
 
@@ -29,6 +29,10 @@ class ChildConfig:
     threads: int
     max_jobs: int | None
     max_memory_kib: int | None
+    #: runjobs' -v, for the same logging as the supervisor's (None: leave it to LOGGING).
+    log_verbosity: int | None = None
+    #: Database alias -> NAME as the supervisor has them (see ProcessPool).
+    database_names: dict[str, str] = field(default_factory=dict)
 
 
 def _die_with_parent() -> None:
@@ -67,8 +71,15 @@ def main(pipe: Connection, config: ChildConfig) -> None:
     from .. import registry
     from ..backend import get_backend
     from ..protocol.jobs import ClaimedJob
+    from . import logs
     from .executor import execute
 
+    for alias, name in config.database_names.items():
+        if alias in connections.settings:
+            connections.settings[alias]["NAME"] = name
+    connections.close_all()  # in case an app's ready() connected to the old name
+    if config.log_verbosity is not None:
+        logs.configure(config.log_verbosity)
     backend = get_backend(config.backend)
     registry.discover(backend.jobs_options.TASK_MODULES)
     send_lock = threading.Lock()

@@ -130,6 +130,7 @@ class ProcessPool:
         max_jobs_per_child: int | None = None,
         max_memory_kib: int | None = None,
         autoscale: tuple[int, int] | None = None,
+        log_verbosity: int | None = None,
     ) -> None:
         self.backend = backend
         self.worker_id = worker_id
@@ -143,6 +144,10 @@ class ProcessPool:
             threads=threads,
             max_jobs=max_jobs_per_child,
             max_memory_kib=max_memory_kib,
+            log_verbosity=log_verbosity,
+            # A spawned child reads settings afresh; a test (or anything that renamed a
+            # database at run time, as the test runner does) needs it on the same ones.
+            database_names={alias: connections.settings[alias]["NAME"] for alias in connections},
         )
         # spawn, not fork: the supervisor has threads and open connections, and a forked
         # child would inherit both (a psycopg connection shared across fork corrupts).

@@ -68,6 +68,8 @@ class Supervisor:
         max_memory_kib: int | None = None,
         autoscale: tuple[int, int] | None = None,
         worker_id: str | None = None,
+        log_verbosity: int | None = None,
+        burst_wait: float = 0.0,
     ) -> None:
         jobs_backend = get_backend(backend)
         self.backend = jobs_backend
@@ -75,6 +77,8 @@ class Supervisor:
         self.options = options
         self.queues = list(queues) if queues else None
         self.burst = burst
+        #: In burst mode, seconds ahead to look for jobs about to be due before exiting.
+        self.burst_wait = burst_wait
         self.grace = grace
         self.poll_interval = poll_interval if poll_interval is not None else options.POLL_INTERVAL
         self.listen = options.LISTEN if listen is None else listen
@@ -96,6 +100,7 @@ class Supervisor:
                 max_jobs_per_child=max_jobs_per_child,
                 max_memory_kib=max_memory_kib,
                 autoscale=autoscale,
+                log_verbosity=log_verbosity,
             )
         self.leader = Leader(
             self.worker_id,
@@ -298,7 +303,7 @@ class Supervisor:
             idle = self._in_flight == 0 and not claimed
             if idle and self.burst and self.pool.capacity > 0 and self._queue_db.up:
                 self._flush(force=True)
-                if not self.outcomes:
+                if not self.outcomes and not self._due_soon():
                     return
             if idle:
                 # Sleep until a notification or the next poll (jittered so that workers
@@ -308,6 +313,20 @@ class Supervisor:
             elif not claimed:
                 # Busy: wake for the next outcome, or when buffered ones are due.
                 self._collect(min(self._time_to_flush(), self._time_to_timers()))
+
+    def _due_soon(self) -> bool:
+        """Burst mode: whether a job becomes due within ``burst_wait`` (a retry, say)."""
+        ok, due_in = self._db(
+            lambda cur: protocol.next_due_in(cur, backend=self.backend.alias, queues=self.queues)
+        )
+        if not ok:
+            return True  # the database is away: decide once it is back
+        if due_in is not None and due_in <= self.burst_wait:
+            return True
+        if due_in is not None:
+            logger.info("Burst: nothing due within %g s (the next job is due in %.0f s)",
+                        self.burst_wait, due_in)  # fmt: skip
+        return False
 
     def _timers(self) -> None:
         now = time.monotonic()

@@ -204,3 +204,13 @@ def test_many_jobs_with_threads_each_run_once():
     assert LedgerEntry.objects.count() == 300
     assert set(Job.objects.values_list("state", flat=True)) == {"SUCCESSFUL"}
     assert set(Job.objects.values_list("attempts", flat=True)) == {1}
+
+
+def test_burst_waits_for_a_retry_due_within_burst_wait_and_no_longer():
+    result = tasks.flaky_reports_attempt.enqueue()
+    run_worker(burst_wait=0)
+    row = Job.objects.get(pk=int(result.id))
+    assert (row.state, row.attempts) == ("READY", 1)  # exited with the retry pending
+    run_worker(burst_wait=10)
+    row.refresh_from_db()
+    assert (row.state, row.attempts) == ("SUCCESSFUL", 2)

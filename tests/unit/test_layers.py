@@ -45,6 +45,7 @@ ALLOWED_LATE_IMPORTS = {
     ("django_jobs.worker.child", "django_jobs.backend"): "after django.setup()",
     ("django_jobs.worker.child", "django_jobs.protocol.jobs"): "after django.setup()",
     ("django_jobs.worker.child", "django_jobs.worker.executor"): "after django.setup()",
+    ("django_jobs.worker.child", "django_jobs.worker.logs"): "after django.setup()",
     # Django may build a backend while the app registry is still loading.
     ("django_jobs.backend", "django_jobs.models"): "models need the app registry",
 }

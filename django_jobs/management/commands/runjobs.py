@@ -1,8 +1,6 @@
 """``manage.py runjobs``: run jobs from the database until stopped."""
 
 import argparse
-import logging
-import sys
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError
@@ -11,6 +9,7 @@ from django.utils import autoreload
 from django_jobs.backend import get_backend
 from django_jobs.compat import InvalidTaskBackend
 from django_jobs.management.arguments import positive_int
+from django_jobs.worker import logs
 from django_jobs.worker.pool import default_processes
 from django_jobs.worker.supervisor import Supervisor
 
@@ -22,6 +21,21 @@ def _positive_float(text: str) -> float:
         raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
     if not value > 0:
         raise argparse.ArgumentTypeError(f"must be greater than 0, got {text}")
+    return value
+
+
+#: --burst waits this long for jobs about to be due: enough for the first four retries
+#: of a task with the default backoff (0.5-1, 1-2, 2-4 and 4-8 s).
+DEFAULT_BURST_WAIT = 10.0
+
+
+def _seconds_or_zero(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
+    if not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be 0 or more seconds, got {text}")
     return value
 
 
@@ -132,7 +146,18 @@ class Command(BaseCommand):
             "stopped and put back in the queue).",
         )
         parser.add_argument(
-            "--burst", action="store_true", help="Exit (status 0) once no job is runnable."
+            "--burst",
+            action="store_true",
+            help="Exit (status 0) once no job is runnable, or due within --burst-wait.",
+        )
+        parser.add_argument(
+            "--burst-wait",
+            type=_seconds_or_zero,
+            default=DEFAULT_BURST_WAIT,
+            metavar="SECONDS",
+            help="With --burst, wait for jobs that become due within this many seconds "
+            "(retries, snoozes, run_after) before exiting; 0 exits at once "
+            "(default: %(default)s).",
         )
         parser.add_argument(
             "--poll-interval",
@@ -151,7 +176,7 @@ class Command(BaseCommand):
         )
 
     def handle(self, *args: Any, **options: Any) -> None:
-        _configure_logging(options["verbosity"])
+        logs.configure(options["verbosity"])
         alias = options["backend"]
         try:
             backend = get_backend(alias)
@@ -196,21 +221,10 @@ class Command(BaseCommand):
             max_jobs_per_child=options["max_jobs_per_child"],
             max_memory_kib=options["max_memory_per_child"],
             autoscale=options["autoscale"],
+            log_verbosity=options["verbosity"],
+            burst_wait=options["burst_wait"],
         )
         if options["reload"]:
             autoreload.run_with_reloader(worker.run)
         else:
             worker.run()
-
-
-def _configure_logging(verbosity: int) -> None:
-    level = {0: logging.WARNING, 1: logging.INFO}.get(verbosity, logging.DEBUG)
-    logger = logging.getLogger("django_jobs")
-    logger.setLevel(level)
-    # Respect a project's LOGGING; add a console handler only when nothing would print.
-    if not logger.handlers and not logging.getLogger().handlers:
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(
-            logging.Formatter("%(asctime)s %(levelname)s %(name)s [%(process)d] %(message)s")
-        )
-        logger.addHandler(handler)
