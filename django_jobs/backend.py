@@ -150,7 +150,7 @@ class JobsBackend(BaseTaskBackend):
         row = (
             Job.objects.using(self.database)
             .filter(pk=job_id, backend=self.alias)
-            .values(*_RESULT_FIELDS)
+            .values(*RESULT_FIELDS)
             .first()
         )
         if row is None:
@@ -265,7 +265,7 @@ class JobsBackend(BaseTaskBackend):
 
 #: The columns a TaskResult is built from: what a worker holds of a claimed job, and the
 #: state, return value and end a stored row adds.
-_RESULT_FIELDS = (*jobs.JOB_COLUMNS, "state", "return_value", "finished_at")
+RESULT_FIELDS = (*jobs.JOB_COLUMNS, "state", "return_value", "finished_at")
 
 
 @lru_cache(maxsize=4096)

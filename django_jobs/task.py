@@ -74,17 +74,26 @@ class JobsTask(Task):
     def enqueue_many(
         self, calls: Iterable[tuple[Sequence[Any], Mapping[str, Any]]]
     ) -> list[TaskResult]:
-        """Enqueue one job per ``(args, kwargs)`` pair in a single statement.
+        """Enqueue one job per ``(args, kwargs)`` pair; see :func:`enqueue_many`."""
+        return enqueue_many(self, calls)
 
-        Needs a jobs backend. Like ``enqueue()``, the rows join the caller's transaction.
-        """
-        backend = self.get_backend()
-        if not hasattr(backend, "enqueue_many"):
-            raise InvalidTask(
-                f"Backend {self.backend!r} has no bulk enqueue; use a JobsBackend or call "
-                "enqueue() in a loop."
-            )
-        return backend.enqueue_many([(self, args, kwargs) for args, kwargs in calls])
+
+def enqueue_many(
+    task: Task, calls: Iterable[tuple[Sequence[Any], Mapping[str, Any]]]
+) -> list[TaskResult]:
+    """Enqueue one job of ``task`` per ``(args, kwargs)`` pair; return their results in order.
+
+    On a jobs backend, all rows are written by a single statement in the caller's
+    transaction. On any other backend (Django's ``ImmediateBackend`` or ``DummyBackend``
+    in tests, say) each pair is one ``enqueue()``, so the same code runs there too. Unlike
+    ``JobsTask.enqueue_many``, this also takes a plain Django ``Task``.
+    """
+    backend = task.get_backend()
+    pairs = [(args, kwargs) for args, kwargs in calls]
+    bulk = getattr(backend, "enqueue_many", None)
+    if bulk is not None:
+        return bulk([(task, args, kwargs) for args, kwargs in pairs])
+    return [backend.enqueue(task, args, kwargs) for args, kwargs in pairs]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

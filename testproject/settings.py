@@ -35,6 +35,8 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "django_jobs",
     "testproject.example",
+    # The example of docs/howto/testing.md, whose tests are the page's examples.
+    "testproject.accounts",
 ]
 
 TASKS = {

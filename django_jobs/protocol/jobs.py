@@ -107,15 +107,26 @@ SET state = 'RUNNING',
     last_attempted_at = now()
 WHERE j.id IN (
     SELECT id FROM django_jobs_job
-    WHERE state = 'READY' AND backend = %(backend)s AND available_at <= now() {{queue_filter}}
+    WHERE state = 'READY' AND backend = %(backend)s AND available_at <= {{due}} {{queue_filter}}
     ORDER BY priority DESC, available_at, id
     LIMIT %(limit)s
     FOR UPDATE SKIP LOCKED
 )
 RETURNING {_RETURNING}
 """
-CLAIM = _CLAIM.format(queue_filter="AND queue_name = ANY(%(queues)s::text[])")
-CLAIM_ANY_QUEUE = _CLAIM.format(queue_filter="")
+CLAIM = _CLAIM.format(due="now()", queue_filter="AND queue_name = ANY(%(queues)s::text[])")
+CLAIM_ANY_QUEUE = _CLAIM.format(due="now()", queue_filter="")
+
+# The claim for django_jobs.testing, run inside a test's transaction, where now() stands
+# still at the transaction's start: it may also take jobs due up to a later time (a
+# retry's, a run_after), and only some jobs (immediate mode runs the one just enqueued).
+# Each filter is off when its parameter is NULL (GREATEST ignores a NULL). Workers never
+# run it: its plan is not the hot claim's.
+CLAIM_IN_TEST = _CLAIM.format(
+    due="GREATEST(now(), %(due_by)s::timestamptz)",
+    queue_filter="AND (%(queues)s::text[] IS NULL OR queue_name = ANY(%(queues)s::text[])) "
+    "AND (%(ids)s::bigint[] IS NULL OR id = ANY(%(ids)s::bigint[]))",
+)
 
 # Seconds until the next READY job of a backend (and queues) is due, for `--burst`
 # deciding whether to wait (negative: due already). A read: it walks the READY rows of
@@ -333,6 +344,31 @@ def claim(
         cursor.execute(CLAIM, {**params, "queues": list(queues)})
     jobs = [_claimed_job(row) for row in cursor.fetchall()]
     # RETURNING does not keep the sub-select's order.
+    jobs.sort(key=lambda j: (-j.priority, j.available_at, j.id))
+    return jobs
+
+
+def claim_in_test(
+    cursor: Cursor,
+    *,
+    worker_id: str,
+    backend: str,
+    queues: Sequence[str] | None = None,
+    ids: Sequence[int] | None = None,
+    due_by: datetime | None = None,
+    limit: int = 1,
+) -> list[ClaimedJob]:
+    """Claim as a worker does, also jobs due by ``due_by``, and only ``ids`` if given."""
+    params = {
+        "worker_id": worker_id,
+        "backend": backend,
+        "limit": limit,
+        "queues": None if queues is None else list(queues),
+        "ids": None if ids is None else list(ids),
+        "due_by": due_by,
+    }
+    cursor.execute(CLAIM_IN_TEST, params)
+    jobs = [_claimed_job(row) for row in cursor.fetchall()]
     jobs.sort(key=lambda j: (-j.priority, j.available_at, j.id))
     return jobs
 

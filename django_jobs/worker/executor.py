@@ -31,8 +31,14 @@ class _LostLease(Exception):
     """An atomic task's completion found its attempt superseded: roll its work back."""
 
 
-def execute(job: ClaimedJob, backend: JobsBackend, worker_id: str) -> Outcome:
-    """Run ``job`` once; never raises (but lets KeyboardInterrupt through)."""
+def execute(
+    job: ClaimedJob, backend: JobsBackend, worker_id: str, *, manage_connections: bool = True
+) -> Outcome:
+    """Run ``job`` once; never raises (but lets KeyboardInterrupt through).
+
+    ``manage_connections=False`` leaves Django's connections alone: django_jobs.testing
+    runs jobs inside a test's transaction, which closing "old" connections would break.
+    """
     started = time.perf_counter()
     try:
         # Declared here, or its module imported on the strength of the job's proof.
@@ -46,7 +52,8 @@ def execute(job: ClaimedJob, backend: JobsBackend, worker_id: str) -> Outcome:
     task_started.send(sender=type(backend), task_result=result)
     policy = Policy.for_task(task, backend.jobs_options)
     atomic = policy.atomic
-    close_old_connections()
+    if manage_connections:
+        close_old_connections()
     try:
         with soft_time_limit(policy.soft_timeout):
             if atomic:
@@ -75,7 +82,8 @@ def execute(job: ClaimedJob, backend: JobsBackend, worker_id: str) -> Outcome:
             job, OutcomeKind.FAILED, duration, error=error, delay=delay, task_result=result
         )
     finally:
-        close_old_connections()
+        if manage_connections:
+            close_old_connections()
     duration = time.perf_counter() - started
     if atomic:
         _log_success(job, duration)

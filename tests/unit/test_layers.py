@@ -27,7 +27,15 @@ LAYERS = {
     "contract": {"task", "backend"},
     "services": {"services", "schedules"},
     "runtime": {"worker"},
-    "interfaces": {"console", "admin", "management", "templatetags", "checks", "apps"},
+    "interfaces": {
+        "console",
+        "admin",
+        "management",
+        "templatetags",
+        "checks",
+        "apps",
+        "testing",
+    },
 }
 RANK = {name: rank for rank, (_, names) in enumerate(LAYERS.items()) for name in names}
 
@@ -38,6 +46,10 @@ NEVER_IMPORT_THE_RUNTIME = {"admin", "console", "templatetags", "checks", "apps"
 ALLOWED_LATE_IMPORTS = {
     # The package imports nothing at first so that INSTALLED_APPS/TASKS stay cheap.
     ("django_jobs", "django_jobs.task"): "lazy public names",
+    ("django_jobs.testing", "django_jobs.testing.runner"): "lazy public names",
+    ("django_jobs.testing", "django_jobs.testing.assertions"): "lazy public names",
+    # pytest loads the plugin before Django is configured.
+    ("django_jobs.testing.pytest_plugin", "django_jobs.testing"): "before django.setup()",
     # Django's idiom: system checks register when the app is ready.
     ("django_jobs.apps", "django_jobs.checks"): "registered in ready()",
     # A spawned child imports its module before django.setup(); these need settings.
