@@ -83,7 +83,7 @@ class Job(models.Model):
     # One entry per attempt, so ``len(worker_ids) == attempts`` as django.tasks expects.
     worker_ids = models.JSONField(default=list, db_default=models.Value([], models.JSONField()))
     # One dict per failed attempt: exception_class_path, message, traceback,
-    # worker_id, attempt, failed_at.
+    # worker_id, attempt, started_at (since 0.1: older records lack it), failed_at.
     errors = models.JSONField(default=list, db_default=models.Value([], models.JSONField()))
 
     class Meta:

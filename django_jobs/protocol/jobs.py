@@ -152,14 +152,17 @@ RETURNING j.id, j.finished_at
 
 # Fenced failure. `retry_in` (seconds) NULL means the attempt was the last one: FAILED.
 # Otherwise the job goes back to READY, due after the backoff. The decision is the
-# policy's (policy.py); this statement only carries it out.
+# policy's (policy.py); this statement only carries it out. The error record gets the
+# attempt's start here: the row keeps only the first and the last attempt's.
 FAIL_MANY = """
 UPDATE django_jobs_job AS j
 SET state = CASE WHEN o.retry_in IS NULL THEN 'FAILED' ELSE 'READY' END,
     finished_at = CASE WHEN o.retry_in IS NULL THEN now() END,
     available_at = CASE WHEN o.retry_in IS NULL THEN j.available_at
                         ELSE now() + make_interval(secs => o.retry_in) END,
-    errors = j.errors || jsonb_build_array(o.error || jsonb_build_object('failed_at', now()))
+    errors = j.errors || jsonb_build_array(
+        o.error || jsonb_build_object('failed_at', now(), 'started_at', j.last_attempted_at)
+    )
 FROM unnest(%(job_id)s::bigint[], %(attempt)s::int[], %(error_json)s::jsonb[],
             %(retry_in)s::float8[]) AS o(id, attempt, error, retry_in)
 WHERE j.id = o.id AND j.state = 'RUNNING' AND j.attempts = o.attempt
