@@ -114,7 +114,13 @@ class MissingTask(JobsTask):
     @classmethod
     def for_path(cls, path: str, *, backend: str) -> "MissingTask":
         """The placeholder for ``path`` (the same function object for the same path)."""
-        return cls(func=_missing_function(path), backend=backend)
+        return cls(
+            func=_missing_function(path),
+            backend=backend,
+            priority=DEFAULT_TASK_PRIORITY,
+            queue_name=DEFAULT_TASK_QUEUE_NAME,
+            run_after=None,
+        )
 
     def _refuse(self) -> NoReturn:
         raise InvalidTask(
@@ -225,6 +231,8 @@ def job(
             priority=priority,
             queue_name=queue_name,
             backend=backend,
+            # Django 6.0's Task has no default for it (5.2's backport and 6.1 do).
+            run_after=None,
             takes_context=takes_context,
             max_attempts=max_attempts,
             retry_on=retry_on,

@@ -183,7 +183,10 @@ def noop_plain() -> None:
     """A plain Django Task (not a JobsTask), as a project declares with Django's backends."""
 
 
-noop_plain = Task(func=noop_plain)  # as a decorator would: the module attribute is the Task
+# As a decorator would: the module attribute is the Task (Django 6.0 has no defaults).
+noop_plain = Task(
+    func=noop_plain, priority=0, backend="default", queue_name="default", run_after=None
+)
 
 
 @pytest.mark.parametrize(

@@ -1,12 +1,17 @@
 # With pytest-django: run the jobs a view enqueued, in the test's own transaction.
+# [imports]
+import socket
 from datetime import timedelta
 from unittest import mock
 
 from django.contrib.auth import get_user_model
+from django.core.management import call_command
 
 from django_jobs.testing import assert_enqueued, assert_not_enqueued, run_jobs
 
 from ..tasks import send_welcome_email
+
+# [/imports]
 
 
 # [sign-up]
@@ -72,3 +77,18 @@ def test_immediate_for_the_whole_test(client, jobs_immediate, mailoutbox):
 
 
 # [/fixtures]
+
+
+# [worker]
+def test_with_a_real_worker(transactional_db):
+    user = get_user_model().objects.create_user("gus", "gus@example.com")
+    result = send_welcome_email.enqueue(user.pk)
+
+    call_command("runjobs", "--burst", "--concurrency", "1", "-v", "0")
+
+    result.refresh()
+    assert result.status == "SUCCESSFUL"
+    assert result.worker_ids[0].startswith(socket.gethostname())
+
+
+# [/worker]
