@@ -1,7 +1,9 @@
 """How the job admin shows a job: durations, state badges, the attempts table."""
 
+from collections.abc import Callable
 from typing import Any
 
+from django.contrib import admin
 from django.utils.dateformat import format as date_format
 from django.utils.dateparse import parse_datetime
 from django.utils.html import format_html
@@ -42,6 +44,16 @@ def format_time(value: Any) -> str:
     if value is None:
         return "-"
     return date_format(template_localtime(value), TIME_FORMAT)
+
+
+def time_column(field: str, description: str) -> Callable[[Any, Job], str]:
+    """An admin display method that writes the job's ``field`` as format_time() does."""
+
+    @admin.display(description=description)
+    def show(model_admin: Any, job: Job) -> str:
+        return format_time(getattr(job, field))
+
+    return show
 
 
 def seconds_between(start: Any, end: Any) -> float | None:

@@ -33,10 +33,10 @@ from . import dashboard
 from .display import (
     attempts_of,
     format_duration,
-    format_time,
     seconds_between,
     short_name,
     state_badge,
+    time_column,
 )
 from .filters import EnqueuedFilter, FinishedFilter, QueueFilter, StateFilter, TaskFilter
 from .pagination import EstimatedCountPaginator
@@ -58,6 +58,18 @@ class JobChangeList(ChangeList):
 
 
 # ── the admin ───────────────────────────────────────────────────────────────────
+
+#: The job page's times and durations (JobAdmin's display methods of those names).
+TIMING = (
+    "enqueued",
+    "run_after_time",
+    "available",
+    "started",
+    "last_attempted",
+    "finished",
+    "duration",
+    "latency",
+)
 
 # action name -> (permission suffix, operations function, label); the buttons and the
 # changelist actions are the same operations.
@@ -98,21 +110,7 @@ class JobAdmin(ReadOnlyAdmin):
     change_form_template = "admin/django_jobs/job/change_form.html"
     fieldsets = (
         (None, {"fields": ("status", "task_path", "queue_name", "priority", "backend")}),
-        (
-            "Timing",
-            {
-                "fields": (
-                    "enqueued",
-                    "run_after_time",
-                    "available",
-                    "started",
-                    "last_attempted",
-                    "finished",
-                    "duration",
-                    "latency",
-                )
-            },
-        ),
+        ("Timing", {"fields": TIMING}),
         ("Call", {"fields": ("args_json", "kwargs_json", "return_value_json")}),
         ("Attempts", {"fields": ("attempts_display", "worker_id", "attempts_table")}),
     )
@@ -217,29 +215,12 @@ class JobAdmin(ReadOnlyAdmin):
         return f"{job.attempts}/{job.max_attempts}"
 
     # Times: one format everywhere on the job admin (display.TIME_FORMAT), with seconds.
-    @admin.display(description="enqueued at")
-    def enqueued(self, job: Job) -> str:
-        return format_time(job.enqueued_at)
-
-    @admin.display(description="run after")
-    def run_after_time(self, job: Job) -> str:
-        return format_time(job.run_after)
-
-    @admin.display(description="next attempt from")
-    def available(self, job: Job) -> str:
-        return format_time(job.available_at)
-
-    @admin.display(description="first started at")
-    def started(self, job: Job) -> str:
-        return format_time(job.started_at)
-
-    @admin.display(description="last attempt started at")
-    def last_attempted(self, job: Job) -> str:
-        return format_time(job.last_attempted_at)
-
-    @admin.display(description="finished at")
-    def finished(self, job: Job) -> str:
-        return format_time(job.finished_at)
+    enqueued = time_column("enqueued_at", "enqueued at")
+    run_after_time = time_column("run_after", "run after")
+    available = time_column("available_at", "next attempt from")
+    started = time_column("started_at", "first started at")
+    last_attempted = time_column("last_attempted_at", "last attempt started at")
+    finished = time_column("finished_at", "finished at")
 
     # The last attempt, from the worker's claim to its recorded end, by the database clock:
     # the task function's own time (the worker's log line) plus a wait in the worker's
@@ -259,14 +240,7 @@ class JobAdmin(ReadOnlyAdmin):
         return [
             *(f.name for f in Job._meta.fields),
             "status",
-            "enqueued",
-            "run_after_time",
-            "available",
-            "started",
-            "last_attempted",
-            "finished",
-            "duration",
-            "latency",
+            *TIMING,
             "attempts_display",
             "args_json",
             "kwargs_json",

@@ -10,7 +10,6 @@ from datetime import timedelta
 
 import pytest
 from django.core.management import call_command
-from django.db import connection
 from django.test import override_settings
 from django.utils import timezone
 
@@ -18,11 +17,10 @@ from django_jobs import checks, registry
 from django_jobs.backend import get_backend
 from django_jobs.compat import InvalidTask, TaskResultStatus
 from django_jobs.models import Job
-from django_jobs.protocol import jobs as protocol
 from django_jobs.task import MissingTask
 from testproject.example.services import billing
 
-from ..conftest import run_worker
+from ..conftest import insert_raw, run_worker
 
 MODULE = "testproject.example.services.billing"
 TOTAL = f"{MODULE}.invoice_total"
@@ -45,22 +43,7 @@ def forget(monkeypatch):
 
 
 def insert(task_path: str, proof: str) -> int:
-    with connection.cursor() as cursor:
-        job_id, _ = protocol.enqueue(
-            cursor,
-            protocol.NewJob(
-                task_path=task_path,
-                queue_name="default",
-                priority=0,
-                backend="default",
-                args_json="[[1, 2]]",
-                kwargs_json="{}",
-                run_after=None,
-                max_attempts=1,
-                task_proof=proof,
-            ),
-        )
-    return job_id
+    return insert_raw(task_path, args="[[1, 2]]", proof=proof)
 
 
 def error_of(job_id: int) -> str:

@@ -4,38 +4,17 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from django.db import connection
 from django.test import override_settings
 from django.utils import timezone
 
 from django_jobs.compat import TaskResultStatus, task_finished, task_started
 from django_jobs.models import Job
-from django_jobs.protocol import jobs as protocol
 from testproject.example import tasks
 from testproject.example.models import LedgerEntry
 
-from ..conftest import run_worker
+from ..conftest import insert_raw, run_worker
 
 pytestmark = pytest.mark.django_db(transaction=True)
-
-
-def insert_raw(task_path: str, args: str = "[]") -> int:
-    """Write a job row the way an attacker with table access would: any path at all."""
-    with connection.cursor() as cursor:
-        job_id, _ = protocol.enqueue(
-            cursor,
-            protocol.NewJob(
-                task_path=task_path,
-                queue_name="default",
-                priority=0,
-                backend="default",
-                args_json=args,
-                kwargs_json="{}",
-                run_after=None,
-                max_attempts=3,
-            ),
-        )
-    return job_id
 
 
 def test_runs_a_job_and_fills_the_result():
@@ -163,7 +142,7 @@ def test_non_json_return_value_fails_clearly_without_retry():
 )
 def test_only_declared_tasks_run(path, tmp_path: Path):
     marker = tmp_path / "called"
-    bad = insert_raw(path, args=f'["{marker}"]')
+    bad = insert_raw(path, args=f'["{marker}"]', max_attempts=3)
     good = tasks.add.enqueue(1, 1)
     run_worker()
     row = Job.objects.get(pk=bad)
