@@ -68,6 +68,8 @@ def pgbench_scripts(batch: int) -> dict[str, str]:
             "kwargs_json": _literal("{}"),
             "run_after": "NULL",
             "max_attempts": "1",
+            # The proof of declaration our enqueue writes: a 32-digit hex text.
+            "task_proof": _literal("0" * 32),
         },
     )
     claim = _fill(

@@ -9,14 +9,14 @@ from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
-__all__ = ["JobsTask", "job"]
+__all__ = ["JobsTask", "enqueue_many", "job"]
 
 if TYPE_CHECKING:
-    from .task import JobsTask, job
+    from .task import JobsTask, enqueue_many, job
 
 
 def __getattr__(name: str) -> Any:
-    if name in {"job", "JobsTask"}:
+    if name in {"job", "JobsTask", "enqueue_many"}:
         from . import task
 
         return getattr(task, name)

@@ -35,7 +35,7 @@ from .compat import (
 from .conf import JobsOptions, validate
 from .protocol import jobs
 from .states import to_task_status
-from .task import JobsTask
+from .task import JobsTask, MissingTask
 
 
 class JobsBackend(BaseTaskBackend):
@@ -91,6 +91,8 @@ class JobsBackend(BaseTaskBackend):
             run_after=task.run_after,
             max_attempts=policy.default_max_attempts(task, self.jobs_options),
             callback_url=getattr(task, "callback_url", None),
+            # Lets a worker that does not know the task import its module (registry.py).
+            task_proof=registry.proof(task.module_path),
         )
 
     def enqueue(self, task: Task, args: Sequence[Any], kwargs: Mapping[str, Any]) -> TaskResult:
@@ -144,6 +146,7 @@ class JobsBackend(BaseTaskBackend):
                     run_after=task.run_after,
                     max_attempts=policy.default_max_attempts(task, self.jobs_options),
                     callback_url=getattr(task, "callback_url", None),
+                    task_proof=registry.proof(task.module_path),
                 )
                 number = spec_numbers.setdefault(spec, len(specs))
                 if number == len(specs):
@@ -216,7 +219,7 @@ class JobsBackend(BaseTaskBackend):
         row = (
             Job.objects.using(self.database)
             .filter(pk=job_id, backend=self.alias)
-            .values(*_RESULT_FIELDS)
+            .values(*RESULT_FIELDS)
             .first()
         )
         if row is None:
@@ -248,16 +251,18 @@ class JobsBackend(BaseTaskBackend):
         return result
 
     def task_for(self, path: str, row: Mapping[str, Any]) -> Task:
-        """Return the declared task for ``path`` with the row's queue, priority and run_after."""
-        task = registry.get(path)
+        """Return the task for ``path`` with the row's queue, priority and run_after.
+
+        A task this process cannot find (renamed, removed, or in a module whose job
+        carries no valid proof) is a ``MissingTask``: the job's result can still be read.
+        """
+        proof = row.get("task_proof", "")
+        task = registry.find(path, proof)
         if task is None:
             registry.discover(self.jobs_options.TASK_MODULES)
-            task = registry.get(path)
+            task = registry.find(path, proof)
         if task is None:
-            raise TaskResultDoesNotExist(
-                f"Job {row['id']} exists, but its task {path!r} is not declared in this "
-                "process, so no TaskResult can be built for it."
-            )
+            task = MissingTask.for_path(path, backend=self.alias)
         return _bound_task(
             task, row["priority"], row["queue_name"], row["backend"], row["run_after"]
         )
@@ -373,7 +378,7 @@ class EnqueuedResults(Sequence[TaskResult]):
 
 #: The columns a TaskResult is built from: what a worker holds of a claimed job, and the
 #: state, return value and end a stored row adds.
-_RESULT_FIELDS = (*jobs.JOB_COLUMNS, "state", "return_value", "finished_at")
+RESULT_FIELDS = (*jobs.JOB_COLUMNS, "state", "return_value", "finished_at")
 
 
 @lru_cache(maxsize=4096)

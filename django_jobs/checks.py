@@ -5,7 +5,9 @@ django_jobs.E001 a bad OPTIONS value, E002 an unknown DATABASE alias, E003 a dat
 that is not PostgreSQL, E004 an unknown LISTEN_DATABASE alias, W002 LISTEN through what
 looks like a transaction-mode pooler.
 
-Here: W001 another app's ``runjobs`` command shadows ours.
+Here: W001 another app's ``runjobs`` command shadows ours; W003 (a database check, run
+by ``runjobs`` at start, ``migrate`` and ``check --database``) a task with recent jobs
+that this process cannot find.
 
 ``settings.DJANGO_JOBS`` (here): E020 a bad key or value, E021 an integration turned on
 whose package is not installed, W020 an ``API_TASKS`` entry that names no declared task.
@@ -15,6 +17,7 @@ E011 bad cron expression or interval, E012 unknown time zone, E013 task not decl
 E014 arguments not JSON or not fitting the task's signature, E015 other bad value.
 """
 
+from datetime import timedelta
 from fnmatch import fnmatchcase
 from importlib import import_module
 from typing import Any
@@ -23,14 +26,21 @@ from django.apps import apps
 from django.conf import settings
 from django.core import checks
 from django.core.management import get_commands
+from django.db import DatabaseError
+from django.utils import timezone
+from django.utils.timesince import timesince
 
 from . import registry
-from .backend import JobsBackend
+from .backend import JobsBackend, jobs_backends
 from .codec import call_problem
 from .compat import task_backends
 from .conf import jobs_settings, settings_problems
+from .console import stats
 from .integrations import missing_packages
 from .schedules import declared
+
+#: A task whose newest job is this recent (or still waiting) must be findable (W003).
+RECENT = timedelta(days=1)
 
 
 @checks.register()
@@ -124,7 +134,7 @@ def check_jobs_settings(app_configs: Any = None, **kwargs: Any) -> list[checks.C
         messages.append(
             checks.Error(
                 f"settings.DJANGO_JOBS[{key!r}] is on, but {package!r} is not installed.",
-                hint=f"pip install 'django-jobs[{extra}]', or turn {key} off.",
+                hint=f"pip install 'django-pg-jobs[{extra}]', or turn {key} off.",
                 id="django_jobs.E021",
             )
         )
@@ -145,3 +155,44 @@ def check_jobs_settings(app_configs: Any = None, **kwargs: Any) -> list[checks.C
                     )
                 )
     return messages
+
+
+@checks.register(checks.Tags.database)
+def check_enqueued_tasks_can_be_found(
+    app_configs: Any = None, databases: Any = None, **kwargs: Any
+) -> list[checks.CheckMessage]:
+    """Warn about tasks with recent or waiting jobs that this process cannot find."""
+    messages: list[checks.CheckMessage] = []
+    seen: set[tuple[str, str]] = set()
+    for backend in jobs_backends():
+        if not databases or backend.database not in databases:
+            continue
+        registry.discover(backend.jobs_options.TASK_MODULES)
+        try:
+            newest = stats.newest_job_per_task(using=backend.database)
+        except DatabaseError:
+            continue  # no job table yet (before the first migrate): nothing to find
+        since = timezone.now() - RECENT
+        for job in sorted(newest, key=lambda j: -j.job_id):
+            key = (backend.database, job.task_path)
+            if key in seen or (job.state != "READY" and job.enqueued_at < since):
+                continue
+            seen.add(key)
+            try:
+                registry.resolve(job.task_path, job.task_proof)
+            except registry.UnknownTask as exc:
+                messages.append(_unfindable(job, exc.reason))
+    return messages
+
+
+def _unfindable(job: stats.NewestJob, reason: str) -> checks.CheckMessage:
+    return checks.Warning(
+        f"Task {job.task_path!r} cannot be found in this process, and it has recent jobs "
+        f"(the newest, {job.job_id}, was enqueued {timesince(job.enqueued_at)} ago and is "
+        f"{job.state}): {reason}. Workers fail such jobs with UnknownTask.",
+        hint="If the task was renamed or removed, keep the old name declared until its "
+        "jobs are done, or cancel them. If its module is only imported where jobs are "
+        "enqueued, check that web and worker processes share SECRET_KEY, or list the "
+        "module in OPTIONS['TASK_MODULES'].",
+        id="django_jobs.W003",
+    )

@@ -13,9 +13,7 @@ import traceback
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from django.utils.json import normalize_json
-
-from .compat import Task
+from .compat import Task, normalize_json
 
 # A JSON escape of NUL (not preceded by an escaped backslash): jsonb refuses it.
 _JSON_NUL = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")

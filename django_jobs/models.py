@@ -50,6 +50,11 @@ class Job(models.Model):
 
     id = models.BigAutoField(primary_key=True)
     task_path = models.CharField(max_length=255, help_text="Dotted path of the task function.")
+    # Written by enqueue: proof (an HMAC under SECRET_KEY) that the path was a declared
+    # task there, which lets a worker import its module (registry.py says why).
+    task_proof = models.CharField(
+        max_length=64, blank=True, default="", db_default="", editable=False
+    )
     queue_name = models.CharField(max_length=255, default="default")
     priority = models.SmallIntegerField(default=0, db_default=0)
     state = models.CharField(
@@ -79,7 +84,7 @@ class Job(models.Model):
     # One entry per attempt, so ``len(worker_ids) == attempts`` as django.tasks expects.
     worker_ids = models.JSONField(default=list, db_default=models.Value([], models.JSONField()))
     # One dict per failed attempt: exception_class_path, message, traceback,
-    # worker_id, attempt, failed_at.
+    # worker_id, attempt, started_at (since 0.1: older records lack it), failed_at.
     errors = models.JSONField(default=list, db_default=models.Value([], models.JSONField()))
     # W3C trace context headers (traceparent, tracestate) of the enqueue, when tracing is
     # on: the worker continues that trace, so a request's trace shows its jobs.
@@ -244,6 +249,13 @@ class MisfirePolicy(models.TextChoices):
     ALL = "all", "run each missed run (up to max catch-up)"
 
 
+# Jobs are pruned and deleted with plain SQL, not through the ORM, so the rows that point
+# at a job (or a schedule) must be cleared by the database itself. Django 6.1 says so with
+# DB_SET_NULL and DB_CASCADE; before it, the ORM-level action stands in for the model
+# state, and migration 0007 puts the same ON DELETE clause on the constraints.
+DB_SET_NULL = getattr(models, "DB_SET_NULL", models.SET_NULL)
+DB_CASCADE = getattr(models, "DB_CASCADE", models.CASCADE)
+
 #: Most missed runs one fire of a schedule enqueues (misfire policy "all"): a schedule
 #: every second that was off for a month must not enqueue 2.6 million jobs at once.
 MAX_CATCHUP = 1000
@@ -307,7 +319,7 @@ class Schedule(models.Model):
     last_run_at = models.DateTimeField(null=True, blank=True)
     # DB-level SET NULL: jobs are pruned with plain SQL, not through the ORM.
     last_job = models.ForeignKey(
-        Job, null=True, blank=True, on_delete=models.DB_SET_NULL, related_name="+"
+        Job, null=True, blank=True, on_delete=DB_SET_NULL, related_name="+"
     )
     last_error = models.TextField(
         blank=True, default="", help_text="Why the last fire failed; empty when healthy."
@@ -373,13 +385,11 @@ class ScheduleRun(models.Model):
     id = models.BigAutoField(primary_key=True)
     # The unique (schedule, fire_at) index serves lookups by schedule too.
     schedule = models.ForeignKey(
-        Schedule, on_delete=models.DB_CASCADE, related_name="runs", db_index=False
+        Schedule, on_delete=DB_CASCADE, related_name="runs", db_index=False
     )
     fire_at = models.DateTimeField(help_text="The fire time this run is for.")
     # Indexed (the default) so that pruning jobs finds the runs to clear quickly.
-    job = models.ForeignKey(
-        Job, null=True, blank=True, on_delete=models.DB_SET_NULL, related_name="+"
-    )
+    job = models.ForeignKey(Job, null=True, blank=True, on_delete=DB_SET_NULL, related_name="+")
     manual = models.BooleanField(default=False, help_text="Started with 'run now'.")
     created_at = models.DateTimeField(db_default=Now())
 

@@ -5,9 +5,11 @@
 ``task_class``), so the two styles give the same object.
 """
 
+import types
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
-from typing import Any
+from functools import lru_cache
+from typing import Any, NoReturn
 from urllib.parse import urlsplit
 
 from .compat import (
@@ -78,18 +80,92 @@ class JobsTask(Task):
 
     def enqueue_many(
         self, calls: Iterable[tuple[Sequence[Any], Mapping[str, Any]]]
-    ) -> list[TaskResult]:
-        """Enqueue one job per ``(args, kwargs)`` pair in a single statement.
+    ) -> Sequence[TaskResult]:
+        """Enqueue one job per ``(args, kwargs)`` pair; see :func:`enqueue_many`."""
+        return enqueue_many(self, calls)
 
-        Needs a jobs backend. Like ``enqueue()``, the rows join the caller's transaction.
-        """
-        backend = self.get_backend()
-        if not hasattr(backend, "enqueue_many"):
-            raise InvalidTask(
-                f"Backend {self.backend!r} has no bulk enqueue; use a JobsBackend or call "
-                "enqueue() in a loop."
-            )
-        return backend.enqueue_many([(self, args, kwargs) for args, kwargs in calls])
+
+def enqueue_many(
+    task: Task, calls: Iterable[tuple[Sequence[Any], Mapping[str, Any]]]
+) -> Sequence[TaskResult]:
+    """Enqueue one job of ``task`` per ``(args, kwargs)`` pair; return their results in order.
+
+    On a jobs backend, all rows are written by a single statement in the caller's
+    transaction. On any other backend (Django's ``ImmediateBackend`` or ``DummyBackend``
+    in tests, say) each pair is one ``enqueue()``, so the same code runs there too. Unlike
+    ``JobsTask.enqueue_many``, this also takes a plain Django ``Task``.
+    """
+    backend = task.get_backend()
+    pairs = [(args, kwargs) for args, kwargs in calls]
+    bulk = getattr(backend, "enqueue_many", None)
+    if bulk is not None:
+        return bulk([(task, args, kwargs) for args, kwargs in pairs])
+    return [backend.enqueue(task, args, kwargs) for args, kwargs in pairs]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MissingTask(JobsTask):
+    """Stands in for a task this process cannot find, so that its jobs' results can be read.
+
+    ``get_result()`` of a job whose task was renamed, removed, or declared in a module
+    this process cannot import returns the job's real status, errors and return value
+    with one of these as its ``task``. Its ``module_path`` is the stored path; calling or
+    enqueueing it raises ``InvalidTask``.
+    """
+
+    def __post_init__(self) -> None:
+        # Not validated by a backend: that would declare it as a task (registry.py), and
+        # a worker must never find it.
+        pass
+
+    @classmethod
+    def for_path(cls, path: str, *, backend: str) -> "MissingTask":
+        """The placeholder for ``path`` (the same function object for the same path)."""
+        return cls(
+            func=_missing_function(path),
+            backend=backend,
+            priority=DEFAULT_TASK_PRIORITY,
+            queue_name=DEFAULT_TASK_QUEUE_NAME,
+            run_after=None,
+        )
+
+    def _refuse(self) -> NoReturn:
+        raise InvalidTask(
+            f"Task {self.module_path!r} cannot be found in this process (renamed, removed, "
+            "or in a module that is not imported here); this placeholder only carries the "
+            "results of its existing jobs, and cannot be called or enqueued. Import the task "
+            "from its module instead."
+        )
+
+    def enqueue(self, *args: Any, **kwargs: Any) -> NoReturn:
+        self._refuse()
+
+    async def aenqueue(self, *args: Any, **kwargs: Any) -> NoReturn:
+        self._refuse()
+
+    def enqueue_many(self, calls: Any) -> NoReturn:
+        self._refuse()
+
+    def call(self, *args: Any, **kwargs: Any) -> NoReturn:
+        self._refuse()
+
+    async def acall(self, *args: Any, **kwargs: Any) -> NoReturn:
+        self._refuse()
+
+
+def _refuse_call(*args: Any, **kwargs: Any) -> NoReturn:
+    raise InvalidTask("This task cannot be found in this process; it cannot be called.")
+
+
+@lru_cache(maxsize=1024)
+def _missing_function(path: str) -> Callable[..., Any]:
+    # A function whose module and qualname are the stored path, so that the placeholder's
+    # module_path (and its TaskResult's) reads as the job's task.
+    module, _, qualname = path.rpartition(".")
+    func = types.FunctionType(_refuse_call.__code__, _refuse_call.__globals__, qualname)
+    func.__module__ = module
+    func.__qualname__ = qualname
+    return func
 
 
 def _check_options(task: JobsTask) -> None:
@@ -183,6 +259,8 @@ def job(
             priority=priority,
             queue_name=queue_name,
             backend=backend,
+            # Django 6.0's Task has no default for it (5.2's backport and 6.1 do).
+            run_after=None,
             takes_context=takes_context,
             max_attempts=max_attempts,
             retry_on=retry_on,

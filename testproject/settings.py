@@ -7,6 +7,7 @@ embedded PostgreSQL server is started, so a new checkout needs nothing but Pytho
 import os
 from pathlib import Path
 
+import django
 import environ
 
 BASE_DIR = Path(__file__).resolve().parent.parent
@@ -34,6 +35,8 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "django_jobs",
     "testproject.example",
+    # The example of docs/howto/testing.md, whose tests are the page's examples.
+    "testproject.accounts",
 ]
 
 TASKS = {
@@ -95,7 +98,12 @@ TEMPLATES = [
     }
 ]
 
-MAILERS = {"default": {"BACKEND": "django.core.mail.backends.console.EmailBackend"}}
+# Django 6.1 configures mail with MAILERS and deprecates EMAIL_BACKEND; 5.2 and 6.0 know
+# only the latter.
+if django.VERSION >= (6, 1):
+    MAILERS = {"default": {"BACKEND": "django.core.mail.backends.console.EmailBackend"}}
+else:
+    EMAIL_BACKEND = "django.core.mail.backends.console.EmailBackend"
 USE_TZ = True
 TIME_ZONE = "UTC"
 STATIC_URL = "static/"
@@ -112,5 +120,7 @@ LOGGING = {
         # built and then dropped by the handlers' filters: a measurable share of a short
         # job's cost (docs/performance.md).
         "django.tasks": {"level": env.str("DJANGO_TASKS_LOG_LEVEL", "WARNING")},
+        # The same lines from the django-tasks backport, on Django 5.2.
+        "django_tasks": {"level": env.str("DJANGO_TASKS_LOG_LEVEL", "WARNING")},
     },
 }

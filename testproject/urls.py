@@ -8,4 +8,5 @@ urlpatterns = [
     path("admin/", admin.site.urls),
     path("jobs-api/", include("django_jobs.api.urls")),
     path("metrics", include("django_jobs.metrics.urls")),
+    path("accounts/", include("testproject.accounts.urls")),
 ]

@@ -13,6 +13,7 @@ from urllib.parse import quote
 import pytest
 from django.db import connection
 
+from django_jobs.protocol import jobs as protocol
 from django_jobs.worker.supervisor import Supervisor
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -30,6 +31,26 @@ def wait_for(
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout} s waiting for {what}")
         time.sleep(interval)
+
+
+def insert_raw(task_path: str, args: str = "[]", *, proof: str = "", max_attempts: int = 1) -> int:
+    """Write a job row as anything with table access could: any path, any proof."""
+    with connection.cursor() as cursor:
+        job_id, _ = protocol.enqueue(
+            cursor,
+            protocol.NewJob(
+                task_path=task_path,
+                queue_name="default",
+                priority=0,
+                backend="default",
+                args_json=args,
+                kwargs_json="{}",
+                run_after=None,
+                max_attempts=max_attempts,
+                task_proof=proof,
+            ),
+        )
+    return job_id
 
 
 def run_worker(**options: Any) -> Supervisor:

@@ -11,7 +11,6 @@ from itertools import accumulate
 from typing import Any
 
 from django.contrib import admin, messages
-from django.contrib.admin import ActionLocation
 from django.contrib.admin.utils import unquote
 from django.contrib.admin.views.main import ChangeList
 from django.core import signing
@@ -31,7 +30,14 @@ from django_jobs.models import MAX_JOB_ID, Job
 from django_jobs.states import JobState
 
 from . import dashboard
-from .display import attempts_of, format_duration, short_name, state_badge
+from .display import (
+    attempts_of,
+    format_duration,
+    seconds_between,
+    short_name,
+    state_badge,
+    time_column,
+)
 from .filters import EnqueuedFilter, FinishedFilter, QueueFilter, StateFilter, TaskFilter
 from .pagination import EstimatedCountPaginator
 from .readonly import ReadOnlyAdmin
@@ -53,6 +59,18 @@ class JobChangeList(ChangeList):
 
 # ── the admin ───────────────────────────────────────────────────────────────────
 
+#: The job page's times and durations (JobAdmin's display methods of those names).
+TIMING = (
+    "enqueued",
+    "run_after_time",
+    "available",
+    "started",
+    "last_attempted",
+    "finished",
+    "duration",
+    "latency",
+)
+
 # action name -> (permission suffix, operations function, label); the buttons and the
 # changelist actions are the same operations.
 OPERATIONS = {
@@ -70,9 +88,9 @@ class JobAdmin(ReadOnlyAdmin):
         "queue_name",
         "priority",
         "attempts_display",
-        "enqueued_at",
-        "started_at",
-        "finished_at",
+        "enqueued",
+        "started",
+        "finished",
         "duration",
         "worker_id",
     )
@@ -92,20 +110,7 @@ class JobAdmin(ReadOnlyAdmin):
     change_form_template = "admin/django_jobs/job/change_form.html"
     fieldsets = (
         (None, {"fields": ("status", "task_path", "queue_name", "priority", "backend")}),
-        (
-            "Timing",
-            {
-                "fields": (
-                    "enqueued_at",
-                    "run_after",
-                    "available_at",
-                    "started_at",
-                    "last_attempted_at",
-                    "finished_at",
-                    "duration",
-                )
-            },
-        ),
+        ("Timing", {"fields": TIMING}),
         ("Call", {"fields": ("args_json", "kwargs_json", "return_value_json")}),
         ("Attempts", {"fields": ("attempts_display", "worker_id", "attempts_table")}),
     )
@@ -171,10 +176,11 @@ class JobAdmin(ReadOnlyAdmin):
         paths = [p for p in registry.registered_paths() if needle in p.lower()]
         return stats.by_tasks(queryset, [*paths, term]), False
 
-    def get_actions(
-        self, request: HttpRequest, action_location: Any = ActionLocation.CHANGE_LIST
-    ) -> dict[str, Any]:
-        actions = super().get_actions(request, action_location=action_location)
+    def get_actions(self, request: HttpRequest, action_location: Any = None) -> dict[str, Any]:
+        # Django 6.1 says where the actions show (the changelist or a change form); earlier
+        # versions have changelist actions only, and no such parameter.
+        where = {} if action_location is None else {"action_location": action_location}
+        actions = super().get_actions(request, **where)
         # Django's own delete_selected renders every selected row on its confirmation page
         # (millions with "select all") and would delete running jobs; ours does neither.
         actions.pop("delete_selected", None)
@@ -208,14 +214,25 @@ class JobAdmin(ReadOnlyAdmin):
     def attempts_display(self, job: Job) -> str:
         return f"{job.attempts}/{job.max_attempts}"
 
-    @admin.display(description="duration")
+    # Times: one format everywhere on the job admin (display.TIME_FORMAT), with seconds.
+    enqueued = time_column("enqueued_at", "enqueued at")
+    run_after_time = time_column("run_after", "run after")
+    available = time_column("available_at", "next attempt from")
+    started = time_column("started_at", "first started at")
+    last_attempted = time_column("last_attempted_at", "last attempt started at")
+    finished = time_column("finished_at", "finished at")
+
+    # The last attempt, from the worker's claim to its recorded end, by the database clock:
+    # the task function's own time (the worker's log line) plus a wait in the worker's
+    # queue and the batching of outcomes. Each duration the admin shows is measured so.
+    @admin.display(description="last attempt took")
     def duration(self, job: Job) -> str:
-        if job.started_at is None:
-            return "-"
         end = job.finished_at or (timezone.now() if job.state == JobState.RUNNING else None)
-        if end is None:
-            return "-"
-        return format_duration((end - job.started_at).total_seconds())
+        return format_duration(seconds_between(job.last_attempted_at, end))
+
+    @admin.display(description="enqueued to finished")
+    def latency(self, job: Job) -> str:
+        return format_duration(seconds_between(job.enqueued_at, job.finished_at))
 
     # ── the job's page ──────────────────────────────────────────────────────
 
@@ -223,7 +240,7 @@ class JobAdmin(ReadOnlyAdmin):
         return [
             *(f.name for f in Job._meta.fields),
             "status",
-            "duration",
+            *TIMING,
             "attempts_display",
             "args_json",
             "kwargs_json",

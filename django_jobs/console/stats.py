@@ -85,6 +85,28 @@ WITH RECURSIVE q(name) AS (
 SELECT name FROM q WHERE name IS NOT NULL LIMIT %(limit)s
 """
 
+# Each distinct (queue, task) in the table with its newest job: one index probe per pair
+# (a loose index scan of django_jobs_job_queue_task, by row comparison) and one more for
+# the newest job, never a read of the jobs themselves.
+TASKS_WITH_NEWEST_JOB = f"""
+WITH RECURSIVE pair(queue_name, task_path) AS (
+    (SELECT queue_name, task_path FROM {TABLE} ORDER BY queue_name, task_path LIMIT 1)
+    UNION ALL
+    SELECT nxt.queue_name, nxt.task_path FROM pair, LATERAL (
+        SELECT queue_name, task_path FROM {TABLE}
+        WHERE (queue_name, task_path) > (pair.queue_name, pair.task_path)
+        ORDER BY queue_name, task_path LIMIT 1
+    ) AS nxt
+)
+SELECT pair.task_path, newest.id, newest.enqueued_at, newest.state, newest.task_proof
+FROM pair, LATERAL (
+    SELECT id, enqueued_at, state, task_proof FROM {TABLE}
+    WHERE queue_name = pair.queue_name AND task_path = pair.task_path
+    ORDER BY id DESC LIMIT 1
+) AS newest
+LIMIT %(limit)s
+"""
+
 #: Count exactly when the planner expects at most this many rows; estimate above.
 EXACT_BELOW = 100_000
 #: An exact count that takes longer than this many milliseconds gives way to the estimate.
@@ -158,6 +180,24 @@ def queue_names(using: str | None = None) -> list[str] | None:
         cur.execute(QUEUE_NAMES, {"limit": MAX_QUEUES + 1})
         names = [row[0] for row in cur.fetchall()]
     return None if len(names) > MAX_QUEUES else names
+
+
+@dataclass(frozen=True, slots=True)
+class NewestJob:
+    """The newest job of a task (in one queue): what the start-up check looks at."""
+
+    task_path: str
+    job_id: int
+    enqueued_at: datetime
+    state: str
+    task_proof: str
+
+
+def newest_job_per_task(using: str | None = None, limit: int = MAX_QUEUES) -> list[NewestJob]:
+    """The newest job of each task in each queue, at most ``limit`` of them."""
+    with _cursor(using) as cur:
+        cur.execute(TASKS_WITH_NEWEST_JOB, {"limit": limit})
+        return [NewestJob(*row) for row in cur.fetchall()]
 
 
 def by_tasks(queryset: QuerySet, paths: list[str]) -> QuerySet:

@@ -1,5 +1,5 @@
 """Optional integrations with the tools people already run, each turned on by a key of
-``settings.DJANGO_JOBS`` and each needing its extra (``pip install django-jobs[otel]``,
+``settings.DJANGO_JOBS`` and each needing its extra (``pip install django-pg-jobs[otel]``,
 ``[sentry]``):
 
 - ``tracing``: OpenTelemetry spans for enqueues and job runs, the trace continued from

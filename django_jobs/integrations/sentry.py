@@ -25,7 +25,7 @@ try:
     import sentry_sdk
 except ImportError as exc:  # pragma: no cover - exercised by the extras test
     raise ImproperlyConfigured(
-        "DJANGO_JOBS['SENTRY'] needs the sentry-sdk package: pip install 'django-jobs[sentry]'."
+        "DJANGO_JOBS['SENTRY'] needs the sentry-sdk package: pip install 'django-pg-jobs[sentry]'."
     ) from exc
 
 from .. import instrumentation, signals

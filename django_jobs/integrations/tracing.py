@@ -22,7 +22,7 @@ try:
 except ImportError as exc:  # pragma: no cover - exercised by the extras test
     raise ImproperlyConfigured(
         "DJANGO_JOBS['TRACING'] needs the opentelemetry-api package: "
-        "pip install 'django-jobs[otel]'."
+        "pip install 'django-pg-jobs[otel]'."
     ) from exc
 
 from .. import __version__, instrumentation

@@ -25,7 +25,7 @@ try:
 except ImportError as exc:  # pragma: no cover - exercised by the extras test
     raise ImproperlyConfigured(
         "django_jobs metrics need the prometheus-client package: "
-        "pip install 'django-jobs[prometheus]'."
+        "pip install 'django-pg-jobs[prometheus]'."
     ) from exc
 
 from .. import __version__

@@ -4,6 +4,11 @@ import django.db.models.deletion
 import django.db.models.functions.datetime
 from django.db import migrations, models
 
+# Django 6.1 added database-level on_delete. Before it, the ORM-level action stands in
+# here, and migration 0007 gives the constraints the same ON DELETE clause in SQL.
+DB_SET_NULL = getattr(django.db.models.deletion, "DB_SET_NULL", models.SET_NULL)
+DB_CASCADE = getattr(django.db.models.deletion, "DB_CASCADE", models.CASCADE)
+
 
 class Migration(migrations.Migration):
     dependencies = [
@@ -137,7 +142,7 @@ class Migration(migrations.Migration):
                     models.ForeignKey(
                         blank=True,
                         null=True,
-                        on_delete=django.db.models.deletion.DB_SET_NULL,
+                        on_delete=DB_SET_NULL,
                         related_name="+",
                         to="django_jobs.job",
                     ),
@@ -166,7 +171,7 @@ class Migration(migrations.Migration):
                     models.ForeignKey(
                         blank=True,
                         null=True,
-                        on_delete=django.db.models.deletion.DB_SET_NULL,
+                        on_delete=DB_SET_NULL,
                         related_name="+",
                         to="django_jobs.job",
                     ),
@@ -175,7 +180,7 @@ class Migration(migrations.Migration):
                     "schedule",
                     models.ForeignKey(
                         db_index=False,
-                        on_delete=django.db.models.deletion.DB_CASCADE,
+                        on_delete=DB_CASCADE,
                         related_name="runs",
                         to="django_jobs.schedule",
                     ),

@@ -35,6 +35,8 @@ JOB_COLUMNS = (
     "worker_ids",
     "errors",
     "trace_context",
+    # Last, so that ClaimedJob can give it a default (registry.py says what it proves).
+    "task_proof",
 )
 #: The JSON columns among them, which the claim returns as one JSON array text: parsing
 #: one document per row costs half of what four jsonb values cost (bench/, S1).
@@ -52,13 +54,13 @@ WITH j AS (
     INSERT INTO django_jobs_job (
         task_path, queue_name, priority, state, backend, args, kwargs,
         run_after, available_at, enqueued_at, attempts, max_attempts, worker_ids, errors,
-        trace_context, callback_url
+        trace_context, callback_url, task_proof
     )
     VALUES (
         %(task_path)s, %(queue_name)s, %(priority)s, 'READY', %(backend)s,
         %(args_json)s::jsonb, %(kwargs_json)s::jsonb, %(run_after)s::timestamptz,
         COALESCE(%(run_after)s::timestamptz, now()), now(), 0, %(max_attempts)s, '[]', '[]',
-        %(trace_context_json)s::jsonb, %(callback_url)s
+        %(trace_context_json)s::jsonb, %(callback_url)s, %(task_proof)s
     )
     RETURNING id, enqueued_at, available_at, queue_name
 )
@@ -77,18 +79,18 @@ WITH inserted AS (
 INSERT INTO django_jobs_job (
     task_path, queue_name, priority, state, backend, args, kwargs,
     run_after, available_at, enqueued_at, attempts, max_attempts, worker_ids, errors,
-    trace_context, callback_url
+    trace_context, callback_url, task_proof
 )
 SELECT s.task_path, s.queue_name, s.priority, 'READY', s.backend, c.call -> 0, c.call -> 1,
        s.run_after, COALESCE(s.run_after, now()), now(), 0, s.max_attempts, '[]', '[]',
-       s.trace_context, s.callback_url
+       s.trace_context, s.callback_url, s.task_proof
 FROM jsonb_array_elements(%(calls)s::jsonb) WITH ORDINALITY AS c(call, n)
 JOIN unnest(
     %(task_path)s::text[], %(queue_name)s::text[], %(priority)s::smallint[],
     %(backend)s::text[], %(run_after)s::timestamptz[], %(max_attempts)s::int[],
-    %(trace_context_json)s::jsonb[], %(callback_url)s::text[]
+    %(trace_context_json)s::jsonb[], %(callback_url)s::text[], %(task_proof)s::text[]
 ) WITH ORDINALITY AS s(task_path, queue_name, priority, backend, run_after, max_attempts,
-                      trace_context, callback_url, spec)
+                      trace_context, callback_url, task_proof, spec)
     ON s.spec = (c.call ->> 2)::bigint + 1
 ORDER BY c.n
 RETURNING id
@@ -113,7 +115,8 @@ SELECT pg_notify('{NOTIFY_CHANNEL}', q) FROM unnest(%(queues)s::text[]) AS q
 # distinct priorities of READY jobs with one index probe each, highest first, and for
 # each level the due jobs are a range of the index that stops at the first job due
 # later. A nested loop takes the levels in that order and stops once `limit` rows came.
-_CLAIM = f"""
+# The distinct priorities of the backend's READY jobs, highest first: one index probe each.
+_LEVELS = """
 WITH RECURSIVE levels(priority) AS (
     (SELECT priority FROM django_jobs_job
      WHERE state = 'READY' AND backend = %(backend)s
@@ -123,14 +126,17 @@ WITH RECURSIVE levels(priority) AS (
             WHERE j.state = 'READY' AND j.backend = %(backend)s AND j.priority < levels.priority
             ORDER BY j.priority DESC LIMIT 1)
     FROM levels WHERE levels.priority IS NOT NULL
-),
+)"""
+
+_CLAIM = f"""
+{_LEVELS},
 due AS (
     SELECT d.id
     FROM levels
     CROSS JOIN LATERAL (
         SELECT id FROM django_jobs_job
         WHERE state = 'READY' AND backend = %(backend)s AND priority = levels.priority
-          AND available_at <= now() {{queue_filter}}
+          AND available_at <= {{due}} {{queue_filter}}
         ORDER BY available_at, id
         LIMIT %(limit)s
         FOR UPDATE SKIP LOCKED
@@ -149,8 +155,38 @@ FROM due
 WHERE j.id = due.id
 RETURNING {_RETURNING}
 """
-CLAIM = _CLAIM.format(queue_filter="AND queue_name = ANY(%(queues)s::text[])")
-CLAIM_ANY_QUEUE = _CLAIM.format(queue_filter="")
+CLAIM = _CLAIM.format(due="now()", queue_filter="AND queue_name = ANY(%(queues)s::text[])")
+CLAIM_ANY_QUEUE = _CLAIM.format(due="now()", queue_filter="")
+
+# The claim for django_jobs.testing, run inside a test's transaction, where now() stands
+# still at the transaction's start: it may also take jobs due up to a later time (a
+# retry's, a run_after), and only some jobs (immediate mode runs the one just enqueued).
+# Each filter is off when its parameter is NULL (GREATEST ignores a NULL). Workers never
+# run it: its plan is not the hot claim's.
+CLAIM_IN_TEST = _CLAIM.format(
+    due="GREATEST(now(), %(due_by)s::timestamptz)",
+    queue_filter="AND (%(queues)s::text[] IS NULL OR queue_name = ANY(%(queues)s::text[])) "
+    "AND (%(ids)s::bigint[] IS NULL OR id = ANY(%(ids)s::bigint[]))",
+)
+
+# Seconds until the next READY job of a backend (and queues) is due, for `--burst`
+# deciding whether to wait (negative: due already). A read, level by level like the
+# claim: the first job of each priority in django_jobs_job_claim is its earliest.
+_NEXT_DUE = f"""
+{_LEVELS}
+SELECT EXTRACT(EPOCH FROM min(d.available_at) - now())::float8
+FROM levels
+CROSS JOIN LATERAL (
+    SELECT available_at FROM django_jobs_job
+    WHERE state = 'READY' AND backend = %(backend)s AND priority = levels.priority
+          {{queue_filter}}
+    ORDER BY available_at, id
+    LIMIT 1
+) AS d
+WHERE levels.priority IS NOT NULL
+"""
+NEXT_DUE = _NEXT_DUE.format(queue_filter="AND queue_name = ANY(%(queues)s::text[])")
+NEXT_DUE_ANY_QUEUE = _NEXT_DUE.format(queue_filter="")
 
 # Fenced success: only the attempt that claimed the job may finish it. A row that was
 # rescued (and maybe re-claimed) since then no longer matches and is left alone. The
@@ -170,8 +206,9 @@ SELECT id, finished_at FROM done
 
 # Fenced failure. `retry_in` (seconds) NULL means the attempt was the last one: FAILED.
 # Otherwise the job goes back to READY, due after the backoff. The decision is the
-# policy's (policy.py); this statement only carries it out.
-# A final failure with a callback URL enqueues its webhook delivery, as a success does.
+# policy's (policy.py); this statement only carries it out. The error record gets the
+# attempt's start here: the row keeps only the first and the last attempt's. A final
+# failure with a callback URL enqueues its webhook delivery, as a success does.
 FAIL_MANY = f"""
 WITH done AS (
     UPDATE django_jobs_job AS j
@@ -179,8 +216,10 @@ WITH done AS (
         finished_at = CASE WHEN o.retry_in IS NULL THEN now() END,
         available_at = CASE WHEN o.retry_in IS NULL THEN j.available_at
                             ELSE now() + make_interval(secs => o.retry_in) END,
-        errors = j.errors
-                 || jsonb_build_array(o.error || jsonb_build_object('failed_at', now()))
+        errors = j.errors || jsonb_build_array(
+            o.error
+            || jsonb_build_object('failed_at', now(), 'started_at', j.last_attempted_at)
+        )
     FROM unnest(%(job_id)s::bigint[], %(attempt)s::int[], %(error_json)s::jsonb[],
                 %(retry_in)s::float8[]) AS o(id, attempt, error, retry_in)
     WHERE j.id = o.id AND j.state = 'RUNNING' AND j.attempts = o.attempt
@@ -248,6 +287,8 @@ class NewJob:
     trace_context_json: str | None = None
     #: Where to POST the outcome once the job has finished (webhooks).
     callback_url: str | None = None
+    #: registry.proof(task_path), or "" for a row that proves nothing.
+    task_proof: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -271,6 +312,7 @@ class ClaimedJob:
     worker_ids: list[str]
     errors: list[dict[str, Any]]
     trace_context: dict[str, str] | None
+    task_proof: str = ""
 
     def to_wire(self) -> tuple:
         """A plain tuple for a pipe: pickling a slots dataclass is several times slower."""
@@ -346,6 +388,8 @@ class JobSpec:
     callback_url: str | None = None
     #: W3C trace context headers (JSON text) of the enqueue, continued by the worker.
     trace_context_json: str | None = None
+    #: registry.proof(task_path), or "" for a row that proves nothing.
+    task_proof: str = ""
 
 
 _NEW_JOB_FIELDS = tuple(f.name for f in fields(NewJob))
@@ -390,6 +434,40 @@ def claim(
     # RETURNING does not keep the sub-select's order.
     jobs.sort(key=lambda j: (-j.priority, j.available_at, j.id))
     return jobs
+
+
+def claim_in_test(
+    cursor: Cursor,
+    *,
+    worker_id: str,
+    backend: str,
+    queues: Sequence[str] | None = None,
+    ids: Sequence[int] | None = None,
+    due_by: datetime | None = None,
+    limit: int = 1,
+) -> list[ClaimedJob]:
+    """Claim as a worker does, also jobs due by ``due_by``, and only ``ids`` if given."""
+    params = {
+        "worker_id": worker_id,
+        "backend": backend,
+        "limit": limit,
+        "queues": None if queues is None else list(queues),
+        "ids": None if ids is None else list(ids),
+        "due_by": due_by,
+    }
+    cursor.execute(CLAIM_IN_TEST, params)
+    jobs = [_claimed_job(row) for row in cursor.fetchall()]
+    jobs.sort(key=lambda j: (-j.priority, j.available_at, j.id))
+    return jobs
+
+
+def next_due_in(cursor: Cursor, *, backend: str, queues: Sequence[str] | None) -> float | None:
+    """Seconds until the next READY job of ``backend`` is due, or None if there is none."""
+    if queues is None:
+        cursor.execute(NEXT_DUE_ANY_QUEUE, {"backend": backend})
+    else:
+        cursor.execute(NEXT_DUE, {"backend": backend, "queues": list(queues)})
+    return cursor.fetchone()[0]
 
 
 def complete(cursor: Cursor, successes: Iterable[Success]) -> dict[int, datetime]:

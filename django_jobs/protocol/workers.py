@@ -75,7 +75,8 @@ RELEASE_LEASE = "DELETE FROM django_jobs_lease WHERE name = %(name)s AND holder 
 # Reads the partial index on RUNNING rows only; SKIP LOCKED passes over rows a live
 # worker is finishing right now.
 LOCK_LOST_JOBS = """
-SELECT j.id, j.task_path, j.queue_name, j.backend, j.attempts, j.max_attempts, j.worker_id
+SELECT j.id, j.task_path, j.queue_name, j.backend, j.attempts, j.max_attempts, j.worker_id,
+       j.task_proof
 FROM django_jobs_job AS j
 WHERE j.state = 'RUNNING'
   AND NOT EXISTS (
@@ -91,7 +92,7 @@ FOR UPDATE OF j SKIP LOCKED
 
 # RUNNING jobs by id, locked: what a dead child was running, to fail those attempts.
 LOCK_RUNNING_JOBS = """
-SELECT id, task_path, queue_name, backend, attempts, max_attempts, worker_id
+SELECT id, task_path, queue_name, backend, attempts, max_attempts, worker_id, task_proof
 FROM django_jobs_job
 WHERE id = ANY(%(ids)s::bigint[]) AND state = 'RUNNING'
 ORDER BY id
@@ -110,6 +111,8 @@ class LostJob:
     attempts: int
     max_attempts: int
     worker_id: str
+    #: Lets the leader find the task's retry policy when it has not imported its module.
+    task_proof: str = ""
 
 
 def register_worker(

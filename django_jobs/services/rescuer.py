@@ -96,7 +96,9 @@ def failed_attempt(
     """An attempt that raised nothing in our hands (its worker or process was lost, or
     killed at its hard limit), as a failure: the policy retries it while attempts
     remain, whatever the task's retry_on says."""
-    policy = Policy.for_task(registry.get(job.task_path), options)
+    # find(), not get(): the leader and the supervisor settle jobs of tasks whose modules
+    # they have not imported.
+    policy = Policy.for_task(registry.find(job.task_path, job.task_proof), options)
     error = error_record(
         None,
         attempt=job.attempts,

@@ -17,7 +17,7 @@ import signal
 import socket
 import sys
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 
 import django
@@ -29,7 +29,7 @@ from .. import __version__, registry
 from ..backend import get_backend
 from ..protocol import workers
 from ..tally import TALLY
-from .logs import configure_logging
+from . import logs
 from .runner import Runner
 from .slots import Slots
 
@@ -48,8 +48,12 @@ class ChildConfig:
     grace: float
     max_jobs: int | None
     max_memory_kib: int | None
-    #: The supervisor's log level for the django_jobs logger (None: settings decide).
-    log_level: int | None = None
+    #: runjobs' -v, for the same logging as the supervisor's (None: leave it to LOGGING).
+    log_verbosity: int | None = None
+    #: Database alias -> NAME as the supervisor has them (see ProcessPool).
+    database_names: dict[str, str] = field(default_factory=dict)
+    #: With burst, seconds ahead to wait for jobs about to become due before exiting.
+    burst_wait: float = 0.0
     #: Run jobs on an event loop, ``threads`` at once (``--pool asyncio``).
     event_loop: bool = False
     #: Dotted paths of functions to call once Django is set up (``runjobs
@@ -113,8 +117,12 @@ def main(pipe: Connection, config: ChildConfig, slots: Slots) -> None:
 
     if not apps.ready:
         django.setup()  # spawned; a forked child has its supervisor's setup already
-    if config.log_level is not None:
-        configure_logging(config.log_level)
+        for alias, name in config.database_names.items():
+            if alias in connections.settings:
+                connections.settings[alias]["NAME"] = name
+        connections.close_all()  # in case an app's ready() connected to the old name
+    if config.log_verbosity is not None:
+        logs.configure(config.log_verbosity)
     backend = get_backend(config.backend)
     registry.discover(backend.jobs_options.TASK_MODULES)
     for path in config.setup:
@@ -130,6 +138,7 @@ def main(pipe: Connection, config: ChildConfig, slots: Slots) -> None:
         control=control,
         slots=slots,
         burst=config.burst,
+        burst_wait=config.burst_wait,
         poll_interval=config.poll_interval,
         max_jobs=config.max_jobs,
         max_memory_kib=config.max_memory_kib,

@@ -53,9 +53,10 @@ def _start(
 ) -> _Run | Outcome:
     """Find the task and announce the attempt; an Outcome if it cannot run at all."""
     started = time.perf_counter()
-    task = registry.get(job.task_path)
-    if task is None:
-        exc = registry.UnknownTask(job.task_path)
+    try:
+        # Declared here, or its module imported on the strength of the job's proof.
+        task = registry.resolve(job.task_path, job.task_proof)
+    except registry.UnknownTask as exc:
         logger.error("Job %s not run: %s", job.id, exc, extra={"action": "job_unknown_task"})
         error = error_record(exc, attempt=job.attempts, worker_id=worker_id)
         if trace is not None:
@@ -121,15 +122,21 @@ def _returned(run: _Run, value: Any) -> Outcome:
     )
 
 
-def execute(job: ClaimedJob, backend: JobsBackend, worker_id: str) -> Outcome:
-    """Run ``job`` once on this thread; never raises (but lets KeyboardInterrupt through)."""
+def execute(
+    job: ClaimedJob, backend: JobsBackend, worker_id: str, *, manage_connections: bool = True
+) -> Outcome:
+    """Run ``job`` once on this thread; never raises (but lets KeyboardInterrupt through).
+
+    ``manage_connections=False`` leaves Django's connections alone: django_jobs.testing
+    runs jobs inside a test's transaction, which closing "old" connections would break.
+    """
     if not instrumentation.run_wrappers:
-        return _execute(job, backend, worker_id, None)
+        return _execute(job, backend, worker_id, None, manage_connections)
     # The integrations' wrappers (a tracing span, error reporting) are entered before
     # task_started and left after the outcome is known: what the task does runs inside.
     trace = instrumentation.JobRun(job)
     with instrumentation.running(trace):
-        outcome = _execute(job, backend, worker_id, trace)
+        outcome = _execute(job, backend, worker_id, trace, manage_connections)
         _describe(trace, outcome)
     return outcome
 
@@ -147,12 +154,17 @@ def _describe(trace: instrumentation.JobRun, outcome: Outcome) -> None:
 
 
 def _execute(
-    job: ClaimedJob, backend: JobsBackend, worker_id: str, trace: instrumentation.JobRun | None
+    job: ClaimedJob,
+    backend: JobsBackend,
+    worker_id: str,
+    trace: instrumentation.JobRun | None,
+    manage_connections: bool = True,
 ) -> Outcome:
     run = _start(job, backend, worker_id, trace)
     if isinstance(run, Outcome):
         return run
-    close_old_connections()
+    if manage_connections:
+        close_old_connections()
     try:
         with soft_time_limit(run.policy.soft_timeout):
             if run.policy.atomic:
@@ -171,14 +183,15 @@ def _execute(
     except BaseException as exc:
         return _raised(run, exc)
     finally:
-        close_old_connections()
+        if manage_connections:
+            close_old_connections()
     return _returned(run, value)
 
 
 def runs_on_event_loop(job: ClaimedJob) -> bool:
     """Whether the asyncio pool awaits this job on its loop (a plain ``async def`` task);
     anything else (sync, atomic, unknown) runs on a thread through :func:`execute`."""
-    task = registry.get(job.task_path)
+    task = registry.find(job.task_path, job.task_proof)
     return task is not None and _is_async(task.func) and not getattr(task, "atomic", False)
 
 

@@ -152,7 +152,7 @@ def send_finished(backend: JobsBackend, outcome: Outcome, state: str, finished_a
     result = outcome.task_result
     if result is None:
         # The job ran in a child process: rebuild its result here for the signal.
-        if registry.get(outcome.job.task_path) is None:
+        if registry.find(outcome.job.task_path, outcome.job.task_proof) is None:
             return
         result = backend.result_from_row(outcome.job.as_row())
     object.__setattr__(result, "status", status)

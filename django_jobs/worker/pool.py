@@ -114,9 +114,10 @@ class ProcessPool:
         max_jobs_per_child: int | None = None,
         max_memory_kib: int | None = None,
         autoscale: tuple[int, int] | None = None,
-        log_level: int | None = None,
+        log_verbosity: int | None = None,
         event_loop: bool = False,
         child_setup: tuple[str, ...] = (),
+        burst_wait: float = 0.0,
     ) -> None:
         self.backend = backend
         self.threads = threads
@@ -134,9 +135,13 @@ class ProcessPool:
             grace=grace,
             max_jobs=max_jobs_per_child,
             max_memory_kib=max_memory_kib,
-            log_level=log_level,
+            log_verbosity=log_verbosity,
             event_loop=event_loop,
             setup=child_setup,
+            burst_wait=burst_wait,
+            # A spawned child reads settings afresh; a test (or anything that renamed a
+            # database at run time, as the test runner does) needs it on the same ones.
+            database_names={alias: connections.settings[alias]["NAME"] for alias in connections},
         )
         self.event_loop = event_loop
         # spawn, not fork, once the supervisor has threads and open connections: a forked
@@ -472,6 +477,7 @@ class InProcessPool:
         queues: Sequence[str] | None,
         events: queue.SimpleQueue,
         burst: bool = False,
+        burst_wait: float = 0.0,
         poll_interval: float = 1.0,
         grace: float = 30.0,
     ) -> None:
@@ -487,6 +493,7 @@ class InProcessPool:
             threads=threads,
             control=self._control,
             burst=burst,
+            burst_wait=burst_wait,
             poll_interval=poll_interval,
             grace=grace,
         )

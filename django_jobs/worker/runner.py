@@ -71,6 +71,7 @@ class Runner:
         control: Control,
         slots: Slots | None = None,
         burst: bool = False,
+        burst_wait: float = 0.0,
         poll_interval: float = 1.0,
         max_jobs: int | None = None,
         max_memory_kib: int | None = None,
@@ -85,6 +86,8 @@ class Runner:
         self.control = control
         self.slots = slots
         self.burst = burst
+        #: In burst mode, seconds ahead to look for jobs about to be due before exiting.
+        self.burst_wait = burst_wait
         self.poll_interval = poll_interval
         self.max_jobs = max_jobs
         self.max_memory_kib = max_memory_kib
@@ -152,7 +155,7 @@ class Runner:
                 return
             if self._idle_since is None:
                 self._idle_since = time.monotonic()
-            if self.burst and self.db.up and not self.held:
+            if self.burst and self.db.up and not self.held and not self._due_soon():
                 return
             if not self._announced_idle and self.db.up and not self.stopping:
                 # Tell the supervisor we wait for work, then look once more: a job that
@@ -168,6 +171,24 @@ class Runner:
             if self.held or not self.db.up:
                 wait = min(wait, 0.2)  # outcomes still to record, or the database away
             self._handle(self.control.receive(min(wait, self._time_to_stats())))
+
+    def _due_soon(self) -> bool:
+        """Burst mode: whether a job becomes due within ``burst_wait`` (a retry, say)."""
+        if self.burst_wait <= 0:
+            return False
+        ok, due_in = self.db.run(
+            lambda cur: protocol.next_due_in(cur, backend=self.backend.alias, queues=self.queues)
+        )
+        if not ok:
+            return True  # the database is away: decide once it is back
+        if due_in is not None and due_in <= self.burst_wait:
+            return True
+        if due_in is not None:
+            logger.info(
+                "Burst: nothing due within %g s (the next job is due in %.0f s)",
+                self.burst_wait, due_in, extra={"action": "burst_done"},
+            )  # fmt: skip
+        return False
 
     def _maintain(self) -> None:
         """Between jobs: recording, reconciling after an outage, counters for the supervisor."""
@@ -282,7 +303,9 @@ class Runner:
         """Run one job in ``slot``, telling the supervisor through the slot's memory."""
         if self.slots is None:
             return execute(job, self.backend, self.worker_id)
-        timeout = Policy.for_task(registry.get(job.task_path), self.backend.jobs_options).timeout
+        timeout = Policy.for_task(
+            registry.find(job.task_path, job.task_proof), self.backend.jobs_options
+        ).timeout
         self.slots.start(slot, job.id, job.attempts, timeout)
         try:
             return execute(job, self.backend, self.worker_id)
@@ -464,7 +487,7 @@ class _LoopSlots(_Executor):
         try:
             if runs_on_event_loop(job):
                 timeout = Policy.for_task(
-                    registry.get(job.task_path), runner.backend.jobs_options
+                    registry.find(job.task_path, job.task_proof), runner.backend.jobs_options
                 ).timeout
                 if runner.slots is not None:
                     runner.slots.start(slot, job.id, job.attempts, timeout)

@@ -64,9 +64,10 @@ class Supervisor:
         max_memory_kib: int | None = None,
         autoscale: tuple[int, int] | None = None,
         worker_id: str | None = None,
-        log_level: int | None = None,
+        log_verbosity: int | None = None,
         event_loop: bool = False,
         child_setup: Sequence[str] = (),
+        burst_wait: float = 0.0,
     ) -> None:
         jobs_backend = get_backend(backend)
         self.backend = jobs_backend
@@ -74,6 +75,8 @@ class Supervisor:
         self.options = options
         self.queues = list(queues) if queues else None
         self.burst = burst
+        #: In burst mode, seconds ahead to look for jobs about to be due before exiting.
+        self.burst_wait = burst_wait
         self.grace = grace
         poll_interval = poll_interval if poll_interval is not None else options.POLL_INTERVAL
         self.poll_interval = poll_interval
@@ -92,6 +95,7 @@ class Supervisor:
                 queues=self.queues,
                 events=self._events,
                 burst=burst,
+                burst_wait=burst_wait,
                 poll_interval=poll_interval,
                 grace=grace,
             )
@@ -109,9 +113,10 @@ class Supervisor:
                 max_jobs_per_child=max_jobs_per_child,
                 max_memory_kib=max_memory_kib,
                 autoscale=autoscale,
-                log_level=log_level,
+                log_verbosity=log_verbosity,
                 event_loop=event_loop,
                 child_setup=tuple(child_setup),
+                burst_wait=burst_wait,
             )
         self.leader = Leader(
             self.worker_id,
@@ -339,7 +344,7 @@ class Supervisor:
         return failed_attempt(job, class_path(kind), message, self.backend.jobs_options)
 
     def _policy_timeout(self, job: worker_protocol.LostJob) -> float | None:
-        return Policy.for_task(registry.get(job.task_path), self.options).timeout
+        return Policy.for_task(registry.find(job.task_path, job.task_proof), self.options).timeout
 
     # ── stopping ─────────────────────────────────────────────────────────────
 

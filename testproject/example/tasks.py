@@ -4,9 +4,9 @@ import asyncio
 import time
 
 from django.core.mail import send_mail
-from django.tasks import task
 
 from django_jobs import job
+from django_jobs.compat import task
 
 
 @task
@@ -223,3 +223,16 @@ def hoard_memory(megabytes: int) -> int:
     block[::4096] = b"x" * len(block[::4096])  # touch every page so it is resident
     _HOARD.append(block)
     return os.getpid()
+
+
+@task
+def fan_out(count: int) -> int:
+    """Enqueue ``count`` more jobs: run_jobs() must run them too."""
+    add.enqueue_many([((n, n), {}) for n in range(count)])
+    return count
+
+
+@task
+def enqueue_myself() -> None:
+    """A job that enqueues itself again, for ever: the test helpers must stop it."""
+    enqueue_myself.enqueue()

@@ -60,6 +60,13 @@ def failed_job() -> int:
     return job_id
 
 
+FAILURES = [
+    ("builtins.ConnectionError", "smtp.example.com:587 refused the connection"),
+    ("builtins.TimeoutError", "the payment gateway did not answer within 30 s"),
+    ("builtins.ValueError", "invoice 4411 has no lines"),
+]
+
+
 def busy_queue() -> None:
     """A believable last hour: successes spread over it, a few failures, work in flight."""
     now = timezone.now()
@@ -72,8 +79,24 @@ def busy_queue() -> None:
             fields |= {
                 "attempts": 1,
                 "started_at": finished - timedelta(seconds=2),
+                "last_attempted_at": finished - timedelta(seconds=2),
                 "finished_at": finished,
+                "worker_ids": ["web-1:4242:ab12cd"],
             }
+        if state == "FAILED":
+            # As the worker records a failure, so the dashboard shows what it shows live.
+            kind, message = FAILURES[n % len(FAILURES)]
+            fields["errors"] = [
+                {
+                    "exception_class_path": kind,
+                    "message": message,
+                    "traceback": f"Traceback (most recent call last):\n  ...\n{kind}: {message}\n",
+                    "worker_id": "web-1:4242:ab12cd",
+                    "attempt": 1,
+                    "started_at": (finished - timedelta(seconds=2)).isoformat(),
+                    "failed_at": finished.isoformat(),
+                }
+            ]
         Job.objects.filter(pk=int(result.id)).update(**fields)
     for q in ("emails", "slow"):
         for _ in range(3):
@@ -110,6 +133,8 @@ def test_dashboard_numbers_match_the_table(page, live_server):
     assert cell(page, "", "ready") == str(Job.objects.filter(state="READY").count())
     assert page.locator("svg.jobs-chart rect").count() > 20
     assert "1 live" in page.inner_text("#jobs-dashboard")
+    failures = page.inner_text("#jobs-failures")
+    assert "builtins.ConnectionError: smtp.example.com:587 refused the connection" in failures
     screenshot(page, "dashboard")
 
 

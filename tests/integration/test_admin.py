@@ -384,3 +384,30 @@ def test_an_operation_on_a_job_id_that_is_not_a_number_is_404(admin_client, oper
     for object_id in ("abc", "99999999999999999999"):
         url = reverse(f"admin:django_jobs_job_{operation}", args=[object_id])
         assert admin_client.post(url).status_code == 404
+
+
+@pytest.mark.django_db(transaction=True)
+def test_job_page_gives_every_attempt_its_times_in_one_format(admin_client):
+    from django_jobs.testing import run_jobs
+
+    # Three failed attempts (retry_base_delay=0.01), recorded as the worker records them.
+    result = tasks.fails_with.enqueue("ConnectionError")
+    run_jobs(until=timedelta(minutes=1))
+    page = admin_client.get(reverse("admin:django_jobs_job_change", args=[result.id]))
+    text = page.content.decode()
+    table = text[text.index("jobs-attempts") :]
+    rows = re.findall(
+        r"<td>(\d) of 3</td>\s*<td>failed</td>\s*<td>[^<]*</td>(.*?)</tr>", table, re.S
+    )
+    assert [n for n, _ in rows] == ["3", "2", "1"]
+    stamp = r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d"
+    for _, cells in rows:
+        started, ended, took = re.findall(r"<td>([^<]*)</td>", cells)[:3]
+        assert re.fullmatch(stamp, started), cells  # attempt 2 too, not "-"
+        assert re.fullmatch(stamp, ended), cells
+        assert took.endswith(("ms", " s")), cells
+    # The fields above the table use the same format, and no other.
+    assert re.search(rf"<div class=\"readonly\">{stamp}</div>", text)
+    assert not re.search(r"\d{1,2}, \d{4}, \d{1,2}:\d\d", text)  # "Dec. 2, 2026, 12:50 p.m."
+    assert "Last attempt took" in text
+    assert "Enqueued to finished" in text

@@ -5,14 +5,19 @@ from datetime import timedelta
 import pytest
 from asgiref.sync import async_to_sync
 from django.db import connection, transaction
-from django.tasks import TaskResultStatus, default_task_backend, task_backends
-from django.tasks.exceptions import InvalidTask, TaskResultDoesNotExist
-from django.tasks.signals import task_enqueued
 from django.test import override_settings
 from django.utils import timezone
 
 from django_jobs import JobsTask, job
 from django_jobs.backend import JobsBackend
+from django_jobs.compat import (
+    InvalidTask,
+    TaskResultDoesNotExist,
+    TaskResultStatus,
+    default_task_backend,
+    task_backends,
+    task_enqueued,
+)
 from django_jobs.models import Job
 from testproject.example import tasks
 
@@ -162,7 +167,7 @@ def test_get_result_of_unknown_or_malformed_id(bad_id):
 
 
 def test_get_result_with_the_wrong_task_is_a_mismatch():
-    from django.tasks.exceptions import TaskResultMismatch
+    from django_jobs.compat import TaskResultMismatch
 
     result = tasks.add.enqueue(1, 2)
     with pytest.raises(TaskResultMismatch):

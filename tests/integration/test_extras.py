@@ -76,5 +76,5 @@ for message in check_jobs_settings():
     assert done.returncode == 0, done.stderr
     for key, extra in (("METRICS", "prometheus"), ("TRACING", "otel"), ("SENTRY", "sentry")):
         assert f"DJANGO_JOBS[{key!r}] is on" in done.stdout
-        assert f"pip install 'django-jobs[{extra}]'" in done.stdout
+        assert f"pip install 'django-pg-jobs[{extra}]'" in done.stdout
     assert done.stdout.count("django_jobs.E021") == 3

@@ -5,9 +5,9 @@ from datetime import timedelta
 
 import pytest
 from django.db import connection
-from django.tasks import TaskResultStatus
 from django.utils import timezone
 
+from django_jobs.compat import TaskResultStatus
 from django_jobs.models import Job, Lease, Worker
 from django_jobs.protocol import jobs as protocol
 from django_jobs.protocol import workers

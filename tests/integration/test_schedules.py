@@ -8,12 +8,11 @@ import pytest
 from django.core.checks import run_checks
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, connection
-from django.tasks import task_backends
-from django.tasks.signals import task_enqueued
 from django.test import override_settings
 from django.utils import timezone
 
 from django_jobs.backend import JobsBackend
+from django_jobs.compat import task_backends, task_enqueued
 from django_jobs.models import MAX_CATCHUP, Job, Schedule, ScheduleRun
 from django_jobs.protocol import schedules as protocol
 from django_jobs.schedules import declared, firing

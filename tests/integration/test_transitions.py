@@ -29,6 +29,14 @@ MOVES = {
     "claim": lambda cur, job_id: jobs.claim(
         cur, worker_id="another", backend="default", queues=None, limit=10
     ),
+    # django_jobs.testing's claim: its horizon reaches the READY job due in an hour.
+    "claim in test": lambda cur, job_id: jobs.claim_in_test(
+        cur,
+        worker_id="another",
+        backend="default",
+        ids=[job_id],
+        due_by=timezone.now() + timedelta(hours=2),
+    ),
     "complete": lambda cur, job_id: jobs.complete(cur, [jobs.Success(job_id, 1, "1")]),
     "fail, retry": lambda cur, job_id: jobs.fail(cur, [jobs.Failure(job_id, 1, "{}", 5.0)]),
     "fail, final": lambda cur, job_id: jobs.fail(cur, [jobs.Failure(job_id, 1, "{}", None)]),
@@ -46,6 +54,7 @@ MOVES = {
 #: statement that silently stops moving jobs (or starts moving more) is noticed too.
 EXPECTED = {
     ("claim", "READY", "RUNNING"),
+    ("claim in test", "READY", "RUNNING"),
     ("complete", "RUNNING", "SUCCESSFUL"),
     ("fail, retry", "RUNNING", "READY"),
     ("fail, final", "RUNNING", "FAILED"),

@@ -4,39 +4,17 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from django.db import connection
-from django.tasks import TaskResultStatus
-from django.tasks.signals import task_finished, task_started
 from django.test import override_settings
 from django.utils import timezone
 
+from django_jobs.compat import TaskResultStatus, task_finished, task_started
 from django_jobs.models import Job
-from django_jobs.protocol import jobs as protocol
 from testproject.example import tasks
 from testproject.example.models import LedgerEntry
 
-from ..conftest import run_worker
+from ..conftest import insert_raw, run_worker
 
 pytestmark = pytest.mark.django_db(transaction=True)
-
-
-def insert_raw(task_path: str, args: str = "[]") -> int:
-    """Write a job row the way an attacker with table access would: any path at all."""
-    with connection.cursor() as cursor:
-        job_id, _ = protocol.enqueue(
-            cursor,
-            protocol.NewJob(
-                task_path=task_path,
-                queue_name="default",
-                priority=0,
-                backend="default",
-                args_json=args,
-                kwargs_json="{}",
-                run_after=None,
-                max_attempts=3,
-            ),
-        )
-    return job_id
 
 
 def test_runs_a_job_and_fills_the_result():
@@ -164,14 +142,14 @@ def test_non_json_return_value_fails_clearly_without_retry():
 )
 def test_only_declared_tasks_run(path, tmp_path: Path):
     marker = tmp_path / "called"
-    bad = insert_raw(path, args=f'["{marker}"]')
+    bad = insert_raw(path, args=f'["{marker}"]', max_attempts=3)
     good = tasks.add.enqueue(1, 1)
     run_worker()
     row = Job.objects.get(pk=bad)
     assert row.state == "FAILED"
     assert row.attempts == 1  # not retried: it can never run
     assert row.errors[0]["exception_class_path"] == "django_jobs.registry.UnknownTask"
-    assert "is not a declared task" in row.errors[0]["message"]
+    assert "is not a task this worker can run" in row.errors[0]["message"]
     assert not marker.exists()
     good.refresh()
     assert good.status == TaskResultStatus.SUCCESSFUL
@@ -205,3 +183,13 @@ def test_many_jobs_with_threads_each_run_once():
     assert LedgerEntry.objects.count() == 300
     assert set(Job.objects.values_list("state", flat=True)) == {"SUCCESSFUL"}
     assert set(Job.objects.values_list("attempts", flat=True)) == {1}
+
+
+def test_burst_waits_for_a_retry_due_within_burst_wait_and_no_longer():
+    result = tasks.flaky_reports_attempt.enqueue()
+    run_worker(burst_wait=0)
+    row = Job.objects.get(pk=int(result.id))
+    assert (row.state, row.attempts) == ("READY", 1)  # exited with the retry pending
+    run_worker(burst_wait=10)
+    row.refresh_from_db()
+    assert (row.state, row.attempts) == ("SUCCESSFUL", 2)

@@ -59,6 +59,14 @@ def test_an_idle_worker_wakes_on_notify_not_on_poll(start_worker):
     }
     worker = start_worker("--poll-interval", "60", env=slow_timers)
     wait_for(lambda: "serving backend" in worker.output(), timeout=30, what="worker start")
+    # A first job, not measured: it waits for a child to be ready, which on a loaded
+    # machine can take longer than any fixed pause.
+    warm_up = tasks.add.enqueue(0, 0)
+    wait_for(
+        lambda: Job.objects.filter(pk=int(warm_up.id), state="SUCCESSFUL").exists(),
+        timeout=30,
+        what="a child to be ready",
+    )
     time.sleep(1.0)  # let it settle into its idle wait
     latencies = []
     for n in range(5):

@@ -54,6 +54,7 @@ LAYERS = {
         "metrics",
         "integrations",
         "api",
+        "testing",
     },
 }
 RANK = {name: rank for rank, (_, names) in enumerate(LAYERS.items()) for name in names}
@@ -67,6 +68,10 @@ NEVER_IMPORT_THE_RUNTIME = {
 ALLOWED_LATE_IMPORTS = {
     # The package imports nothing at first so that INSTALLED_APPS/TASKS stay cheap.
     ("django_jobs", "django_jobs.task"): "lazy public names",
+    ("django_jobs.testing", "django_jobs.testing.runner"): "lazy public names",
+    ("django_jobs.testing", "django_jobs.testing.assertions"): "lazy public names",
+    # pytest loads the plugin before Django is configured.
+    ("django_jobs.testing.pytest_plugin", "django_jobs.testing"): "before django.setup()",
     # Django's idiom: system checks register when the app is ready.
     ("django_jobs.apps", "django_jobs.checks"): "registered in ready()",
     # Optional integrations: imported only when their DJANGO_JOBS key is on.
@@ -187,7 +192,11 @@ def test_each_module_imports_only_its_own_layer_or_lower_ones():
 
 
 def test_every_top_level_module_has_a_layer():
-    names = {p.stem if p.is_file() else p.name for p in PACKAGE.iterdir()}
+    names = {
+        p.stem if p.is_file() else p.name
+        for p in PACKAGE.iterdir()
+        if p.is_dir() or p.suffix == ".py"
+    }
     names -= {"__init__", "__pycache__", "static", "templates"}
     assert names <= set(RANK), f"not in a layer: {sorted(names - set(RANK))}"
 
@@ -239,3 +248,26 @@ def test_a_spawned_child_can_import_its_module_before_django_is_set_up():
         check=False,
     )
     assert done.returncode == 0, done.stderr
+
+
+def test_only_compat_imports_the_tasks_framework():
+    # django.tasks on Django 6, the django_tasks backport on 5.2: one module chooses.
+    offenders = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        if path.name == "compat.py" and path.parent == PACKAGE:
+            continue
+        visitor = _Imports()
+        visitor.visit(ast.parse(path.read_text(), str(path)))
+        for node, _ in visitor.found:
+            names = (
+                [a.name for a in node.names]
+                if isinstance(node, ast.Import)
+                else [node.module or ""]
+            )
+            if any(
+                n.split(".")[0] == "django_tasks" or n.startswith("django.tasks") for n in names
+            ):
+                offenders.append(f"{module_name(path)}: {ast.unparse(node)}")
+    assert not offenders, "import the Tasks framework's names from django_jobs.compat:\n" + (
+        "\n".join(offenders)
+    )

@@ -4,9 +4,8 @@ Which moves between states the statements make is tested against real rows in
 tests/integration/test_transitions.py.
 """
 
-from django.tasks import TaskResultStatus
-
 from django_jobs import policy as retry
+from django_jobs.compat import TaskResultStatus
 from django_jobs.conf import JobsOptions
 from django_jobs.exceptions import Retry
 from django_jobs.policy import MAX_DELAY, Policy

@@ -11,7 +11,7 @@ from django_jobs import metrics
 from django_jobs.backend import get_backend
 from django_jobs.compat import InvalidTaskBackend
 from django_jobs.management.arguments import positive_int
-from django_jobs.worker.logs import configure_logging, level_for
+from django_jobs.worker import logs
 from django_jobs.worker.pool import default_processes
 from django_jobs.worker.supervisor import Supervisor
 
@@ -23,6 +23,21 @@ def _positive_float(text: str) -> float:
         raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
     if not value > 0:
         raise argparse.ArgumentTypeError(f"must be greater than 0, got {text}")
+    return value
+
+
+#: --burst waits this long for jobs about to be due: enough for the first four retries
+#: of a task with the default backoff (0.5-1, 1-2, 2-4 and 4-8 s).
+DEFAULT_BURST_WAIT = 10.0
+
+
+def _seconds_or_zero(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
+    if not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be 0 or more seconds, got {text}")
     return value
 
 
@@ -69,6 +84,10 @@ def _memory_kib(text: str) -> int:
 
 class Command(BaseCommand):
     help = "Run background jobs stored by a django_jobs backend. SIGTERM/SIGINT stop gracefully."
+    # handle() runs the checks itself, with the jobs database: Django runs the database
+    # checks only for migrate and `check --database`, and W003 (tasks with waiting jobs
+    # that this worker cannot find) is one.
+    requires_system_checks: list[str] = []
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
         parser.add_argument(
@@ -138,13 +157,27 @@ class Command(BaseCommand):
             "stopped and put back in the queue).",
         )
         parser.add_argument(
-            "--burst", action="store_true", help="Exit (status 0) once no job is runnable."
+            "--burst",
+            action="store_true",
+            help="Exit (status 0) once no job is runnable, or due within --burst-wait.",
+        )
+        parser.add_argument(
+            "--burst-wait",
+            type=_seconds_or_zero,
+            default=DEFAULT_BURST_WAIT,
+            metavar="SECONDS",
+            help="With --burst, wait for jobs that become due within this many seconds "
+            "(retries, snoozes, run_after) before exiting; 0 exits at once "
+            "(default: %(default)s).",
         )
         parser.add_argument(
             "--poll-interval",
             type=_positive_float,
             help="Seconds between polls when no notification arrives "
             "(default: OPTIONS['POLL_INTERVAL'], 1.0).",
+        )
+        parser.add_argument(
+            "--skip-checks", action="store_true", help="Skip the system checks at start."
         )
         parser.add_argument(
             "--no-listen",
@@ -167,13 +200,14 @@ class Command(BaseCommand):
         )
 
     def handle(self, *args: Any, **options: Any) -> None:
-        log_level = level_for(options["verbosity"])
-        configure_logging(log_level)
+        logs.configure(options["verbosity"])
         alias = options["backend"]
         try:
             backend = get_backend(alias)
         except InvalidTaskBackend as exc:
             raise CommandError(f"--backend {alias!r}: {exc}") from None
+        if not options["skip_checks"]:
+            self.check(databases=[backend.database])
         queues = options["queues"]
         if queues and backend.queues:
             unknown = sorted(set(queues) - backend.queues)
@@ -217,7 +251,6 @@ class Command(BaseCommand):
             processes = options["concurrency"] or default_processes()
             threads = options["threads"] or 1
         worker = Supervisor(
-            log_level=log_level,
             event_loop=pool == "asyncio",
             backend=alias,
             queues=queues,
@@ -231,6 +264,8 @@ class Command(BaseCommand):
             max_memory_kib=options["max_memory_per_child"],
             autoscale=options["autoscale"],
             child_setup=_metrics_setup(options["metrics_port"]),
+            log_verbosity=options["verbosity"],
+            burst_wait=options["burst_wait"],
         )
         run = worker.run
         if options["metrics_port"] is not None:
@@ -260,7 +295,7 @@ def _metrics_setup(port: int | None) -> tuple[str, ...]:
     except ImportError:
         raise CommandError(
             "--metrics-port needs the prometheus-client package: "
-            "pip install 'django-jobs[prometheus]'."
+            "pip install 'django-pg-jobs[prometheus]'."
         ) from None
     return ("django_jobs.metrics.enable",)
 

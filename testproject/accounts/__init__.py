@@ -1,0 +1,1 @@
+"""A sign-up with a welcome email: the example the "Testing your jobs" page runs."""

@@ -1,0 +1,1 @@
+"""Tasks declared outside ``tasks.py``: no worker imports this package at start."""
