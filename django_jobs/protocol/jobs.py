@@ -5,6 +5,10 @@ an outcome is written only ``WHERE state = 'RUNNING' AND attempts = <the claimed
 attempt>``, so a worker that comes back after its job was rescued (and maybe claimed
 again) cannot overwrite the newer attempt. Each function returns what the database
 took; what is missing was refused by the fence.
+
+The statements that end an attempt also carry out what that means for workflow steps
+after it (``workflows.py``: unblock them, or cancel them) in the same statement, and
+none of them sends a job with a cancel request back to READY: it ends CANCELLED.
 """
 
 import json
@@ -15,6 +19,7 @@ from operator import attrgetter, itemgetter
 from typing import Any
 
 from . import NOTIFY_CHANNEL, Cursor, execute_many
+from .workflows import CANCEL_DESCENDANTS, ON_FIRST_FAILURE, UNBLOCK
 
 #: Columns a worker needs to run a job and to build its TaskResult, in this order.
 JOB_COLUMNS = (
@@ -34,6 +39,9 @@ JOB_COLUMNS = (
     "max_attempts",
     "worker_ids",
     "errors",
+    # What a workflow step receives from its parents (models.Receives), and from whom.
+    "receives",
+    "parents",
 )
 #: The JSON columns among them, which the claim returns as one JSON array text: parsing
 #: one document per row costs half of what four jsonb values cost (bench/, S1).
@@ -112,48 +120,103 @@ CLAIM = _CLAIM.format(queue_filter="AND queue_name = ANY(%(queues)s::text[])")
 CLAIM_ANY_QUEUE = _CLAIM.format(queue_filter="")
 
 # Fenced success: only the attempt that claimed the job may finish it. A row that was
-# rescued (and maybe re-claimed) since then no longer matches and is left alone.
-COMPLETE_MANY = """
-UPDATE django_jobs_job AS j
-SET state = 'SUCCESSFUL', finished_at = now(), return_value = o.return_value
-FROM unnest(%(job_id)s::bigint[], %(attempt)s::int[], %(return_json)s::jsonb[])
-     AS o(id, attempt, return_value)
-WHERE j.id = o.id AND j.state = 'RUNNING' AND j.attempts = o.attempt
-RETURNING j.id, j.finished_at
+# rescued (and maybe re-claimed) since then no longer matches and is left alone. The
+# same statement counts the job off its dependents and makes those whose last parent
+# it was READY (workflows.UNBLOCK): a step is never left BLOCKED by a worker that died
+# between two statements. The one-time filter runs the notification CTE.
+COMPLETE_MANY = f"""
+WITH done AS (
+    UPDATE django_jobs_job AS j
+    SET state = 'SUCCESSFUL', finished_at = now(), return_value = o.return_value
+    FROM unnest(%(job_id)s::bigint[], %(attempt)s::int[], %(return_json)s::jsonb[])
+         AS o(id, attempt, return_value)
+    WHERE j.id = o.id AND j.state = 'RUNNING' AND j.attempts = o.attempt
+    RETURNING j.id, j.finished_at, j.dependents
+),
+{UNBLOCK}
+SELECT done.id, done.finished_at FROM done WHERE (SELECT count(*) FROM woken) >= 0
 """
+
+# A job whose attempt ends FAILED or CANCELLED (in CTE `{name}`) cancels the workflow
+# steps after it; `ended` picks those that have any.
+_ENDED = """
+ended AS (
+    SELECT id, state, task_path, dependents FROM {name}
+    WHERE dependents IS NOT NULL AND state IN ('FAILED', 'CANCELLED')
+),"""
 
 # Fenced failure. `retry_in` (seconds) NULL means the attempt was the last one: FAILED.
 # Otherwise the job goes back to READY, due after the backoff. The decision is the
-# policy's (policy.py); this statement only carries it out.
-FAIL_MANY = """
-UPDATE django_jobs_job AS j
-SET state = CASE WHEN o.retry_in IS NULL THEN 'FAILED' ELSE 'READY' END,
-    finished_at = CASE WHEN o.retry_in IS NULL THEN now() END,
-    available_at = CASE WHEN o.retry_in IS NULL THEN j.available_at
-                        ELSE now() + make_interval(secs => o.retry_in) END,
-    errors = j.errors || jsonb_build_array(o.error || jsonb_build_object('failed_at', now()))
-FROM unnest(%(job_id)s::bigint[], %(attempt)s::int[], %(error_json)s::jsonb[],
-            %(retry_in)s::float8[]) AS o(id, attempt, error, retry_in)
-WHERE j.id = o.id AND j.state = 'RUNNING' AND j.attempts = o.attempt
-RETURNING j.id, j.state, j.finished_at
+# policy's (policy.py); this statement only carries it out, except for a job someone
+# asked to cancel, which ends CANCELLED whatever the policy says (a cancelled job is
+# not retried). For workflow steps that end here, the steps after them are cancelled,
+# and the workflow's first failure enqueues its on_error task (workflows.py).
+FAIL_MANY = f"""
+WITH RECURSIVE failed AS (
+    UPDATE django_jobs_job AS j
+    SET state = CASE WHEN j.cancel_requested_at IS NOT NULL THEN 'CANCELLED'
+                     WHEN o.retry_in IS NULL THEN 'FAILED' ELSE 'READY' END,
+        finished_at = CASE WHEN j.cancel_requested_at IS NOT NULL OR o.retry_in IS NULL
+                           THEN now() END,
+        available_at = CASE WHEN j.cancel_requested_at IS NOT NULL OR o.retry_in IS NULL
+                            THEN j.available_at
+                            ELSE now() + make_interval(secs => o.retry_in) END,
+        errors = j.errors || jsonb_build_array(o.error || jsonb_build_object('failed_at', now()))
+    FROM unnest(%(job_id)s::bigint[], %(attempt)s::int[], %(error_json)s::jsonb[],
+                %(retry_in)s::float8[]) AS o(id, attempt, error, retry_in)
+    WHERE j.id = o.id AND j.state = 'RUNNING' AND j.attempts = o.attempt
+    RETURNING j.id, j.state, j.finished_at, j.workflow_id, j.dependents, j.task_path, o.error
+),
+{_ENDED.format(name="failed")}
+{CANCEL_DESCENDANTS},
+{ON_FIRST_FAILURE}
+SELECT failed.id, failed.state, failed.finished_at FROM failed
+WHERE (SELECT count(*) FROM handler_woken) >= 0
+"""
+
+# The attempt stopped because someone cancelled the job (it returned or raised after
+# the request, or was killed when its grace ran out): CANCELLED, never retried, the
+# attempt's record appended, and the workflow steps after it cancelled.
+CANCEL_RUNNING_MANY = f"""
+WITH RECURSIVE stopped AS (
+    UPDATE django_jobs_job AS j
+    SET state = 'CANCELLED', finished_at = now(),
+        errors = j.errors || jsonb_build_array(o.error || jsonb_build_object('failed_at', now()))
+    FROM unnest(%(job_id)s::bigint[], %(attempt)s::int[], %(error_json)s::jsonb[])
+         AS o(id, attempt, error)
+    WHERE j.id = o.id AND j.state = 'RUNNING' AND j.attempts = o.attempt
+    RETURNING j.id, j.state, j.finished_at, j.dependents, j.task_path
+),
+{_ENDED.format(name="stopped")}
+{CANCEL_DESCENDANTS}
+SELECT stopped.id, stopped.finished_at FROM stopped
 """
 
 # Snooze: the job asked to run later. The attempt is not an error: the policy gives it
 # back to the budget (the new max_attempts), and it stays in the history (worker_ids).
-SNOOZE_MANY = """
-UPDATE django_jobs_job AS j
-SET state = 'READY',
-    max_attempts = o.max_attempts,
-    available_at = now() + make_interval(secs => o.snooze_for)
-FROM unnest(%(job_id)s::bigint[], %(attempt)s::int[], %(snooze_for)s::float8[],
-            %(max_attempts)s::int[]) AS o(id, attempt, snooze_for, max_attempts)
-WHERE j.id = o.id AND j.state = 'RUNNING' AND j.attempts = o.attempt
-RETURNING j.id
+# A job with a cancel request ends CANCELLED instead.
+SNOOZE_MANY = f"""
+WITH RECURSIVE snoozed AS (
+    UPDATE django_jobs_job AS j
+    SET state = CASE WHEN j.cancel_requested_at IS NULL THEN 'READY' ELSE 'CANCELLED' END,
+        finished_at = CASE WHEN j.cancel_requested_at IS NULL THEN NULL ELSE now() END,
+        max_attempts = o.max_attempts,
+        available_at = now() + make_interval(secs => o.snooze_for)
+    FROM unnest(%(job_id)s::bigint[], %(attempt)s::int[], %(snooze_for)s::float8[],
+                %(max_attempts)s::int[]) AS o(id, attempt, snooze_for, max_attempts)
+    WHERE j.id = o.id AND j.state = 'RUNNING' AND j.attempts = o.attempt
+    RETURNING j.id, j.state, j.dependents, j.task_path
+),
+{_ENDED.format(name="snoozed")}
+{CANCEL_DESCENDANTS}
+SELECT snoozed.id, snoozed.state FROM snoozed
 """
 
 # Undo a claim: back to READY, and the attempt, its worker entry and its times go too.
+# A job someone asked to cancel ends CANCELLED instead (the claim is undone all the same).
 _UNCLAIM = """
-SET state = 'READY',
+SET state = CASE WHEN j.cancel_requested_at IS NULL THEN 'READY' ELSE 'CANCELLED' END,
+    finished_at = CASE WHEN j.cancel_requested_at IS NULL THEN NULL ELSE now() END,
     attempts = j.attempts - 1,
     worker_ids = j.worker_ids - (jsonb_array_length(j.worker_ids) - 1),
     started_at = CASE WHEN j.attempts = 1 THEN NULL ELSE j.started_at END,
@@ -163,20 +226,41 @@ SET state = 'READY',
 # Hand claimed-but-unstarted jobs back (shutdown, or a prefetch the worker will not
 # run): READY again, and the claim is undone so no attempt is spent.
 RELEASE_MANY = f"""
-UPDATE django_jobs_job AS j
-{_UNCLAIM}
-FROM unnest(%(job_id)s::bigint[], %(attempt)s::int[]) AS o(id, attempt)
-WHERE j.id = o.id AND j.state = 'RUNNING' AND j.attempts = o.attempt
-RETURNING j.id
+WITH RECURSIVE released AS (
+    UPDATE django_jobs_job AS j
+    {_UNCLAIM}
+    FROM unnest(%(job_id)s::bigint[], %(attempt)s::int[]) AS o(id, attempt)
+    WHERE j.id = o.id AND j.state = 'RUNNING' AND j.attempts = o.attempt
+    RETURNING j.id, j.state, j.dependents, j.task_path
+),
+{_ENDED.format(name="released")}
+{CANCEL_DESCENDANTS}
+SELECT released.id, released.state FROM released
 """
 
 # After a reconnect: RUNNING rows under this worker's id that it does not hold (a claim
 # committed but its reply was lost with the connection) go back, no attempt spent.
 RELEASE_ORPHANS = f"""
+WITH RECURSIVE released AS (
+    UPDATE django_jobs_job AS j
+    {_UNCLAIM}
+    WHERE j.worker_id = %(worker_id)s AND j.state = 'RUNNING'
+      AND NOT (j.id = ANY(%(held)s::bigint[]))
+    RETURNING j.id, j.state, j.dependents, j.task_path
+),
+{_ENDED.format(name="released")}
+{CANCEL_DESCENDANTS}
+SELECT released.id FROM released
+"""
+
+# The progress a running job reported, fenced like an outcome: a late report never
+# lands on a job that has finished or moved on to another attempt.
+RECORD_PROGRESS = """
 UPDATE django_jobs_job AS j
-{_UNCLAIM}
-WHERE j.worker_id = %(worker_id)s AND j.state = 'RUNNING'
-  AND NOT (j.id = ANY(%(held)s::bigint[]))
+SET progress = o.progress || jsonb_build_object('attempt', o.attempt, 'updated_at', now())
+FROM unnest(%(job_id)s::bigint[], %(attempt)s::int[], %(progress_json)s::jsonb[])
+     AS o(id, attempt, progress)
+WHERE j.id = o.id AND j.state = 'RUNNING' AND j.attempts = o.attempt
 RETURNING j.id
 """
 
@@ -215,6 +299,10 @@ class ClaimedJob:
     max_attempts: int
     worker_ids: list[str]
     errors: list[dict[str, Any]]
+    #: What the step receives from its parents before its own arguments ("", "value",
+    #: "list"), and its parents in order (None for a job in no workflow).
+    receives: str = ""
+    parents: list[int] | None = None
 
     def to_wire(self) -> tuple:
         """A plain tuple for a pipe: pickling a slots dataclass is several times slower."""
@@ -265,6 +353,22 @@ class Failure:
     error_json: str
     #: Seconds until the next attempt, or None when this was the last one.
     retry_in: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class Cancelled:
+    job_id: int
+    attempt: int
+    error_json: str
+
+
+@dataclass(frozen=True, slots=True)
+class Progressed:
+    """The progress a running attempt reported (JSON: done, total, message)."""
+
+    job_id: int
+    attempt: int
+    progress_json: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -328,15 +432,31 @@ def fail(cursor: Cursor, failures: Iterable[Failure]) -> dict[int, tuple[str, da
     return {row[0]: (row[1], row[2]) for row in rows}
 
 
-def snooze(cursor: Cursor, snoozed: Iterable[Snoozed]) -> set[int]:
-    """Put jobs that asked to run later back to READY without counting an error."""
-    return {row[0] for row in execute_many(cursor, SNOOZE_MANY, list(snoozed))}
+def cancelled(cursor: Cursor, stopped: Iterable[Cancelled]) -> dict[int, datetime]:
+    """Record attempts stopped by a cancel request; return finished_at per recorded id."""
+    return dict(execute_many(cursor, CANCEL_RUNNING_MANY, list(stopped)))
+
+
+def snooze(cursor: Cursor, snoozed: Iterable[Snoozed]) -> dict[int, str]:
+    """Put jobs that asked to run later back to READY without counting an error.
+
+    Return the new state per recorded id (CANCELLED for a job someone asked to cancel).
+    """
+    return dict(execute_many(cursor, SNOOZE_MANY, list(snoozed)))
 
 
 def release(cursor: Cursor, jobs: Iterable[ClaimedJob]) -> set[int]:
-    """Give claimed jobs that never started back to the queue without spending an attempt."""
+    """Give claimed jobs that never started back to the queue without spending an attempt.
+
+    Return the ids released (a job someone asked to cancel ends CANCELLED instead).
+    """
     attempts = [Attempt(job.id, job.attempts) for job in jobs]
     return {row[0] for row in execute_many(cursor, RELEASE_MANY, attempts)}
+
+
+def record_progress(cursor: Cursor, reports: Iterable[Progressed]) -> set[int]:
+    """Store the progress of running attempts; return the ids stored (fenced)."""
+    return {row[0] for row in execute_many(cursor, RECORD_PROGRESS, list(reports))}
 
 
 def release_orphans(cursor: Cursor, *, worker_id: str, held: Iterable[int]) -> list[int]:

@@ -69,6 +69,16 @@ FOR UPDATE OF j SKIP LOCKED
 """
 
 
+# The jobs this worker runs that someone asked to cancel: the worker's safety net for a
+# missed notification (a LISTEN reconnect, LISTEN turned off), read with its heartbeat.
+# The partial index on RUNNING rows by worker_id makes it a probe.
+CANCEL_REQUESTS = """
+SELECT j.id FROM django_jobs_job AS j
+WHERE j.worker_id = %(worker_id)s AND j.state = 'RUNNING'
+  AND j.cancel_requested_at IS NOT NULL
+"""
+
+
 @dataclass(frozen=True, slots=True)
 class LostJob:
     """A RUNNING job whose worker stopped heart-beating, locked for rescue."""
@@ -135,3 +145,9 @@ def lock_lost_jobs(cursor: Cursor, *, stale_after: float, limit: int) -> list[Lo
     """Lock RUNNING jobs of workers silent for ``stale_after`` s (call in a transaction)."""
     cursor.execute(LOCK_LOST_JOBS, {"stale_after": stale_after, "limit": limit})
     return [LostJob(*row) for row in cursor.fetchall()]
+
+
+def cancel_requests(cursor: Cursor, *, worker_id: str) -> list[int]:
+    """Ids of the jobs ``worker_id`` runs that someone asked to cancel."""
+    cursor.execute(CANCEL_REQUESTS, {"worker_id": worker_id})
+    return [row[0] for row in cursor.fetchall()]

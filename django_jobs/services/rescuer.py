@@ -29,6 +29,13 @@ def backend_options(alias: str) -> JobsOptions:
         return JobsOptions()
 
 
+_FATE = {
+    "READY": "will run again",
+    "FAILED": "no attempts left, FAILED",
+    "CANCELLED": "it had been asked to cancel, CANCELLED",
+}
+
+
 class Rescuer:
     #: Jobs rescued per round (one transaction); a larger backlog takes several rounds.
     BATCH = 1000
@@ -53,8 +60,7 @@ class Rescuer:
         for job_id, state, worker in rescued:
             logger.warning(
                 "Rescued job %s from lost worker %s: %s", job_id, worker,
-                "will run again" if state == "READY" else "no attempts left, FAILED",
-                extra={"action": "job_rescued", "job_id": job_id},
+                _FATE.get(state, state), extra={"action": "job_rescued", "job_id": job_id},
             )  # fmt: skip
         return rescued
 
