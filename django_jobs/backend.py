@@ -32,6 +32,7 @@ from .compat import (
 )
 from .conf import JobsOptions, validate
 from .protocol import jobs
+from .protocol.workflows import NewStep
 from .states import to_task_status
 from .task import JobsTask
 
@@ -116,7 +117,7 @@ class JobsBackend(BaseTaskBackend):
         ]
 
     def enqueued(
-        self, task: Task, job_id: int, enqueued_at: Any, new_job: jobs.NewJob
+        self, task: Task, job_id: int, enqueued_at: Any, new_job: jobs.NewJob | NewStep
     ) -> TaskResult:
         """The TaskResult of a job just written; sends ``task_enqueued`` for it."""
         result = TaskResult(
@@ -148,7 +149,7 @@ class JobsBackend(BaseTaskBackend):
         row = (
             Job.objects.using(self.database)
             .filter(pk=job_id, backend=self.alias)
-            .values(*_RESULT_FIELDS)
+            .values(*RESULT_FIELDS)
             .first()
         )
         if row is None:
@@ -261,7 +262,7 @@ class JobsBackend(BaseTaskBackend):
 
 #: The columns a TaskResult is built from: what a worker holds of a claimed job, and the
 #: state, return value and end a stored row adds.
-_RESULT_FIELDS = (*jobs.JOB_COLUMNS, "state", "return_value", "finished_at")
+RESULT_FIELDS = (*jobs.JOB_COLUMNS, "state", "return_value", "finished_at")
 
 
 @lru_cache(maxsize=4096)

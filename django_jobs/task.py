@@ -17,6 +17,7 @@ from .compat import (
     Task,
     TaskResult,
 )
+from .workflows.canvas import Group, Signature
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -36,6 +37,9 @@ class JobsTask(Task):
     #: Run inside a transaction on the jobs database that also records the success:
     #: the task's writes and its SUCCESSFUL state commit together, or neither does.
     atomic: bool = False
+    #: Seconds a running job has to stop by itself once someone cancels it, before the
+    #: process running it is killed.
+    cancel_grace: float = 10.0
 
     def __post_init__(self) -> None:
         # Django's @task passes our options through as given: accept one class, or a list.
@@ -68,6 +72,24 @@ class JobsTask(Task):
         if max_attempts is not None:
             task = replace(task, max_attempts=max_attempts)
         return task
+
+    # ── workflows (names and semantics from Celery's canvas) ──────────────────
+
+    def s(self, *args: Any, **kwargs: Any) -> Signature:
+        """A workflow step of this task; it receives the previous step's value first."""
+        return Signature(self, args, kwargs)
+
+    def si(self, *args: Any, **kwargs: Any) -> Signature:
+        """An immutable step: it receives nothing from the steps before it."""
+        return Signature(self, args, kwargs, immutable=True)
+
+    def map(self, items: Iterable[Any]) -> Group:
+        """A group with one step per item, each called with that item (one argument)."""
+        return Group([Signature(self, (item,), {}) for item in items])
+
+    def starmap(self, items: Iterable[Sequence[Any]]) -> Group:
+        """A group with one step per item, each called with the item's values as arguments."""
+        return Group([Signature(self, tuple(item), {}) for item in items])
 
     def enqueue_many(
         self, calls: Iterable[tuple[Sequence[Any], Mapping[str, Any]]]
@@ -125,6 +147,10 @@ def _check_options(task: JobsTask) -> None:
             )
     if not isinstance(task.atomic, bool):
         raise InvalidTask(f"atomic must be True or False, got {task.atomic!r} {where}.")
+    if not seconds(task.cancel_grace):
+        raise InvalidTask(
+            f"cancel_grace must be a number of seconds > 0, got {task.cancel_grace!r} {where}."
+        )
 
 
 def job(
@@ -142,6 +168,7 @@ def job(
     timeout: float | None = None,
     soft_timeout: float | None = None,
     atomic: bool = False,
+    cancel_grace: float = 10.0,
 ) -> Any:
     """Declare a task, like ``django.tasks.task``, with this backend's extra options."""
     if isinstance(retry_on, type):
@@ -164,6 +191,7 @@ def job(
             timeout=timeout,
             soft_timeout=soft_timeout,
             atomic=atomic,
+            cancel_grace=cancel_grace,
         )
 
     if function is not None:

@@ -5,6 +5,11 @@ the executor (on its main thread, or on ``threads`` threads), and sends back wha
 happened. It ignores SIGINT/SIGTERM: the supervisor decides when it stops, and kills
 it at a hard time limit. It dies with its supervisor (PR_SET_PDEATHSIG on Linux, and
 an EOF on the pipe everywhere), so no orphan keeps running jobs that get rescued.
+
+A second, one-way pipe brings the ids of its jobs someone cancelled. A thread reads it
+(the main thread is busy running a job), so a job sees ``cancel_requested`` at once;
+the same thread sends progress the throttle held back (``control.py``). Progress goes
+to the supervisor as ``("progress", [(job_id, attempt, json), ...])`` messages.
 """
 
 import ctypes
@@ -50,7 +55,19 @@ def rss_kib() -> int | None:
     return pages * os.sysconf("SC_PAGE_SIZE") // 1024
 
 
-def main(pipe: Connection, config: ChildConfig) -> None:
+def _serve_control(cancels: Connection, controls: Any) -> None:
+    """Note cancel requests as they come; send held-back progress when it is due."""
+    wait = controls.IDLE_WAIT
+    while True:
+        try:
+            if cancels.poll(wait):
+                controls.cancel(cancels.recv())
+        except (EOFError, OSError):
+            return  # the supervisor is gone
+        wait = controls.flush_due()
+
+
+def main(pipe: Connection, config: ChildConfig, cancels: Connection) -> None:
     """Entry point of a child (spawned, so it starts clean: no inherited connections)."""
     _die_with_parent()
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -67,6 +84,7 @@ def main(pipe: Connection, config: ChildConfig) -> None:
     from .. import registry
     from ..backend import get_backend
     from ..protocol.jobs import ClaimedJob
+    from .control import Controls
     from .executor import execute
 
     backend = get_backend(config.backend)
@@ -76,6 +94,18 @@ def main(pipe: Connection, config: ChildConfig) -> None:
     def send(message: tuple) -> None:
         with send_lock:
             pipe.send(message)
+
+    controls = Controls(lambda p: send(("progress", [(p.job_id, p.attempt, p.progress_json)])))
+    threading.Thread(
+        target=_serve_control, args=(cancels, controls), name="django_jobs-control", daemon=True
+    ).start()
+
+    def run_one(job: Any) -> Any:
+        control = controls.start(job)
+        try:
+            return execute(job, backend, config.worker_id, control)
+        finally:
+            controls.finish(control)
 
     jobs_done = 0
     retiring = False
@@ -101,7 +131,7 @@ def main(pipe: Connection, config: ChildConfig) -> None:
             # Past a recycling limit: hand queued jobs back for another child to run.
             send(("returned", [job.id]))
             return
-        outcome = execute(job, backend, config.worker_id)
+        outcome = run_one(job)
         send(("done", [(job.id, outcome.to_wire())]))
         after_job()
 
@@ -116,7 +146,7 @@ def main(pipe: Connection, config: ChildConfig) -> None:
                     send(("done", finished))
                 send(("returned", [queued.id for queued in jobs[position:]]))
                 return
-            outcome = execute(job, backend, config.worker_id)
+            outcome = run_one(job)
             finished.append((job.id, outcome.to_wire()))
             if time.monotonic() - last_send > REPORT_EVERY or job is jobs[-1]:
                 send(("done", finished))

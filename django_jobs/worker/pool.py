@@ -1,8 +1,11 @@
 """Where claimed jobs run: threads in this process, or a pool of child processes.
 
 Both pools take jobs with ``submit()`` (a claimed batch at once) and put an
-``Outcome`` for each on the inbox they were given; the worker loop never needs to know
-which one it drives.
+``Outcome`` for each on the inbox they were given, and the progress jobs report as
+``protocol.jobs.Progressed`` items; the worker loop never needs to know which one it
+drives. ``cancel(job_id, grace)`` asks a job to stop: at once if it has not started,
+else through its ``cancel_requested``, and the process pool kills its child when the
+grace runs out (threads cannot be killed: ``--pool threads`` only asks).
 ``ProcessPool`` is the production pool (prefork, as Celery): a crash, a leak or a
 hard time limit costs one child process, never the worker.
 """
@@ -24,11 +27,12 @@ from django.db import connections
 from .. import registry
 from ..backend import JobsBackend
 from ..codec import class_path, error_record
-from ..exceptions import TimeLimitExceeded, WorkerProcessDied
+from ..exceptions import JobCancelled, TimeLimitExceeded, WorkerProcessDied
 from ..policy import Policy
-from ..protocol.jobs import ClaimedJob
+from ..protocol.jobs import ClaimedJob, Progressed
 from .child import ChildConfig
 from .child import main as child_main
+from .control import Controls
 from .outcomes import Outcome, OutcomeKind
 
 logger = logging.getLogger(__name__)
@@ -38,11 +42,15 @@ class ThreadPool:
     """Run jobs on ``size`` threads of this process (tests, and ``--pool threads``)."""
 
     def __init__(
-        self, size: int, run: Callable[[ClaimedJob], Outcome], inbox: queue.SimpleQueue
+        self,
+        size: int,
+        run: Callable[[ClaimedJob, Controls], Outcome],
+        inbox: queue.SimpleQueue,
     ) -> None:
         self.size = size
         self._run = run
         self._inbox = inbox
+        self.controls = Controls(inbox.put)
         self._work: queue.SimpleQueue[ClaimedJob | None] = queue.SimpleQueue()
         self._threads = [
             threading.Thread(target=self._serve, name=f"django_jobs-run-{n}", daemon=True)
@@ -78,6 +86,14 @@ class ThreadPool:
     def abort(self) -> None:
         """Threads cannot be killed: running jobs finish (documented for --pool threads)."""
 
+    def cancel(self, job_id: int, grace: float) -> None:
+        """Ask the job to stop; a queued one never starts. Threads are never killed."""
+        self.controls.cancel(job_id)
+
+    def flush_progress(self) -> float:
+        """Send held-back progress that is due; return seconds until the next is."""
+        return self.controls.flush_due()
+
     def stop(self, timeout: float = 5.0) -> None:
         for _ in self._threads:
             self._work.put(None)
@@ -87,15 +103,19 @@ class ThreadPool:
     def _serve(self) -> None:
         try:
             while (job := self._work.get()) is not None:
-                self._inbox.put(self._run(job))
+                self._inbox.put(self._run(job, self.controls))
         finally:
             connections.close_all()
 
 
 class _Child:
-    def __init__(self, process: multiprocessing.Process, pipe: Connection) -> None:
+    def __init__(
+        self, process: multiprocessing.Process, pipe: Connection, cancels: Connection
+    ) -> None:
         self.process = process
         self.pipe = pipe
+        #: One-way: the ids of the child's jobs someone cancelled.
+        self.cancels = cancels
         self.ready = False
         self.retiring = False
         self.stopping = False
@@ -156,6 +176,8 @@ class ProcessPool:
         self._spawn_failures = 0
         self._next_spawn = 0.0
         self._avg_duration: float | None = None
+        #: job id -> (monotonic deadline, grace): jobs asked to stop, killed past it.
+        self._cancels: dict[int, tuple[float, float]] = {}
         self._reader = threading.Thread(target=self._watch, name="django_jobs-pool", daemon=True)
 
     # ── the worker's side ──────────────────────────────────────────────────
@@ -195,6 +217,28 @@ class ProcessPool:
             self._pending.clear()
             return jobs
 
+    def cancel(self, job_id: int, grace: float) -> None:
+        """Ask the job to stop; kill its child if it still runs ``grace`` s later."""
+        with self._lock:
+            for job in self._pending:
+                if job.id == job_id:
+                    # Not handed to a child yet: it never starts.
+                    self._pending.remove(job)
+                    self._inbox.put(
+                        _cancelled(job, self.worker_id, "it was cancelled before it started")
+                    )
+                    return
+            for child in self._children:
+                if job_id in child.assigned:
+                    self._cancels[job_id] = (time.monotonic() + grace, grace)
+                    with contextlib.suppress(OSError):
+                        child.cancels.send(job_id)
+                    return
+
+    def flush_progress(self) -> float:
+        """Children send their own held-back progress."""
+        return 1.0
+
     def abort(self) -> None:
         """Kill every child now; their running jobs are released (no attempt spent)."""
         with self._lock:
@@ -221,15 +265,17 @@ class ProcessPool:
 
     def _spawn(self) -> None:
         parent_end, child_end = self._context.Pipe()
+        cancels_in, cancels_out = self._context.Pipe(duplex=False)
         process = self._context.Process(
             target=child_main,
-            args=(child_end, self._config),
+            args=(child_end, self._config, cancels_in),
             name="django_jobs-child",
             daemon=True,
         )
         process.start()
         child_end.close()
-        self._children.append(_Child(process, parent_end))
+        cancels_in.close()
+        self._children.append(_Child(process, parent_end, cancels_out))
 
     def _send_stop(self, child: _Child) -> None:
         if not child.stopping:
@@ -320,8 +366,12 @@ class ProcessPool:
             except (EOFError, OSError):
                 return
             kind = message[0]
-            if kind == "done":
+            if kind == "progress":
+                for job_id, attempt, progress_json in message[1]:
+                    self._inbox.put(Progressed(job_id, attempt, progress_json))
+            elif kind == "done":
                 for job_id, wire in message[1]:
+                    self._cancels.pop(job_id, None)
                     entry = child.assigned.pop(job_id, None)
                     if entry is None:
                         continue  # reported already (killed at a hard limit meanwhile)
@@ -360,6 +410,11 @@ class ProcessPool:
         child.process.join()
         self._children.remove(child)
         child.pipe.close()
+        child.cancels.close()
+        for job_id in child.assigned:
+            # A job asked to stop whose process died: the statement that records its end
+            # makes it CANCELLED (it has a cancel request), whatever the outcome says.
+            self._cancels.pop(job_id, None)
         code = child.process.exitcode
         if child.assigned:
             how = (
@@ -419,6 +474,7 @@ class ProcessPool:
 
     def _enforce_time_limits(self) -> None:
         now = time.monotonic()
+        self._enforce_cancels(now)
         for child in self._children:
             late = [
                 job_id
@@ -437,6 +493,29 @@ class ProcessPool:
                 self._fail_killed(job, TimeLimitExceeded, message, now - started)
             # Other jobs sharing the process did nothing wrong: they go back unharmed.
             self._kill(child, released=list(child.assigned), reason="hard time limit")
+
+    def _enforce_cancels(self, now: float) -> None:
+        """Kill the child of a job that was asked to stop and is still running past its grace."""
+        for child in self._children:
+            late = [
+                job_id
+                for job_id, entry in child.assigned.items()
+                if entry[1] is not None
+                and job_id in self._cancels
+                and now > self._cancels[job_id][0]
+            ]
+            if not late or not child.process.is_alive():
+                continue
+            for job_id in late:
+                job, started, _ = child.assigned.pop(job_id)
+                _, grace = self._cancels.pop(job_id)
+                how = (
+                    f"it was cancelled and did not stop within its {grace:g} s grace, so "
+                    f"worker process {child.process.pid} was killed"
+                )
+                self._inbox.put(_cancelled(job, self.worker_id, how, now - started))
+            # Other jobs sharing the process did nothing wrong: they go back unharmed.
+            self._kill(child, released=list(child.assigned), reason="cancel grace over")
 
     def _scale(self) -> None:
         if self._stopping:
@@ -469,6 +548,22 @@ class ProcessPool:
                 logger.info("Autoscale: shrinking to %d processes", self.target)
                 self._send_stop(idle[0])
         self._top_up()
+
+
+def _cancelled(job: ClaimedJob, worker_id: str, how: str, duration: float = 0.0) -> Outcome:
+    """The outcome of a job stopped by the pool after a cancel request."""
+    logger.warning(
+        "Job %s %s cancelled: %s", job.id, job.task_path, how,
+        extra={"action": "job_cancelled", "job_id": job.id},
+    )  # fmt: skip
+    error = error_record(
+        None,
+        attempt=job.attempts,
+        worker_id=worker_id,
+        exception_class=class_path(JobCancelled),
+        message=how,
+    )
+    return Outcome(job, OutcomeKind.CANCELLED, duration=duration, error=error)
 
 
 def default_processes() -> int:

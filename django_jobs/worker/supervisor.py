@@ -6,6 +6,11 @@ sized to its free slots, and the services it hosts (the maintenance leader and t
 schedule tick). Jobs run in a pool (``pool.py``): child processes in production,
 threads in-process for tests. Outcomes go to an ``OutcomeRecorder`` (``outcomes.py``),
 which records them in batches.
+
+Two more things travel through its inbox: the progress jobs report (written before
+any outcome, so a job's last value lands before the job ends), and cancel requests
+for the jobs it holds, heard on the listener's connection (or, as a safety net, read
+with each heartbeat), which it hands to the pool with the task's ``cancel_grace``.
 """
 
 import atexit
@@ -25,14 +30,16 @@ import psycopg
 
 from .. import __version__, registry
 from ..backend import get_backend
+from ..policy import Policy
 from ..protocol import jobs as protocol
 from ..protocol import workers as worker_protocol
-from ..protocol.jobs import ClaimedJob
+from ..protocol.jobs import ClaimedJob, Progressed
 from ..services.leader import Leader
 from ..services.pruner import Pruner
 from ..services.rescuer import Rescuer
 from ..services.scheduler import Scheduler
 from . import dbconn
+from .control import Controls
 from .executor import execute
 from .listener import Listener
 from .outcomes import Outcome, OutcomeKind, OutcomeRecorder, WorkerStats
@@ -42,6 +49,10 @@ logger = logging.getLogger(__name__)
 
 # Put on the inbox to wake the loop (a notification, a signal).
 _WAKE = object()
+
+
+class _CancelNote(int):
+    """On the inbox: the id of a job someone asked to cancel (heard by the listener)."""
 
 
 class Supervisor:
@@ -112,11 +123,15 @@ class Supervisor:
 
         self._next_heartbeat = 0.0
         self._in_flight = 0
-        #: Ids of jobs claimed and not yet recorded: what this worker really holds.
-        self._held: set[int] = set()
+        #: Jobs claimed and not yet recorded (id -> task path): what this worker holds.
+        self._held: dict[int, str] = {}
+        #: Jobs this worker holds that it has asked the pool to stop.
+        self._cancelling: set[int] = set()
+        #: The latest progress each running job reported, not written yet.
+        self._progress: dict[int, Progressed] = {}
         self._reconcile = False
         self.outcomes = OutcomeRecorder(
-            jobs_backend, self.worker_id, self._queue_db, self.stats, self._held.discard
+            jobs_backend, self.worker_id, self._queue_db, self.stats, self._settled
         )
         self._avg_duration: float | None = None
         self._stopping = False
@@ -138,7 +153,7 @@ class Supervisor:
             self._register()
             if self.listen:
                 listen_db = self.options.LISTEN_DATABASE or self.backend.database
-                self.listener = Listener(listen_db, self.queues, self.wake)
+                self.listener = Listener(listen_db, self.queues, self.wake, self.cancel)
                 self.listener.start()
             self.pool.start()
             paths = registry.registered_paths()
@@ -171,6 +186,10 @@ class Supervisor:
         if not self._wake_pending:
             self._wake_pending = True
             self._inbox.put(_WAKE)
+
+    def cancel(self, job_id: int) -> None:
+        """Someone asked to cancel job ``job_id`` (safe from any thread)."""
+        self._inbox.put(_CancelNote(job_id))
 
     def _describe_pool(self) -> str:
         if isinstance(self.pool, ProcessPool):
@@ -281,9 +300,9 @@ class Supervisor:
         s = self.stats
         logger.info(
             "Worker %s stopped after %.1f s: %d succeeded, %d failed, %d retried, %d snoozed, "
-            "%d released, %d lost to a newer attempt",
+            "%d released, %d lost to a newer attempt, %d cancelled",
             self.worker_id, elapsed, s.succeeded, s.failed, s.retried, s.snoozed, s.released,
-            s.lost, extra={"action": "worker_stopped"},
+            s.lost, s.cancelled, extra={"action": "worker_stopped"},
         )  # fmt: skip
 
     # ── the loop ─────────────────────────────────────────────────────────────
@@ -323,6 +342,13 @@ class Supervisor:
                     "Worker %s had been declared lost; registering again", self.worker_id
                 )
                 self._register()
+            if ok and self._held:
+                # The safety net for a cancel notification that never reached us.
+                ok, asked = self._db(
+                    lambda cur: worker_protocol.cancel_requests(cur, worker_id=self.worker_id)
+                )
+                for job_id in asked or ():
+                    self._cancel(job_id)
         if self._reconcile:
             ok, orphans = self._db(
                 lambda cur: protocol.release_orphans(
@@ -340,6 +366,7 @@ class Supervisor:
             self._db(self.leader.tick)
         if self.scheduler.due():
             self._db(self.scheduler.tick)
+        self.pool.flush_progress()
 
     def _time_to_timers(self) -> float:
         now = time.monotonic()
@@ -357,6 +384,10 @@ class Supervisor:
         while True:
             if item is _WAKE:
                 self._wake_pending = False
+            elif isinstance(item, Progressed):
+                self._progress[item.job_id] = item
+            elif isinstance(item, _CancelNote):
+                self._cancel(int(item))
             else:
                 self._finished(item)
             try:
@@ -373,6 +404,23 @@ class Supervisor:
                 self._avg_duration = outcome.duration
             else:
                 self._avg_duration += 0.2 * (outcome.duration - self._avg_duration)
+
+    def _cancel(self, job_id: int) -> None:
+        """Ask the pool to stop a job this worker holds (once); ignore other workers' jobs."""
+        if job_id not in self._held or job_id in self._cancelling:
+            return
+        self._cancelling.add(job_id)
+        task = registry.get(self._held[job_id])
+        grace = Policy.for_task(task, self.options).cancel_grace
+        logger.info(
+            "Job %s was cancelled; asking it to stop (killed after %g s)", job_id, grace,
+            extra={"action": "job_cancel_requested", "job_id": job_id},
+        )  # fmt: skip
+        self.pool.cancel(job_id, grace)
+
+    def _settled(self, job_id: int) -> None:
+        self._held.pop(job_id, None)
+        self._cancelling.discard(job_id)
 
     def _time_to_flush(self) -> float:
         return self.outcomes.time_to_flush(self.poll_interval)
@@ -411,14 +459,24 @@ class Supervisor:
         self.pool.note_demand(len(claimed) == limit)
         self.stats.claimed += len(claimed)
         self._in_flight += len(claimed)
-        self._held.update(job.id for job in claimed)
+        self._held.update((job.id, job.task_path) for job in claimed)
         self.pool.submit(claimed)
         return claimed
 
-    def _execute(self, job: ClaimedJob) -> Outcome:
-        return execute(job, self.backend, self.worker_id)
+    def _execute(self, job: ClaimedJob, controls: Controls) -> Outcome:
+        control = controls.start(job)
+        try:
+            return execute(job, self.backend, self.worker_id, control)
+        finally:
+            controls.finish(control)
 
     def _flush(self, force: bool = False) -> None:
+        if self._progress:
+            # Before the outcomes: a job's last progress must land while it is RUNNING.
+            reports = list(self._progress.values())
+            ok, _ = self._db(lambda cur: protocol.record_progress(cur, reports))
+            if ok:
+                self._progress.clear()
         self.outcomes.flush(force=force, busy=self._in_flight > 0)
 
     # ── database access that survives an outage ─────────────────────────────

@@ -24,7 +24,7 @@ PACKAGE = Path(__file__).resolve().parents[2] / "django_jobs"
 LAYERS = {
     "store": {"compat", "conf", "exceptions", "states", "models", "codec", "migrations"},
     "protocol": {"protocol", "policy", "registry"},
-    "contract": {"task", "backend"},
+    "contract": {"task", "backend", "context", "control", "workflows"},
     "services": {"services", "schedules"},
     "runtime": {"worker"},
     "interfaces": {"console", "admin", "management", "templatetags", "checks", "apps"},
@@ -38,6 +38,9 @@ NEVER_IMPORT_THE_RUNTIME = {"admin", "console", "templatetags", "checks", "apps"
 ALLOWED_LATE_IMPORTS = {
     # The package imports nothing at first so that INSTALLED_APPS/TASKS stay cheap.
     ("django_jobs", "django_jobs.task"): "lazy public names",
+    # A workflow's enqueue() needs the backend, which imports task.py, which imports
+    # the canvas (for .s()): the canvas reaches the planner only when called.
+    ("django_jobs.workflows.canvas", "django_jobs.workflows.plan"): "backend imports the canvas",
     # Django's idiom: system checks register when the app is ready.
     ("django_jobs.apps", "django_jobs.checks"): "registered in ready()",
     # A spawned child imports its module before django.setup(); these need settings.
@@ -45,6 +48,7 @@ ALLOWED_LATE_IMPORTS = {
     ("django_jobs.worker.child", "django_jobs.backend"): "after django.setup()",
     ("django_jobs.worker.child", "django_jobs.protocol.jobs"): "after django.setup()",
     ("django_jobs.worker.child", "django_jobs.worker.executor"): "after django.setup()",
+    ("django_jobs.worker.child", "django_jobs.worker.control"): "after django.setup()",
     # Django may build a backend while the app registry is still loading.
     ("django_jobs.backend", "django_jobs.models"): "models need the app registry",
 }
