@@ -15,7 +15,8 @@ class JobState(models.TextChoices):
     SUCCESSFUL = "SUCCESSFUL", "Successful"
     FAILED = "FAILED", "Failed"
     CANCELLED = "CANCELLED", "Cancelled"
-    # A workflow step waiting for its parents (filled in by the workflow feature).
+    # A workflow step waiting for its parents: the statement that finishes the last one
+    # makes it READY (protocol/workflows.py).
     BLOCKED = "BLOCKED", "Blocked"
 
 
@@ -45,9 +46,10 @@ TRANSITIONS: dict[JobState, frozenset[JobState]] = {
         {JobState.SUCCESSFUL, JobState.FAILED, JobState.READY, JobState.CANCELLED}
     ),
     JobState.SUCCESSFUL: frozenset(),
-    # An operator may re-queue a failed or cancelled job.
-    JobState.FAILED: frozenset({JobState.READY}),
-    JobState.CANCELLED: frozenset({JobState.READY}),
+    # An operator may re-queue a failed or cancelled job. A workflow step re-queued with
+    # its workflow waits again (BLOCKED) for parents that have not succeeded.
+    JobState.FAILED: frozenset({JobState.READY, JobState.BLOCKED}),
+    JobState.CANCELLED: frozenset({JobState.READY, JobState.BLOCKED}),
 }
 
 _TO_TASK_STATUS = {

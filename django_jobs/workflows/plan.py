@@ -169,7 +169,15 @@ class _Checked:
     max_attempts: int
 
 
-def _check(signature: Signature, where: str, backend: JobsBackend, leading: int) -> _Checked:
+#: What a step is given in front of its own arguments, for error messages.
+_FIRST = {
+    Receives.VALUE: " It receives the return value of the step before it first.",
+    Receives.LIST: " It receives the list of the return values of the steps before it first.",
+    "error": " It receives the failed step's id and error first (use .si() to receive nothing).",
+}
+
+
+def _check(signature: Signature, where: str, backend: JobsBackend, receives: str) -> _Checked:
     """The step as it will be written; raise naming ``where`` if it could not run."""
     task = signature.task
     label = f"{where} ({task.module_path})"
@@ -187,10 +195,10 @@ def _check(signature: Signature, where: str, backend: JobsBackend, leading: int)
         args_json, kwargs_json = encode_arguments(task, signature.args, signature.kwargs)
     except TypeError as exc:
         raise TypeError(f"{label}: {exc}") from None
+    leading = {"": 0, "error": 2}.get(receives, 1)
     problem = binding_problem(task, signature.args, signature.kwargs, leading=leading)
     if problem:
-        given = {1: " after the value it receives", 2: " after the step id and error"}
-        raise TypeError(f"{label}: {problem}{given.get(leading, '')}")
+        raise TypeError(f"{label}: {problem}{_FIRST.get(receives, '')}")
     return _Checked(
         task, args_json, kwargs_json, policy.default_max_attempts(task, backend.jobs_options)
     )
@@ -207,7 +215,7 @@ def _backend_of(built: Plan) -> JobsBackend:
 def _on_error_json(signature: Signature | None, backend: JobsBackend) -> str | None:
     if signature is None:
         return None
-    checked = _check(signature, "on_error", backend, 0 if signature.immutable else 2)
+    checked = _check(signature, "on_error", backend, "" if signature.immutable else "error")
     task = checked.task
     return encode_json(
         {
@@ -227,10 +235,7 @@ def enqueue(canvas: Canvas) -> WorkflowResult:
     """Check and write the workflow ``canvas`` in the caller's transaction."""
     built = plan(canvas)
     backend = _backend_of(built)
-    checked = [
-        _check(step.signature, step.where, backend, 1 if step.receives else 0)
-        for step in built.steps
-    ]
+    checked = [_check(step.signature, step.where, backend, step.receives) for step in built.steps]
     on_error = _on_error_json(built.on_error, backend)
     with connections[backend.database].cursor() as cursor:
         workflow_id, ids = protocol.reserve_ids(cursor, len(built.steps))

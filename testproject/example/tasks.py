@@ -272,3 +272,25 @@ def fetch_page(number: int) -> dict:
 def merge_pages(pages: list[dict]) -> dict:
     """The demo chord's callback: one summary of all the pages, in page order."""
     return {"pages": len(pages), "words": sum(p["words"] for p in pages)}
+
+
+@job(max_attempts=1)
+def fails_until_retried(key: str) -> str:
+    """Fail for good the first time (leaving a ledger row), succeed when run again."""
+    from .models import LedgerEntry
+
+    _, created = LedgerEntry.objects.get_or_create(key=key)
+    if created:
+        raise RuntimeError(f"{key}: the first run fails")
+    return key
+
+
+@task
+def record_callback(values: list, key: str) -> int:
+    """A chord's callback that logs each of its runs (Execution rows): must run once."""
+    import os
+
+    from .models import Execution
+
+    Execution.objects.create(key=key, pid=os.getpid())
+    return len(values)

@@ -1,0 +1,285 @@
+"""When workflow steps fail, are cancelled or retried, and when several finish at once.
+
+The statements are driven directly (protocol functions on real connections) where the
+interleaving of transactions matters, and through an in-process worker otherwise.
+"""
+
+import json
+import threading
+import time
+
+import pytest
+from django.db import connection
+
+from django_jobs import cancel, chain, chord, get_workflow, group, job_info
+from django_jobs.control import Cancellation
+from django_jobs.models import Job
+from django_jobs.protocol import jobs as protocol
+from django_jobs.protocol import operator
+from django_jobs.worker import dbconn
+from testproject.example import tasks
+from testproject.example.models import Execution
+
+from ..conftest import run_worker, wait_for
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+@pytest.fixture
+def conn():
+    c = dbconn.connect("default", purpose="test")
+    yield c
+    c.close()
+
+
+def claim_all(conn, worker_id: str = "w") -> dict[int, protocol.ClaimedJob]:
+    with conn.cursor() as cur:
+        claimed = protocol.claim(
+            cur, worker_id=worker_id, backend="default", queues=None, limit=100_000
+        )
+    return {job.id: job for job in claimed}
+
+
+def row(result_or_id) -> Job:
+    pk = int(getattr(result_or_id, "id", result_or_id))
+    return Job.objects.get(pk=pk)
+
+
+def failure(job: protocol.ClaimedJob, message: str = "boom") -> protocol.Failure:
+    error = {"exception_class_path": "builtins.ValueError", "message": message, "traceback": ""}
+    return protocol.Failure(job.id, job.attempts, json.dumps(error), None)
+
+
+def test_a_failed_member_cancels_the_callback_and_runs_on_error_once():
+    result = chord(
+        group(tasks.fails_on.s(i, 3) for i in range(6)),
+        tasks.total.s(),
+        on_error=tasks.report_failure.s("pager"),
+    ).enqueue()
+    run_worker()
+    result.refresh()
+    failed = result.results[3]
+    callback = row(result.results[-1])
+    assert result.status == "FAILED"
+    assert result.failed_step_id == failed.id
+    assert (failed.status, failed.attempts) == ("FAILED", 2)  # retried first, as allowed
+    assert callback.state == "CANCELLED"
+    assert callback.cancelled_by == f"step {failed.id} (testproject.example.tasks.fails_on) failed"
+    # The other members ran: a failure does not stop its siblings.
+    assert [r.status for r in result.results[:6]].count("SUCCESSFUL") == 5
+    handler = row(result.on_error_id)
+    assert handler.state == "SUCCESSFUL"
+    assert (handler.args[0], handler.args[2]) == (failed.id, "pager")
+    assert handler.args[1]["exception_class_path"] == "builtins.ValueError"
+    assert handler.workflow_id is None  # a plain job, not a step
+    assert Execution.objects.filter(key__startswith="on_error:").count() == 1
+    assert result.is_finished
+    with pytest.raises(ValueError, match="failed"):
+        _ = result.return_value
+
+
+def test_steps_failing_together_or_concurrently_run_on_error_once(conn):
+    result = chord(
+        group(tasks.add.s(i, i) for i in range(4)),
+        tasks.total.s(),
+        on_error=tasks.report_failure.si("x", {"exception_class_path": "x"}),
+    ).enqueue()
+    members = claim_all(conn)
+    first, second, third, fourth = (members[int(r.id)] for r in result.results[:4])
+    # Two failures in one statement.
+    with conn.cursor() as cur:
+        protocol.fail(cur, [failure(first), failure(second)])
+    # Two more in two transactions at once: the second waits for the first's locks.
+    other = dbconn.connect("default", purpose="test-other")
+    try:
+        with other.transaction():
+            with other.cursor() as cur:
+                protocol.fail(cur, [failure(third)])
+            done = threading.Event()
+
+            def fail_fourth():
+                with conn.cursor() as cur:
+                    protocol.fail(cur, [failure(fourth)])
+                done.set()
+
+            waiter = threading.Thread(target=fail_fourth)
+            waiter.start()
+            time.sleep(0.3)
+        waiter.join(10)
+        assert done.is_set()
+    finally:
+        other.close()
+    handlers = Job.objects.filter(task_path="testproject.example.tasks.report_failure")
+    assert handlers.count() == 1
+    assert get_workflow(result.id).failed_step_id == str(first.id)
+    assert row(result.results[-1]).state == "CANCELLED"
+
+
+def test_the_last_of_concurrent_finishers_unblocks_the_callback_once(conn):
+    result = chord(group(tasks.add.s(i, i) for i in range(2)), tasks.total.s()).enqueue()
+    members = claim_all(conn)
+    a, b = (members[int(r.id)] for r in result.results[:2])
+    callback_id = int(result.results[-1].id)
+    other = dbconn.connect("default", purpose="test-other")
+    try:
+        with other.transaction():
+            with other.cursor() as cur:
+                protocol.complete(cur, [protocol.Success(a.id, a.attempts, "0")])
+            # Not committed yet: the callback's row is locked, and still counts 2.
+            finished = threading.Event()
+
+            def complete_b():
+                with conn.cursor() as cur:
+                    protocol.complete(cur, [protocol.Success(b.id, b.attempts, "2")])
+                finished.set()
+
+            waiter = threading.Thread(target=complete_b)
+            waiter.start()
+            time.sleep(0.3)
+            assert not finished.is_set()  # waits for the first finisher's transaction
+        waiter.join(10)
+    finally:
+        other.close()
+    callback = row(callback_id)
+    assert (callback.state, callback.pending_parents) == ("READY", 0)
+
+
+def test_a_retry_racing_a_parents_completion_counts_it_once(conn):
+    # Step a succeeds late, while the workflow is retried after b failed: c must end up
+    # READY once both are done, whichever transaction wins.
+    result = chord(group(tasks.add.s(1, 1), tasks.add.s(2, 2)), tasks.total.s()).enqueue()
+    members = claim_all(conn)
+    a, b = (members[int(r.id)] for r in result.results[:2])
+    with conn.cursor() as cur:
+        protocol.fail(cur, [failure(b)])
+    assert row(result.results[-1]).state == "CANCELLED"
+    other = dbconn.connect("default", purpose="test-other")
+    try:
+        with other.transaction():
+            with other.cursor() as cur:  # the retry locks every step first
+                from django_jobs.protocol import workflows
+
+                workflows.retry_steps(cur, [int(result.id)], grant=1)
+            finished = threading.Event()
+
+            def complete_a():
+                with conn.cursor() as cur:
+                    protocol.complete(cur, [protocol.Success(a.id, a.attempts, "2")])
+                finished.set()
+
+            waiter = threading.Thread(target=complete_a)
+            waiter.start()
+            time.sleep(0.3)
+            assert not finished.is_set()
+        waiter.join(10)
+    finally:
+        other.close()
+    callback = row(result.results[-1])
+    assert (callback.state, callback.pending_parents) == ("BLOCKED", 1)  # waits for b only
+    assert row(b.id).state == "READY"
+    (again,) = claim_all(conn).values()
+    with conn.cursor() as cur:
+        protocol.complete(cur, [protocol.Success(again.id, again.attempts, "4")])
+    assert row(result.results[-1]).state == "READY"
+
+
+def test_retry_failed_runs_the_failed_part_again():
+    result = chain(
+        tasks.add.s(1, 1),
+        group(tasks.fails_until_retried.si("retried"), tasks.add.si(3, 3)),
+        tasks.collect.s(),
+        on_error=tasks.report_failure.s(),
+    ).enqueue()
+    run_worker()
+    result.refresh()
+    assert result.status == "FAILED"
+    assert row(result.results[-1]).state == "CANCELLED"
+    moved = result.retry_failed()
+    assert sorted(moved) == sorted(int(r.id) for r in (result.results[1], result.results[-1]))
+    result.refresh()
+    assert result.status == "RUNNING"
+    assert row(result.results[-1]).state == "BLOCKED"
+    run_worker()
+    result.refresh()
+    assert (result.status, result.return_value) == ("SUCCESSFUL", ["retried", 6])
+    assert Execution.objects.filter(key__startswith="on_error:").count() == 1
+
+
+def test_cancelling_a_step_cancels_the_steps_waiting_after_it_only():
+    result = group(
+        chain(tasks.add.s(1, 1), tasks.add.s(1)), chain(tasks.add.s(2, 2), tasks.add.s(2))
+    ).enqueue()
+    first, after_first, _, after_second = result.results
+    answer = cancel(first.id, by="alice")
+    assert (answer.outcome, str(answer)) == ("cancelled", f"Job {first.id} cancelled.")
+    assert (row(first).state, row(first).cancelled_by) == ("CANCELLED", "alice")
+    assert (
+        row(after_first).cancelled_by
+        == f"step {first.id} (testproject.example.tasks.add) was cancelled"
+    )
+    assert row(after_second).state == "BLOCKED"  # the other branch is not touched
+    run_worker()
+    result.refresh()
+    assert result.status == "CANCELLED"
+    assert row(after_second).state == "SUCCESSFUL"
+
+
+def test_cancel_answers_for_running_finished_and_missing_jobs():
+    running, done = tasks.add.enqueue(1, 1), tasks.add.enqueue(2, 2)
+    Job.objects.filter(pk=int(running.id)).update(state="RUNNING", attempts=1, worker_id="w")
+    Job.objects.filter(pk=int(done.id)).update(state="SUCCESSFUL")
+    asked = cancel(running.id)
+    assert (asked.outcome, asked.state) == (Cancellation.STOPPING, "RUNNING")
+    info = job_info(running.id)
+    assert (info.state, info.cancelled_by) == ("RUNNING", "django_jobs.cancel()")
+    assert info.cancel_requested_at is not None
+    assert cancel(done.id).outcome == Cancellation.FINISHED
+    assert (
+        str(cancel(done.id))
+        == f"Job {done.id} had already finished (SUCCESSFUL); nothing changed."
+    )
+    for missing in ("987654321", "nope"):
+        assert cancel(missing).outcome == Cancellation.NOT_FOUND
+    assert row(done).state == "SUCCESSFUL"
+
+
+def test_a_cancel_request_makes_any_end_of_the_attempt_cancelled(conn):
+    failing, snoozing, releasing = (tasks.add.enqueue(1, 1) for _ in range(3))
+    claimed = claim_all(conn)
+    for result in (failing, snoozing, releasing):
+        cancel(result.id, by="ops")
+    with conn.cursor() as cur:
+        retried = protocol.Failure(int(failing.id), 1, json.dumps({"message": "x"}), 5.0)
+        assert protocol.fail(cur, [retried])[int(failing.id)][0] == "CANCELLED"
+        snoozed = protocol.Snoozed(int(snoozing.id), 1, 60.0, 2)
+        assert protocol.snooze(cur, [snoozed]) == {int(snoozing.id): "CANCELLED"}
+        protocol.release(cur, [claimed[int(releasing.id)]])
+    assert {row(r).state for r in (failing, snoozing, releasing)} == {"CANCELLED"}
+
+
+def test_cancelling_a_workflow_stops_every_unfinished_step():
+    result = chain(tasks.add.s(1, 1), tasks.add.s(1), tasks.add.s(1)).enqueue()
+    first = result.results[0]
+    Job.objects.filter(pk=int(first.id)).update(state="RUNNING", attempts=1, worker_id="w")
+    moved = result.cancel(by="bob")
+    assert moved[int(first.id)] == "RUNNING"  # asked to stop
+    assert sorted(v for k, v in moved.items() if k != int(first.id)) == ["CANCELLED"] * 2
+    result.refresh()
+    assert (result.status, result.cancelled_by) == ("CANCELLED", "bob")
+    assert job_info(first.id).cancel_requested_at is not None
+
+
+def test_steps_that_others_still_need_are_neither_deleted_nor_pruned(conn):
+    result = chain(tasks.add.s(1, 1), tasks.add.s(1)).enqueue()
+    first, second = result.results
+    (claimed,) = claim_all(conn).values()
+    with conn.cursor() as cur:
+        protocol.complete(cur, [protocol.Success(claimed.id, claimed.attempts, "2")])
+        Job.objects.filter(pk=int(first.id)).update(finished_at="2000-01-01T00:00:00Z")
+        # The second step is READY and will read the first one's result.
+        assert operator.delete_jobs(cur, [int(first.id), int(second.id)]) == []
+        assert operator.prune(cur, older_than=3600) == 0
+    run_worker()
+    with connection.cursor() as cur:
+        assert operator.prune(cur, older_than=3600) == 1  # not needed any more
+    wait_for(lambda: row(second).state == "SUCCESSFUL", 5, "the second step")
