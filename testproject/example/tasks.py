@@ -294,3 +294,10 @@ def record_callback(values: list, key: str) -> int:
 
     Execution.objects.create(key=key, pid=os.getpid())
     return len(values)
+
+
+@job(max_attempts=3)
+def slow_square(number: int, milliseconds: int = 20) -> int:
+    """A chord member that takes a little time and may safely run twice (after a rescue)."""
+    time.sleep(milliseconds / 1000)
+    return number * number
