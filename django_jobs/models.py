@@ -92,6 +92,8 @@ class Workflow(models.Model):
 
     class Meta:
         ordering = ["-id"]
+        # Seeing, cancelling and retrying workflows is governed by the job permissions.
+        default_permissions = ()
         indexes = [
             # The pruner's walk over old workflows, oldest first.
             models.Index(fields=["created_at"], name="django_jobs_workflow_created"),
@@ -236,6 +238,15 @@ class Job(models.Model):
                 fields=["workflow", "id"],
                 name="django_jobs_job_workflow",
                 condition=models.Q(workflow__isnull=False),
+            ),
+            # "Has it steps left to run?" in one probe (the admin's list of workflows).
+            # Steps enter it while unfinished only; other jobs never.
+            models.Index(
+                fields=["workflow"],
+                name="django_jobs_job_workflow_open",
+                condition=models.Q(
+                    workflow__isnull=False, state__in=["BLOCKED", "READY", "RUNNING"]
+                ),
             ),
         ]
         constraints = [

@@ -13,7 +13,7 @@ from collections.abc import Iterable, Sequence
 from ..policy import OPERATOR_RETRY_ATTEMPTS
 from ..states import FINISHED, FINISHED_SQL
 from . import NOTIFY_CHANNEL, Cursor
-from .workflows import CANCEL_CHANNEL, cancel_descendants
+from .workflows import CANCEL_CHANNEL, cancel_descendants, mark_cancelled
 
 # Re-queue finished-but-unsuccessful jobs, due now. They are allowed `grant` attempts
 # beyond those used (policy.OPERATOR_RETRY_ATTEMPTS), so a job that exhausted
@@ -49,7 +49,7 @@ stopped AS (
     SET state = 'CANCELLED', finished_at = now(), cancelled_by = %(by)s
     FROM target AS t
     WHERE j.id = t.id AND t.state IN ('READY', 'BLOCKED')
-    RETURNING j.id, j.state, j.dependents, j.task_path
+    RETURNING j.id, j.state, j.dependents, j.task_path, j.workflow_id
 ),
 asked AS (
     UPDATE django_jobs_job AS j
@@ -58,11 +58,11 @@ asked AS (
                             ELSE j.cancelled_by END
     FROM target AS t
     WHERE j.id = t.id AND t.state = 'RUNNING'
-    RETURNING j.id, pg_notify('{CANCEL_CHANNEL}', j.id::text)
+    RETURNING j.id, j.workflow_id, pg_notify('{CANCEL_CHANNEL}', j.id::text)
 ){{descendants}}
-SELECT stopped.id, 'CANCELLED' FROM stopped
+SELECT stopped.id, 'CANCELLED', stopped.workflow_id FROM stopped
 UNION ALL
-SELECT asked.id, 'RUNNING' FROM asked
+SELECT asked.id, 'RUNNING', asked.workflow_id FROM asked
 """
 CANCEL_JOBS = _CANCEL.format(
     selector="j.id = ANY(%(ids)s::bigint[])",
@@ -146,16 +146,21 @@ def cancel_jobs(cursor: Cursor, ids: Iterable[int], *, by: str = "") -> dict[int
 
     CANCELLED: it had not started (the workflow steps after it are cancelled too).
     RUNNING: it was asked to stop; it ends CANCELLED when its worker stops it. Jobs not
-    in the answer were finished (or not found).
+    in the answer were finished (or not found). The workflows of the steps among them
+    record who cancelled them (after the steps: the order a failing step locks them in).
     """
     cursor.execute(CANCEL_JOBS, {"ids": list(ids), "by": by})
-    return dict(cursor.fetchall())
+    rows = cursor.fetchall()
+    workflows = sorted({row[2] for row in rows if row[2] is not None})
+    if workflows:
+        mark_cancelled(cursor, workflows, by=by)
+    return {row[0]: row[1] for row in rows}
 
 
 def cancel_steps(cursor: Cursor, workflow_ids: Iterable[int], *, by: str = "") -> dict[int, str]:
     """Cancel every unfinished step of the workflows, as :func:`cancel_jobs` does."""
     cursor.execute(CANCEL_STEPS, {"ids": list(workflow_ids), "by": by})
-    return dict(cursor.fetchall())
+    return {row[0]: row[1] for row in cursor.fetchall()}
 
 
 def run_jobs_now(cursor: Cursor, ids: Iterable[int]) -> list[int]:
