@@ -34,12 +34,13 @@ SCENARIOS: list[tuple[str, str]] = [
     ("S4", "idle latency: LISTEN, open loop, polling"),
     ("S5", "drain with millions of history rows"),
     ("S6", "held REPEATABLE READ transaction under load"),
+    ("W1", "chord of 10,000 members: enqueue and completion"),
     ("RSS", "worker memory over a long drain"),
 ]
 
 
 def _runner(key: str) -> Callable[[Any], dict[str, Any]]:
-    from bench import drain, enqueue, held, latency, references
+    from bench import drain, enqueue, held, latency, references, workflow
 
     return {
         "R1": references.run_r1,
@@ -51,6 +52,7 @@ def _runner(key: str) -> Callable[[Any], dict[str, Any]]:
         "S4": latency.run_s4,
         "S5": drain.run_s5,
         "S6": held.run_s6,
+        "W1": workflow.run_w1,
         "RSS": drain.run_rss,
     }[key]
 

@@ -120,11 +120,26 @@ CLAIM = _CLAIM.format(queue_filter="AND queue_name = ANY(%(queues)s::text[])")
 CLAIM_ANY_QUEUE = _CLAIM.format(queue_filter="")
 
 # Fenced success: only the attempt that claimed the job may finish it. A row that was
-# rescued (and maybe re-claimed) since then no longer matches and is left alone. The
-# same statement counts the job off its dependents and makes those whose last parent
-# it was READY (workflows.UNBLOCK): a step is never left BLOCKED by a worker that died
-# between two statements. The one-time filter runs the notification CTE.
-COMPLETE_MANY = f"""
+# rescued (and maybe re-claimed) since then no longer matches and is left alone. Only
+# jobs with no dependents: a workflow step is finished by COMPLETE_STEPS, with the
+# dependents it unblocks (see complete()). The extra test costs nothing: it reads the
+# row being updated.
+COMPLETE_MANY = """
+UPDATE django_jobs_job AS j
+SET state = 'SUCCESSFUL', finished_at = now(), return_value = o.return_value
+FROM unnest(%(job_id)s::bigint[], %(attempt)s::int[], %(return_json)s::jsonb[])
+     AS o(id, attempt, return_value)
+WHERE j.id = o.id AND j.state = 'RUNNING' AND j.attempts = o.attempt
+  AND j.dependents IS NULL
+RETURNING j.id, j.finished_at
+"""
+
+# Fenced success of workflow steps: the same statement counts each step off its
+# dependents and makes those whose last parent it was READY (workflows.UNBLOCK), so
+# no step is left BLOCKED by a worker that died between two statements. Kept apart
+# from COMPLETE_MANY because its extra nodes cost every statement a little, even
+# empty. The one-time filter runs the notification CTE.
+COMPLETE_STEPS = f"""
 WITH done AS (
     UPDATE django_jobs_job AS j
     SET state = 'SUCCESSFUL', finished_at = now(), return_value = o.return_value
@@ -422,8 +437,19 @@ def claim(
 
 
 def complete(cursor: Cursor, successes: Iterable[Success]) -> dict[int, datetime]:
-    """Record successes; return finished_at per job id actually recorded (fenced)."""
-    return dict(execute_many(cursor, COMPLETE_MANY, list(successes)))
+    """Record successes; return finished_at per job id actually recorded (fenced).
+
+    One statement for a batch of jobs in no workflow. What it leaves (workflow steps,
+    and attempts the fence refuses) goes through COMPLETE_STEPS, which finishes each
+    step and unblocks its dependents at once. Nothing depends on the caller knowing
+    which jobs are steps.
+    """
+    batch = list(successes)
+    done = dict(execute_many(cursor, COMPLETE_MANY, batch))
+    rest = [success for success in batch if success.job_id not in done]
+    if rest:
+        done.update(execute_many(cursor, COMPLETE_STEPS, rest))
+    return done
 
 
 def fail(cursor: Cursor, failures: Iterable[Failure]) -> dict[int, tuple[str, datetime | None]]:

@@ -3,7 +3,7 @@
 A step is a job with edges on both ends (``parents``, ``dependents``: ``bigint[]``) and a
 counter of parents not finished yet (``pending_parents``). A step with parents waits
 ``BLOCKED``; the statement that finishes its last parent makes it ``READY`` and sends the
-NOTIFY, in the same transaction (``UNBLOCK``, part of ``jobs.COMPLETE_MANY``). A step
+NOTIFY, in the same transaction (``UNBLOCK``, part of ``jobs.COMPLETE_STEPS``). A step
 that ends ``FAILED`` or ``CANCELLED`` cancels the steps after it (``CANCEL_DESCENDANTS``,
 part of every statement that can end one), and the first final failure of a workflow
 enqueues its ``on_error`` task, once (part of ``jobs.FAIL_MANY``).

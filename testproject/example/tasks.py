@@ -301,3 +301,9 @@ def slow_square(number: int, milliseconds: int = 20) -> int:
     """A chord member that takes a little time and may safely run twice (after a rescue)."""
     time.sleep(milliseconds / 1000)
     return number * number
+
+
+@task
+def count_results(values: list) -> int:
+    """The benchmark chord's callback: how many results it received."""
+    return len(values)

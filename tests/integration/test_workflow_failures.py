@@ -291,3 +291,21 @@ def test_steps_that_others_still_need_are_neither_deleted_nor_pruned(conn):
     with connection.cursor() as cur:
         assert operator.prune(cur, older_than=3600) == 1  # not needed any more
     wait_for(lambda: row(second).state == "SUCCESSFUL", 5, "the second step")
+
+
+def test_the_demo_workflows_run_as_the_docs_say():
+    from testproject.example import workflows
+
+    ids = workflows.enqueue_all()
+    assert cancel(ids["long job"], by="the test").outcome == Cancellation.CANCELLED
+    report, arithmetic, failing = (
+        get_workflow(ids[name])
+        for name in ("report workflow", "arithmetic workflow", "failing workflow")
+    )
+    drain(failing)
+    for result in (report, arithmetic, failing):
+        result.refresh()
+    assert report.return_value == {"pages": 20, "words": sum(100 + n % 17 for n in range(1, 21))}
+    assert arithmetic.return_value == 80
+    assert failing.status == "FAILED"
+    assert Execution.objects.filter(key__startswith="on_error:").count() == 1
