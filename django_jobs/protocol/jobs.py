@@ -19,7 +19,7 @@ from operator import attrgetter, itemgetter
 from typing import Any
 
 from . import NOTIFY_CHANNEL, Cursor, execute_many
-from .workflows import CANCEL_DESCENDANTS, ON_FIRST_FAILURE, UNBLOCK
+from .steps import ON_FIRST_FAILURE, UNBLOCK, cancel_after
 
 #: Columns a worker needs to run a job and to build its TaskResult, in this order.
 JOB_COLUMNS = (
@@ -152,13 +152,6 @@ WITH done AS (
 SELECT done.id, done.finished_at FROM done WHERE (SELECT count(*) FROM woken) >= 0
 """
 
-# A job whose attempt ends FAILED or CANCELLED (in CTE `{name}`) cancels the workflow
-# steps after it; `ended` picks those that have any.
-_ENDED = """
-ended AS (
-    SELECT id, state, task_path, dependents FROM {name}
-    WHERE dependents IS NOT NULL AND state IN ('FAILED', 'CANCELLED')
-),"""
 
 # Fenced failure. `retry_in` (seconds) NULL means the attempt was the last one: FAILED.
 # Otherwise the job goes back to READY, due after the backoff. The decision is the
@@ -182,8 +175,7 @@ WITH RECURSIVE failed AS (
     WHERE j.id = o.id AND j.state = 'RUNNING' AND j.attempts = o.attempt
     RETURNING j.id, j.state, j.finished_at, j.workflow_id, j.dependents, j.task_path, o.error
 ),
-{_ENDED.format(name="failed")}
-{CANCEL_DESCENDANTS},
+{cancel_after("failed")},
 {ON_FIRST_FAILURE}
 SELECT failed.id, failed.state, failed.finished_at FROM failed
 WHERE (SELECT count(*) FROM handler_woken) >= 0
@@ -202,8 +194,7 @@ WITH RECURSIVE stopped AS (
     WHERE j.id = o.id AND j.state = 'RUNNING' AND j.attempts = o.attempt
     RETURNING j.id, j.state, j.finished_at, j.dependents, j.task_path
 ),
-{_ENDED.format(name="stopped")}
-{CANCEL_DESCENDANTS}
+{cancel_after("stopped")}
 SELECT stopped.id, stopped.finished_at FROM stopped
 """
 
@@ -222,8 +213,7 @@ WITH RECURSIVE snoozed AS (
     WHERE j.id = o.id AND j.state = 'RUNNING' AND j.attempts = o.attempt
     RETURNING j.id, j.state, j.dependents, j.task_path
 ),
-{_ENDED.format(name="snoozed")}
-{CANCEL_DESCENDANTS}
+{cancel_after("snoozed")}
 SELECT snoozed.id, snoozed.state FROM snoozed
 """
 
@@ -248,8 +238,7 @@ WITH RECURSIVE released AS (
     WHERE j.id = o.id AND j.state = 'RUNNING' AND j.attempts = o.attempt
     RETURNING j.id, j.state, j.dependents, j.task_path
 ),
-{_ENDED.format(name="released")}
-{CANCEL_DESCENDANTS}
+{cancel_after("released")}
 SELECT released.id, released.state FROM released
 """
 
@@ -263,8 +252,7 @@ WITH RECURSIVE released AS (
       AND NOT (j.id = ANY(%(held)s::bigint[]))
     RETURNING j.id, j.state, j.dependents, j.task_path
 ),
-{_ENDED.format(name="released")}
-{CANCEL_DESCENDANTS}
+{cancel_after("released")}
 SELECT released.id FROM released
 """
 

@@ -13,7 +13,8 @@ from collections.abc import Iterable, Sequence
 from ..policy import OPERATOR_RETRY_ATTEMPTS
 from ..states import FINISHED, FINISHED_SQL
 from . import NOTIFY_CHANNEL, Cursor
-from .workflows import CANCEL_CHANNEL, cancel_descendants, mark_cancelled
+from .steps import CANCEL_CHANNEL, cancel_after
+from .workflows import mark_cancelled
 
 # Re-queue finished-but-unsuccessful jobs, due now. They are allowed `grant` attempts
 # beyond those used (policy.OPERATOR_RETRY_ATTEMPTS), so a job that exhausted
@@ -66,9 +67,7 @@ SELECT asked.id, 'RUNNING', asked.workflow_id FROM asked
 """
 CANCEL_JOBS = _CANCEL.format(
     selector="j.id = ANY(%(ids)s::bigint[])",
-    descendants=",\nended AS (SELECT id, state, task_path, dependents FROM stopped\n"
-    "           WHERE dependents IS NOT NULL),"
-    + cancel_descendants("c.id = ANY(%(ids)s::bigint[])"),
+    descendants="," + cancel_after("stopped", skip="c.id = ANY(%(ids)s::bigint[])"),
 )
 # Every step of the workflows: none is left for a step before it to cancel.
 CANCEL_STEPS = _CANCEL.format(selector="j.workflow_id = ANY(%(ids)s::bigint[])", descendants="")

@@ -12,7 +12,7 @@ import threading
 from collections.abc import Callable, Collection
 
 from ..protocol import NOTIFY_CHANNEL
-from ..protocol.workflows import CANCEL_CHANNEL
+from ..protocol.steps import CANCEL_CHANNEL
 from . import dbconn
 
 logger = logging.getLogger(__name__)

@@ -121,27 +121,27 @@ def _on_error(on_error: Any) -> "Signature | None":
 
 
 @dataclass(frozen=True, eq=False, init=False)
-class Chain(Canvas):
+class _Members(Canvas):
+    members: tuple[Canvas, ...]
+    on_error: Signature | None = None
+    #: What the constructor is called, for error messages.
+    word = ""
+
+    def __init__(self, members: Iterable[Canvas], on_error: Signature | None = None) -> None:
+        object.__setattr__(self, "members", _members(self.word, tuple(members)))
+        object.__setattr__(self, "on_error", _on_error(on_error))
+
+
+class Chain(_Members):
     """Steps one after another; each receives the return value of the one before."""
 
-    members: tuple[Canvas, ...]
-    on_error: Signature | None = None
-
-    def __init__(self, members: Iterable[Canvas], on_error: Signature | None = None) -> None:
-        object.__setattr__(self, "members", _members("chain", tuple(members)))
-        object.__setattr__(self, "on_error", _on_error(on_error))
+    word = "chain"
 
 
-@dataclass(frozen=True, eq=False, init=False)
-class Group(Canvas):
+class Group(_Members):
     """Steps side by side; what follows receives the list of their return values."""
 
-    members: tuple[Canvas, ...]
-    on_error: Signature | None = None
-
-    def __init__(self, members: Iterable[Canvas], on_error: Signature | None = None) -> None:
-        object.__setattr__(self, "members", _members("group", tuple(members)))
-        object.__setattr__(self, "on_error", _on_error(on_error))
+    word = "group"
 
 
 @dataclass(frozen=True, eq=False, init=False)

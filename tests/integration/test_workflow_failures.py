@@ -5,7 +5,6 @@ interleaving of transactions matters, and through an in-process worker otherwise
 """
 
 import json
-import threading
 import time
 
 import pytest
@@ -15,21 +14,13 @@ from django_jobs import cancel, chain, chord, get_workflow, group, job_info
 from django_jobs.control import Cancellation
 from django_jobs.models import Job
 from django_jobs.protocol import jobs as protocol
-from django_jobs.protocol import operator
-from django_jobs.worker import dbconn
+from django_jobs.protocol import operator, workflows
 from testproject.example import tasks
 from testproject.example.models import Execution
 
-from ..conftest import run_worker, wait_for
+from ..conftest import run_worker, wait_for, waits_for_commit
 
 pytestmark = pytest.mark.django_db(transaction=True)
-
-
-@pytest.fixture
-def conn():
-    c = dbconn.connect("default", purpose="test")
-    yield c
-    c.close()
 
 
 def claim_all(conn, worker_id: str = "w") -> dict[int, protocol.ClaimedJob]:
@@ -99,26 +90,13 @@ def test_steps_failing_together_or_concurrently_run_on_error_once(conn):
     # Two failures in one statement.
     with conn.cursor() as cur:
         protocol.fail(cur, [failure(first), failure(second)])
+
     # Two more in two transactions at once: the second waits for the first's locks.
-    other = dbconn.connect("default", purpose="test-other")
-    try:
-        with other.transaction():
-            with other.cursor() as cur:
-                protocol.fail(cur, [failure(third)])
-            done = threading.Event()
+    def fail_fourth() -> None:
+        with conn.cursor() as cur:
+            protocol.fail(cur, [failure(fourth)])
 
-            def fail_fourth():
-                with conn.cursor() as cur:
-                    protocol.fail(cur, [failure(fourth)])
-                done.set()
-
-            waiter = threading.Thread(target=fail_fourth)
-            waiter.start()
-            time.sleep(0.3)
-        waiter.join(10)
-        assert done.is_set()
-    finally:
-        other.close()
+    waits_for_commit(lambda cur: protocol.fail(cur, [failure(third)]), fail_fourth)
     handlers = Job.objects.filter(task_path="testproject.example.tasks.report_failure")
     assert handlers.count() == 1
     assert get_workflow(result.id).failed_step_id == str(first.id)
@@ -130,26 +108,17 @@ def test_the_last_of_concurrent_finishers_unblocks_the_callback_once(conn):
     members = claim_all(conn)
     a, b = (members[int(r.id)] for r in result.results[:2])
     callback_id = int(result.results[-1].id)
-    other = dbconn.connect("default", purpose="test-other")
-    try:
-        with other.transaction():
-            with other.cursor() as cur:
-                protocol.complete(cur, [protocol.Success(a.id, a.attempts, "0")])
-            # Not committed yet: the callback's row is locked, and still counts 2.
-            finished = threading.Event()
 
-            def complete_b():
-                with conn.cursor() as cur:
-                    protocol.complete(cur, [protocol.Success(b.id, b.attempts, "2")])
-                finished.set()
+    def complete_b() -> None:
+        with conn.cursor() as cur:
+            protocol.complete(cur, [protocol.Success(b.id, b.attempts, "2")])
 
-            waiter = threading.Thread(target=complete_b)
-            waiter.start()
-            time.sleep(0.3)
-            assert not finished.is_set()  # waits for the first finisher's transaction
-        waiter.join(10)
-    finally:
-        other.close()
+    # b's completion waits for a's transaction (which holds the callback's row), then
+    # reads the callback as a left it.
+    waits_for_commit(
+        lambda cur: protocol.complete(cur, [protocol.Success(a.id, a.attempts, "0")]),
+        complete_b,
+    )
     callback = row(callback_id)
     assert (callback.state, callback.pending_parents) == ("READY", 0)
 
@@ -163,27 +132,13 @@ def test_a_retry_racing_a_parents_completion_counts_it_once(conn):
     with conn.cursor() as cur:
         protocol.fail(cur, [failure(b)])
     assert row(result.results[-1]).state == "CANCELLED"
-    other = dbconn.connect("default", purpose="test-other")
-    try:
-        with other.transaction():
-            with other.cursor() as cur:  # the retry locks every step first
-                from django_jobs.protocol import workflows
 
-                workflows.retry_steps(cur, [int(result.id)], grant=1)
-            finished = threading.Event()
+    def complete_a() -> None:
+        with conn.cursor() as cur:
+            protocol.complete(cur, [protocol.Success(a.id, a.attempts, "2")])
 
-            def complete_a():
-                with conn.cursor() as cur:
-                    protocol.complete(cur, [protocol.Success(a.id, a.attempts, "2")])
-                finished.set()
-
-            waiter = threading.Thread(target=complete_a)
-            waiter.start()
-            time.sleep(0.3)
-            assert not finished.is_set()
-        waiter.join(10)
-    finally:
-        other.close()
+    # The retry locks every step first: a's completion waits, then finds c BLOCKED again.
+    waits_for_commit(lambda cur: workflows.retry_steps(cur, [int(result.id)], grant=1), complete_a)
     callback = row(result.results[-1])
     assert (callback.state, callback.pending_parents) == ("BLOCKED", 1)  # waits for b only
     assert row(b.id).state == "READY"
