@@ -177,8 +177,17 @@ _FIRST = {
 }
 
 
-def _check(signature: Signature, where: str, backend: JobsBackend, receives: str) -> _Checked:
-    """The step as it will be written; raise naming ``where`` if it could not run."""
+def _check(
+    signature: Signature,
+    where: str,
+    backend: JobsBackend,
+    receives: str,
+    validated: set[int] | None = None,
+) -> _Checked:
+    """The step as it will be written; raise naming ``where`` if it could not run.
+
+    ``validated`` holds the ids of tasks checked already: a group usually repeats one.
+    """
     task = signature.task
     label = f"{where} ({task.module_path})"
     if task.backend != backend.alias:
@@ -187,10 +196,13 @@ def _check(signature: Signature, where: str, backend: JobsBackend, receives: str
             "steps of a workflow share one backend (its jobs wait on each other in one "
             "database). Use .using(backend=...) on the task, or split the workflow."
         )
-    try:
-        backend.validate_task(task)
-    except InvalidTask as exc:
-        raise InvalidTask(f"{label}: {exc}") from None
+    if validated is None or id(task) not in validated:
+        try:
+            backend.validate_task(task)
+        except InvalidTask as exc:
+            raise InvalidTask(f"{label}: {exc}") from None
+        if validated is not None:
+            validated.add(id(task))
     try:
         args_json, kwargs_json = encode_arguments(task, signature.args, signature.kwargs)
     except TypeError as exc:
@@ -235,7 +247,11 @@ def enqueue(canvas: Canvas) -> WorkflowResult:
     """Check and write the workflow ``canvas`` in the caller's transaction."""
     built = plan(canvas)
     backend = _backend_of(built)
-    checked = [_check(step.signature, step.where, backend, step.receives) for step in built.steps]
+    validated: set[int] = set()  # the signatures keep their tasks alive meanwhile
+    checked = [
+        _check(step.signature, step.where, backend, step.receives, validated)
+        for step in built.steps
+    ]
     on_error = _on_error_json(built.on_error, backend)
     with connections[backend.database].cursor() as cursor:
         workflow_id, ids = protocol.reserve_ids(cursor, len(built.steps))

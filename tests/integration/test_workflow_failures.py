@@ -6,15 +6,19 @@ interleaving of transactions matters, and through an in-process worker otherwise
 
 import json
 import time
+from datetime import timedelta
 
 import pytest
 from django.db import connection
+from django.utils import timezone
 
 from django_jobs import cancel, chain, chord, get_workflow, group, job_info
+from django_jobs.conf import DEFAULT_RETENTION
 from django_jobs.control import Cancellation
-from django_jobs.models import Job
+from django_jobs.models import Job, Workflow
 from django_jobs.protocol import jobs as protocol
 from django_jobs.protocol import operator, workflows
+from django_jobs.services.pruner import Pruner
 from testproject.example import tasks
 from testproject.example.models import Execution
 
@@ -264,3 +268,13 @@ def test_the_demo_workflows_run_as_the_docs_say():
     assert arithmetic.return_value == 80
     assert failing.status == "FAILED"
     assert Execution.objects.filter(key__startswith="on_error:").count() == 1
+
+
+def test_maintenance_deletes_old_workflows_whose_steps_are_all_gone():
+    old = timezone.now() - timedelta(days=40)
+    emptied, alive = (chain(tasks.add.s(1, 1), tasks.add.s(1)).enqueue() for _ in range(2))
+    Job.objects.filter(workflow_id=int(emptied.id)).delete()
+    Workflow.objects.update(created_at=old)
+    with connection.cursor() as cur:
+        Pruner(retention=dict(DEFAULT_RETENTION)).run_once(cur)
+    assert list(Workflow.objects.values_list("pk", flat=True)) == [int(alive.id)]
