@@ -1,7 +1,7 @@
 """The benchmark suite's entry point: ``scripts/bench`` (full) or ``scripts/bench --quick``.
 
 Runs the references (R1 pgbench, R2 psycopg loop, R4 LISTEN/NOTIFY) and the scenarios
-(S1-S6, RSS) against the database in DATABASE_URL, prints a table per scenario and a
+(S1-S6, W1, RSS) against the database in DATABASE_URL, prints a table per scenario and a
 summary of the targets, and writes everything to ``bench/results/<timestamp>.json``
 and ``bench/results/latest.json`` (plus ``summary.svg``).
 

@@ -5,6 +5,7 @@ do with them (kills, cancels, progress) is in tests/process/test_workflows.py.
 """
 
 import asyncio
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from asgiref.sync import sync_to_async
@@ -227,7 +228,9 @@ def test_get_workflow_reads_it_back_and_says_when_there_is_none():
 
 
 def in_async(coroutine_function):
-    """Run it as async code would, then close the connection its sync calls opened."""
+    """Run it as async code would (in a thread of its own, with its own event loop, since
+    another test may have left one running in this thread), then close the connection
+    its sync calls opened."""
 
     async def run():
         try:
@@ -235,7 +238,8 @@ def in_async(coroutine_function):
         finally:
             await sync_to_async(connections.close_all, thread_sensitive=True)()
 
-    return asyncio.run(run())
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        return pool.submit(asyncio.run, run()).result(timeout=60)
 
 
 def test_aenqueue_writes_the_workflow_too():
