@@ -209,9 +209,10 @@ def _run_atomic(
                         )
                     ],
                 )
-            recorded = protocol.complete(
-                cursor, [protocol.Success(job.id, job.attempts, return_json)]
+            success = protocol.Success(
+                job.id, job.attempts, return_json, job.dependents is not None
             )
+            recorded = protocol.complete(cursor, [success])
         if job.id not in recorded:
             logger.warning(
                 "Job %s attempt %d was taken over by a newer attempt; its work was rolled back",

@@ -105,7 +105,7 @@ def record(cur: psycopg.Cursor, outcomes: list[Outcome]) -> Recorded:
     done = protocol.complete(
         cur,
         [
-            protocol.Success(o.job.id, o.job.attempts, o.return_json)
+            protocol.Success(o.job.id, o.job.attempts, o.return_json, o.job.dependents is not None)
             for o in by_kind.get(OutcomeKind.SUCCEEDED, ())
         ],
     )
