@@ -155,7 +155,9 @@ class WorkflowAdmin(ReadOnlyAdmin):
             return state_badge(JobState.CANCELLED)
         if getattr(workflow, "has_open_steps", False):
             return format_html('<span class="jobs-badge jobs-badge-running">In progress</span>')
-        return state_badge(JobState.SUCCESSFUL)
+        # Successful, or a running step ended cancelled: only counting its steps would
+        # tell, and its page does that.
+        return format_html('<span class="jobs-badge jobs-badge-successful">Finished</span>')
 
     def get_urls(self) -> list[Any]:
         wrap = self.admin_site.admin_view

@@ -145,12 +145,13 @@ def cancel_jobs(cursor: Cursor, ids: Iterable[int], *, by: str = "") -> dict[int
 
     CANCELLED: it had not started (the workflow steps after it are cancelled too).
     RUNNING: it was asked to stop; it ends CANCELLED when its worker stops it. Jobs not
-    in the answer were finished (or not found). The workflows of the steps among them
+    in the answer were finished (or not found). The workflows of the steps cancelled here
     record who cancelled them (after the steps: the order a failing step locks them in).
     """
     cursor.execute(CANCEL_JOBS, {"ids": list(ids), "by": by})
     rows = cursor.fetchall()
-    workflows = sorted({row[2] for row in rows if row[2] is not None})
+    # Only steps ended here: a running step asked to stop may still finish successfully.
+    workflows = sorted({row[2] for row in rows if row[2] is not None and row[1] == "CANCELLED"})
     if workflows:
         mark_cancelled(cursor, workflows, by=by)
     return {row[0]: row[1] for row in rows}

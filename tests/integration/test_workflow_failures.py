@@ -278,3 +278,15 @@ def test_maintenance_deletes_old_workflows_whose_steps_are_all_gone():
     with connection.cursor() as cur:
         Pruner(retention=dict(DEFAULT_RETENTION)).run_once(cur)
     assert list(Workflow.objects.values_list("pk", flat=True)) == [int(alive.id)]
+
+
+def test_a_step_that_finishes_before_its_cancel_arrives_leaves_the_workflow_going(conn):
+    result = chain(tasks.add.s(1, 1), tasks.add.s(1)).enqueue()
+    (first,) = claim_all(conn).values()
+    assert cancel(str(first.id), by="late").outcome == Cancellation.STOPPING
+    assert get_workflow(result.id).cancelled_by == ""  # only asked, nothing ended yet
+    with conn.cursor() as cur:  # it returned before the worker could tell it
+        protocol.complete(cur, [protocol.Success(first.id, first.attempts, "2", True)])
+    run_worker()
+    result.refresh()
+    assert (result.status, result.return_value) == ("SUCCESSFUL", 3)
