@@ -44,6 +44,8 @@ class Sizes:
     s6_after: float = 5.0
     #: Then the worker may finish the rest for at most this long before it is stopped.
     s6_drain_out: float = 30.0
+    #: Members of W1's chord (the issue's figure; cheap enough for the quick run too).
+    w1_members: int = 10_000
     rss_checkpoint: int = 10_000
     rss_jobs: int = 1_000_000
     #: The RSS drain is cut to what S1's rate drains in this many seconds, so a slow

@@ -57,7 +57,7 @@ def fetchone(statement: str, params: Any = None) -> tuple:
 
 def reset_jobs() -> None:
     """Empty the job table (TRUNCATE: no dead rows left behind) and forget old workers."""
-    execute("TRUNCATE django_jobs_job CASCADE")
+    execute("TRUNCATE django_jobs_job, django_jobs_workflow CASCADE")
     execute("DELETE FROM django_jobs_worker")
     execute("DELETE FROM django_jobs_lease")
 

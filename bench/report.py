@@ -98,6 +98,9 @@ def evaluate_targets(results: dict[str, Any]) -> list[Target]:
     s5 = _get(results, "S5", "ratio_to_s1")
     s6 = _get(results, "S6", "no_backlog_growth")
     rss = _get(results, "RSS", "growth_pct")
+    w1_enqueue = _get(results, "W1", "enqueue_s")
+    w1_share = _ratio(_get(results, "W1", "members_per_s_draining"), s1)
+    w1_wait = _get(results, "W1", "callback_wait_ms")
 
     def pct(x: float | None) -> str:
         return "n/a" if x is None else f"{x:.0%}"
@@ -175,6 +178,24 @@ def evaluate_targets(results: dict[str, Any]) -> list[Target]:
         ),
         Target("S5 with history vs S1", "within 10%", pct(s5), judge(s5, lambda v: v >= 0.9)),
         Target("S6 held transaction", "no backlog growth", s6_text, judge(s6, bool)),
+        Target(
+            "W1 enqueue of a 10,000-member chord",
+            "< 1 s, one transaction",
+            "n/a" if w1_enqueue is None else f"{w1_enqueue:.2f} s",
+            judge(w1_enqueue, lambda v: v < 1.0),
+        ),
+        Target(
+            "W1 members' drain vs S1",
+            "within 20%",
+            pct(w1_share),
+            judge(w1_share, lambda v: v >= 0.8),
+        ),
+        Target(
+            "W1 last member -> callback start",
+            "< 50 ms",
+            ms(w1_wait),
+            judge(w1_wait, lambda v: v < 50),
+        ),
         Target(
             "RSS after N vs after 10,000",
             "flat within 10%",

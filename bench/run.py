@@ -1,8 +1,8 @@
 """The benchmark suite's entry point: ``scripts/bench`` (full) or ``scripts/bench --quick``.
 
 Runs the references (R1 pgbench, R2 psycopg loop, R3 lean queue, R4 LISTEN/NOTIFY) and
-the scenarios (S1-S7, RSS) against the database in DATABASE_URL, prints a table per scenario and a
-summary of the targets, and writes everything to ``bench/results/<timestamp>.json``
+the scenarios (S1-S7, W1, RSS) against the database in DATABASE_URL, prints a table per
+scenario and a summary of the targets, and writes everything to ``bench/results/<timestamp>.json``
 and ``bench/results/latest.json`` (plus ``summary.svg``).
 
 The exit status is 1 only when a correctness check fails (a job lost, run twice or
@@ -36,12 +36,13 @@ SCENARIOS: list[tuple[str, str]] = [
     ("S5", "drain with millions of history rows"),
     ("S6", "held REPEATABLE READ transaction under load"),
     ("S7", "async tasks on one child with --pool asyncio"),
+    ("W1", "chord of 10,000 members: enqueue and completion"),
     ("RSS", "worker memory over a long drain"),
 ]
 
 
 def _runner(key: str) -> Callable[[Any], dict[str, Any]]:
-    from bench import asyncpool, drain, enqueue, held, latency, references
+    from bench import asyncpool, drain, enqueue, held, latency, references, workflow
 
     return {
         "R1": references.run_r1,
@@ -55,6 +56,7 @@ def _runner(key: str) -> Callable[[Any], dict[str, Any]]:
         "S5": drain.run_s5,
         "S6": held.run_s6,
         "S7": asyncpool.run_s7,
+        "W1": workflow.run_w1,
         "RSS": drain.run_rss,
     }[key]
 

@@ -10,7 +10,8 @@ import inspect
 import json
 import re
 import traceback
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from functools import lru_cache
 from typing import Any
 
 from .compat import Task, normalize_json
@@ -146,13 +147,31 @@ def call_problem(task: Task, args: Any, kwargs: Any) -> str | None:
         encode_arguments(task, args, kwargs)
     except TypeError as exc:
         return str(exc)
+    return binding_problem(task, args, kwargs)
+
+
+@lru_cache(maxsize=1024)
+def _signature(func: Callable[..., Any]) -> inspect.Signature | None:
     try:
-        signature = inspect.signature(task.func)
+        return inspect.signature(func)
     except (TypeError, ValueError):
         return None  # No signature to check against (a builtin, say): let it run.
-    leading = (None,) if task.takes_context else ()
+
+
+def binding_problem(
+    task: Task, args: Sequence[Any], kwargs: Mapping[str, Any], *, leading: int = 0
+) -> str | None:
+    """Return why ``args``/``kwargs`` do not bind to the task's function, or None.
+
+    ``leading`` values are passed in front of them (a workflow step's inputs), after
+    the context when the task takes one.
+    """
+    signature = _signature(task.func)
+    if signature is None:
+        return None
+    placeholders = (None,) * ((1 if task.takes_context else 0) + leading)
     try:
-        signature.bind(*leading, *args, **kwargs)
+        signature.bind(*placeholders, *args, **kwargs)
     except TypeError as exc:
         return f"The arguments do not fit {task.module_path}{signature}: {exc}."
     return None

@@ -60,3 +60,18 @@ class WorkerLost(Exception):
 
 class WorkerProcessDied(Exception):
     """Recorded for a job whose child process died while running it."""
+
+
+class InvalidWorkflow(ValueError):
+    """A workflow that cannot be enqueued as given: empty, circular, or too big.
+
+    Raised by ``enqueue()`` before anything is written; the message names the step.
+    """
+
+
+class JobCancelled(Exception):
+    """Recorded for an attempt stopped because someone cancelled the job."""
+
+
+class ParentResultMissing(LookupError):
+    """A workflow step could not read the result of a step before it (deleted, say)."""

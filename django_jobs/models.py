@@ -13,7 +13,7 @@ from django.db import models
 from django.db.models.functions import Now
 
 from .conf import DELIVERY_TASK
-from .states import FINISHED, JobState
+from .states import FINISHED, JobState, Receives
 
 #: The largest id a job can have (the column is a bigint); a larger "id" names no job.
 MAX_JOB_ID = 2**63 - 1
@@ -43,6 +43,65 @@ class BrinIndex(models.Index):
         statement = super().create_sql(model, schema_editor, using=" USING brin", **kwargs)
         statement.parts["extra"] = f" WITH ({self.WITH}){statement.parts['extra']}"
         return statement
+
+
+class BigIntArrayField(models.Field):
+    """A ``bigint[]`` column, read and written as a list of ints.
+
+    Spelled here rather than Django's ArrayField, which needs django.contrib.postgres in
+    INSTALLED_APPS (check postgres.E005) for columns that only our own SQL queries.
+    """
+
+    description = "Array of big integers"
+
+    def db_type(self, connection: Any) -> str:
+        return "bigint[]"
+
+    def get_prep_value(self, value: Any) -> Any:
+        return None if value is None else [int(v) for v in value]
+
+    def to_python(self, value: Any) -> Any:
+        return None if value is None else list(value)
+
+
+class Workflow(models.Model):
+    """A chain, group or chord enqueued at once: what its steps share.
+
+    The steps are jobs (``Job.workflow``); their edges, waiting counters and results
+    live on their own rows, so finishing a step never writes this row. It is written
+    when the workflow is enqueued, the first time a step fails for good (once, which is
+    what makes ``on_error`` run once), when it is cancelled, and when its failed steps
+    are retried. Its status is read from its steps (``workflows.results``).
+    """
+
+    id = models.BigAutoField(primary_key=True)
+    backend = models.CharField(max_length=255, default="default")
+    description = models.CharField(max_length=255, blank=True, default="")
+    created_at = models.DateTimeField(db_default=Now())
+    step_count = models.PositiveIntegerField(default=0)
+    #: The steps whose return values are the workflow's: the last step's, or a group's.
+    outputs = BigIntArrayField(default=list)
+    returns_list = models.BooleanField(default=False)
+    #: The task to run when a step fails for good: task_path, queue_name, priority,
+    #: max_attempts, args, kwargs, immutable (see protocol/workflows.py).
+    on_error = models.JSONField(null=True, blank=True)
+    #: Set by the statement that records the first final failure, in the same statement
+    #: that enqueues ``on_error`` as this job (with a pre-drawn id).
+    failed_step_id = models.BigIntegerField(null=True, blank=True)
+    on_error_job_id = models.BigIntegerField(null=True, blank=True)
+    cancelled_by = models.CharField(max_length=255, blank=True, default="")
+
+    class Meta:
+        ordering = ["-id"]
+        # Seeing, cancelling and retrying workflows is governed by the job permissions.
+        default_permissions = ()
+        indexes = [
+            # The pruner's walk over old workflows, oldest first.
+            models.Index(fields=["created_at"], name="django_jobs_workflow_created"),
+        ]
+
+    def __str__(self) -> str:
+        return f"workflow #{self.pk} {self.description}".rstrip()
 
 
 class Job(models.Model):
@@ -93,6 +152,37 @@ class Job(models.Model):
     # enqueued by the statement that records the outcome: protocol/webhooks.py). NULL,
     # not "", for none: the statements test it per row, and most rows have none.
     callback_url = models.URLField(max_length=2000, null=True, blank=True)  # noqa: DJ001
+
+    # ── workflow steps (all empty for a job in no workflow) ──────────────────────
+    # Edges are kept on both ends, as arrays, so the statement that finishes a job
+    # reaches its dependents without a join (``unnest(dependents)`` of the row it just
+    # updated: nothing at all for a job in no workflow), and a step reads its parents'
+    # results in order. Ids are drawn before the insert, so both ends are written at once.
+    workflow = models.ForeignKey(
+        Workflow,
+        null=True,
+        blank=True,
+        on_delete=models.DO_NOTHING,
+        related_name="steps",
+        db_index=False,
+    )
+    parents = BigIntArrayField(null=True, blank=True)
+    dependents = BigIntArrayField(null=True, blank=True)
+    # Parents not finished yet. A BLOCKED step becomes READY in the statement that
+    # brings this to 0; the row lock makes concurrent finishers count one after another.
+    pending_parents = models.PositiveIntegerField(default=0, db_default=0)
+    receives = models.CharField(
+        max_length=5, choices=Receives.choices, blank=True, default="", db_default=""
+    )
+
+    # ── running jobs: progress and cancellation ──────────────────────────────────
+    # {"done", "total", "message", "attempt", "updated_at"}, written by the worker at
+    # most once a second per job.
+    progress = models.JSONField(null=True, blank=True)
+    # A cancel asked for while the job ran: the worker stops it, and no statement puts
+    # it back to READY (it ends CANCELLED).
+    cancel_requested_at = models.DateTimeField(null=True, blank=True)
+    cancelled_by = models.CharField(max_length=255, blank=True, default="", db_default="")
 
     class Meta:
         ordering = ["-id"]
@@ -145,6 +235,22 @@ class Job(models.Model):
             # all when nothing was enqueued, where the primary key would be walked to
             # its end.
             BrinIndex(fields=["enqueued_at"], name="django_jobs_job_enqueued"),
+            # A workflow's steps (its page, its status, cancelling or retrying it).
+            # Partial: jobs in no workflow never enter it, so they pay nothing for it.
+            models.Index(
+                fields=["workflow", "id"],
+                name="django_jobs_job_workflow",
+                condition=models.Q(workflow__isnull=False),
+            ),
+            # "Has it steps left to run?" in one probe (the admin's list of workflows).
+            # Steps enter it while unfinished only; other jobs never.
+            models.Index(
+                fields=["workflow"],
+                name="django_jobs_job_workflow_open",
+                condition=models.Q(
+                    workflow__isnull=False, state__in=["BLOCKED", "READY", "RUNNING"]
+                ),
+            ),
         ]
         constraints = [
             models.CheckConstraint(
@@ -153,6 +259,10 @@ class Job(models.Model):
             models.CheckConstraint(
                 condition=models.Q(priority__gte=-100, priority__lte=100),
                 name="django_jobs_job_priority_range",
+            ),
+            models.CheckConstraint(
+                condition=models.Q(receives__in=Receives.values),
+                name="django_jobs_job_receives_valid",
             ),
         ]
 

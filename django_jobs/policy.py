@@ -18,6 +18,9 @@ from .exceptions import Retry
 #: Longest delay stored (ten years): beyond it PostgreSQL's timestamps overflow.
 MAX_DELAY = 10 * 365 * 24 * 3600.0
 
+#: Seconds a cancelled running job has to stop by itself, for tasks that do not say.
+DEFAULT_CANCEL_GRACE = 10.0
+
 #: An operator's retry (admin, ``jobs retry``) allows this many attempts beyond the ones
 #: a job has used, so a job that exhausted ``max_attempts`` can run again.
 OPERATOR_RETRY_ATTEMPTS = 1
@@ -85,6 +88,8 @@ class Policy:
     timeout: float | None
     soft_timeout: float | None
     atomic: bool
+    #: Seconds a cancelled running job has to stop by itself before it is killed.
+    cancel_grace: float = 10.0
 
     @classmethod
     def of(cls, task: Any, options: JobsOptions) -> "Policy":
@@ -98,6 +103,7 @@ class Policy:
             timeout=getattr(task, "timeout", None) or options.TIMEOUT,
             soft_timeout=getattr(task, "soft_timeout", None) or options.SOFT_TIMEOUT,
             atomic=bool(getattr(task, "atomic", False)),
+            cancel_grace=getattr(task, "cancel_grace", None) or DEFAULT_CANCEL_GRACE,
         )
 
     @classmethod

@@ -1,5 +1,8 @@
 """The job's states, which moves between them are legal, and how they look to django.tasks.
 
+Also what a workflow step receives from its parents (``Receives``), a closed set of
+column values like the states.
+
 The table keeps the exact state; ``django.tasks`` only knows four statuses, so the
 mapping to ``TaskResultStatus`` lives here and nowhere else.
 """
@@ -15,8 +18,21 @@ class JobState(models.TextChoices):
     SUCCESSFUL = "SUCCESSFUL", "Successful"
     FAILED = "FAILED", "Failed"
     CANCELLED = "CANCELLED", "Cancelled"
-    # A workflow step waiting for its parents (filled in by the workflow feature).
+    # A workflow step waiting for its parents: the statement that finishes the last one
+    # makes it READY (protocol/workflows.py).
     BLOCKED = "BLOCKED", "Blocked"
+
+
+# Not a state, but a job column's closed set of values like them, and needed where the
+# models may not be imported yet (a worker's child process before django.setup()).
+class Receives(models.TextChoices):
+    """What a workflow step is given from its parents, before its own arguments."""
+
+    NOTHING = "", "nothing"
+    #: The return value of its one parent (a step after a step in a chain).
+    VALUE = "value", "the previous step's return value"
+    #: The list of its parents' return values, in order (a chord's callback).
+    LIST = "list", "the list of the previous steps' return values"
 
 
 #: The states a job never leaves by itself, in the order the partial index on finished
@@ -45,9 +61,10 @@ TRANSITIONS: dict[JobState, frozenset[JobState]] = {
         {JobState.SUCCESSFUL, JobState.FAILED, JobState.READY, JobState.CANCELLED}
     ),
     JobState.SUCCESSFUL: frozenset(),
-    # An operator may re-queue a failed or cancelled job.
-    JobState.FAILED: frozenset({JobState.READY}),
-    JobState.CANCELLED: frozenset({JobState.READY}),
+    # An operator may re-queue a failed or cancelled job. A workflow step re-queued with
+    # its workflow waits again (BLOCKED) for parents that have not succeeded.
+    JobState.FAILED: frozenset({JobState.READY, JobState.BLOCKED}),
+    JobState.CANCELLED: frozenset({JobState.READY, JobState.BLOCKED}),
 }
 
 _TO_TASK_STATUS = {

@@ -20,6 +20,7 @@ from .compat import (
     Task,
     TaskResult,
 )
+from .workflows.canvas import Group, Signature
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -41,6 +42,9 @@ class JobsTask(Task):
     atomic: bool = False
     #: POST the outcome here once a job has finished (a webhook, signed; see the docs).
     callback_url: str | None = None
+    #: Seconds a running job has to stop by itself once someone cancels it, before the
+    #: process running it is killed.
+    cancel_grace: float = 10.0
 
     def __post_init__(self) -> None:
         # Django's @task passes our options through as given: accept one class, or a list.
@@ -77,6 +81,24 @@ class JobsTask(Task):
         if callback_url is not None:
             task = replace(task, callback_url=callback_url)
         return task
+
+    # ── workflows (names and semantics from Celery's canvas) ──────────────────
+
+    def s(self, *args: Any, **kwargs: Any) -> Signature:
+        """A workflow step of this task; it receives the previous step's value first."""
+        return Signature(self, args, kwargs)
+
+    def si(self, *args: Any, **kwargs: Any) -> Signature:
+        """An immutable step: it receives nothing from the steps before it."""
+        return Signature(self, args, kwargs, immutable=True)
+
+    def map(self, items: Iterable[Any]) -> Group:
+        """A group with one step per item, each called with that item (one argument)."""
+        return Group([Signature(self, (item,), {}) for item in items])
+
+    def starmap(self, items: Iterable[Sequence[Any]]) -> Group:
+        """A group with one step per item, each called with the item's values as arguments."""
+        return Group([Signature(self, tuple(item), {}) for item in items])
 
     def enqueue_many(
         self, calls: Iterable[tuple[Sequence[Any], Mapping[str, Any]]]
@@ -212,6 +234,10 @@ def _check_options(task: JobsTask) -> None:
         problem = callback_url_problem(task.callback_url)
         if problem:
             raise InvalidTask(f"callback_url {problem} {where}.")
+    if not seconds(task.cancel_grace):
+        raise InvalidTask(
+            f"cancel_grace must be a number of seconds > 0, got {task.cancel_grace!r} {where}."
+        )
 
 
 #: Longest callback URL stored (the column's size).
@@ -246,6 +272,7 @@ def job(
     soft_timeout: float | None = None,
     atomic: bool = False,
     callback_url: str | None = None,
+    cancel_grace: float = 10.0,
 ) -> Any:
     """Declare a task, like ``django.tasks.task``, with this backend's extra options."""
     if isinstance(retry_on, type):
@@ -271,6 +298,7 @@ def job(
             soft_timeout=soft_timeout,
             atomic=atomic,
             callback_url=callback_url,
+            cancel_grace=cancel_grace,
         )
 
     if function is not None:

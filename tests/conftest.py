@@ -4,6 +4,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -14,6 +15,7 @@ import pytest
 from django.db import connection
 
 from django_jobs.protocol import jobs as protocol
+from django_jobs.worker import dbconn
 from django_jobs.worker.supervisor import Supervisor
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -60,6 +62,38 @@ def run_worker(**options: Any) -> Supervisor:
     worker = Supervisor(**options)
     worker.run()
     return worker
+
+
+@pytest.fixture
+def conn() -> Iterator[Any]:
+    """A second, autocommit connection, as a worker has."""
+    c = dbconn.connect("default", purpose="test")
+    yield c
+    c.close()
+
+
+def waits_for_commit(hold: Callable[[Any], None], then: Callable[[], None]) -> None:
+    """Run ``hold`` in a transaction on a new connection, then ``then`` in a thread while
+    that transaction is still open; check ``then`` waited for its commit, and finished."""
+    other = dbconn.connect("default", purpose="test-other")
+    finished = threading.Event()
+
+    def run() -> None:
+        then()
+        finished.set()
+
+    try:
+        with other.transaction():
+            with other.cursor() as cur:
+                hold(cur)
+            waiter = threading.Thread(target=run)
+            waiter.start()
+            time.sleep(0.3)
+            assert not finished.is_set(), "it did not wait for the open transaction"
+        waiter.join(10)
+        assert finished.is_set(), "it did not finish after the commit"
+    finally:
+        other.close()
 
 
 @pytest.fixture

@@ -9,6 +9,7 @@ from django.utils.dateparse import parse_datetime
 from django.utils.html import format_html
 from django.utils.timezone import template_localtime
 
+from django_jobs.context import Progress
 from django_jobs.models import Job
 from django_jobs.states import JobState
 
@@ -107,3 +108,31 @@ def attempts_of(job: Job) -> list[dict[str, Any]]:
         row["took"] = format_duration(seconds_between(started, ended))
         rows.append(row)
     return rows[::-1]
+
+
+def current_progress(job: Job) -> Progress | None:
+    """The progress the job's current attempt reported, or None."""
+    progress = Progress.from_json(job.progress)
+    if progress is None or progress.attempt not in (None, job.attempts):
+        return None
+    return progress
+
+
+def progress_bar(progress: Progress | None) -> str:
+    """A <progress> element with the numbers beside it (no inline style: CSP-safe)."""
+    if progress is None:
+        return "-"
+    if progress.total:
+        text = f"{progress.done:g}/{progress.total:g}"
+        bar = format_html(
+            '<progress class="jobs-progress" value="{}" max="{}" title="{}"></progress>',
+            progress.done,
+            progress.total,
+            progress.message,
+        )
+    else:  # total unknown: an indeterminate bar
+        text = f"{progress.done:g}"
+        bar = format_html(
+            '<progress class="jobs-progress" title="{}"></progress>', progress.message
+        )
+    return format_html('{}<span class="jobs-progress-text">{}</span>', bar, text)

@@ -109,3 +109,24 @@ class EnqueuedFilter(_SinceFilter):
         # Recent windows are the head of the primary key's order when jobs came in; the
         # BRIN index on enqueued_at answers at once when none did.
         return queryset.filter(enqueued_at__gte=self.since()) if self.since() else queryset
+
+
+class WorkflowFilter(admin.SimpleListFilter):
+    """The steps of one workflow (``?workflow=ID``, linked from its page); not in the sidebar."""
+
+    title = "workflow"
+    parameter_name = "workflow"
+
+    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
+        # The one in use, so the sidebar says what is filtered; none to pick from.
+        value = self.value()
+        return [(value, f"#{value}")] if value else []
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet) -> QuerySet:
+        value = self.value()
+        if not value:
+            return queryset
+        if not value.isdigit():
+            return queryset.none()
+        # The partial index on workflow_id, newest first.
+        return queryset.filter(workflow_id=int(value))

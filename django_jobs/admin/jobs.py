@@ -20,7 +20,6 @@ from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils import timezone
-from django.utils.html import format_html
 from django.views.decorators.http import require_POST
 
 from django_jobs import registry
@@ -30,22 +29,22 @@ from django_jobs.models import MAX_JOB_ID, Job
 from django_jobs.states import JobState
 
 from . import dashboard
-from .display import (
-    attempts_of,
-    format_duration,
-    seconds_between,
-    short_name,
-    state_badge,
-    time_column,
+from .fields import JobFields
+from .filters import (
+    EnqueuedFilter,
+    FinishedFilter,
+    QueueFilter,
+    StateFilter,
+    TaskFilter,
+    WorkflowFilter,
 )
-from .filters import EnqueuedFilter, FinishedFilter, QueueFilter, StateFilter, TaskFilter
 from .pagination import EstimatedCountPaginator
 from .readonly import ReadOnlyAdmin
-from .redaction import pretty_json
+from .workflows import who
 
 #: Seconds a delete confirmation page stays valid.
 DELETE_CONFIRMATION_MAX_AGE = 3600
-_DEFERRED = ("args", "kwargs", "return_value", "errors", "worker_ids")
+_DEFERRED = ("args", "kwargs", "return_value", "errors", "worker_ids", "parents", "dependents")
 
 
 class JobChangeList(ChangeList):
@@ -80,10 +79,11 @@ OPERATIONS = {
 }
 
 
-class JobAdmin(ReadOnlyAdmin):
+class JobAdmin(JobFields, ReadOnlyAdmin):
     list_display = (
         "id",
         "status",
+        "progress_display",
         "task",
         "queue_name",
         "priority",
@@ -98,7 +98,14 @@ class JobAdmin(ReadOnlyAdmin):
     # Only orders an index serves: sorting millions of rows by task or queue is a full
     # scan and a sort. JobChangeList also ignores ?o= for the other columns.
     sortable_by = ("id",)
-    list_filter = (StateFilter, QueueFilter, TaskFilter, FinishedFilter, EnqueuedFilter)
+    list_filter = (
+        StateFilter,
+        QueueFilter,
+        TaskFilter,
+        FinishedFilter,
+        EnqueuedFilter,
+        WorkflowFilter,
+    )
     search_fields = ("=id", "task_path")
     search_help_text = "A job id, or part of a task's name (declared tasks only)."
     ordering = ("-id",)
@@ -113,6 +120,14 @@ class JobAdmin(ReadOnlyAdmin):
         ("Timing", {"fields": TIMING}),
         ("Call", {"fields": ("args_json", "kwargs_json", "return_value_json")}),
         ("Attempts", {"fields": ("attempts_display", "worker_id", "attempts_table")}),
+    )
+    workflow_fieldset = (
+        "Workflow",
+        {"fields": ("workflow_link", "receives_display", "parents_display", "pending_parents")},
+    )
+    running_fieldset = (
+        "Progress and cancellation",
+        {"fields": ("progress_display", "cancel_requested_at", "cancelled_by")},
     )
 
     class Media:
@@ -202,39 +217,15 @@ class JobAdmin(ReadOnlyAdmin):
         extra_context = {**(extra_context or {}), "dashboard_url": self._dashboard_url()}
         return super().changelist_view(request, extra_context)
 
-    @admin.display(description="status")
-    def status(self, job: Job) -> str:
-        return state_badge(job.state)
-
-    @admin.display(description="task")
-    def task(self, job: Job) -> str:
-        return format_html('<span title="{}">{}</span>', job.task_path, short_name(job.task_path))
-
-    @admin.display(description="attempts")
-    def attempts_display(self, job: Job) -> str:
-        return f"{job.attempts}/{job.max_attempts}"
-
-    # Times: one format everywhere on the job admin (display.TIME_FORMAT), with seconds.
-    enqueued = time_column("enqueued_at", "enqueued at")
-    run_after_time = time_column("run_after", "run after")
-    available = time_column("available_at", "next attempt from")
-    started = time_column("started_at", "first started at")
-    last_attempted = time_column("last_attempted_at", "last attempt started at")
-    finished = time_column("finished_at", "finished at")
-
-    # The last attempt, from the worker's claim to its recorded end, by the database clock:
-    # the task function's own time (the worker's log line) plus a wait in the worker's
-    # queue and the batching of outcomes. Each duration the admin shows is measured so.
-    @admin.display(description="last attempt took")
-    def duration(self, job: Job) -> str:
-        end = job.finished_at or (timezone.now() if job.state == JobState.RUNNING else None)
-        return format_duration(seconds_between(job.last_attempted_at, end))
-
-    @admin.display(description="enqueued to finished")
-    def latency(self, job: Job) -> str:
-        return format_duration(seconds_between(job.enqueued_at, job.finished_at))
-
     # ── the job's page ──────────────────────────────────────────────────────
+
+    def get_fieldsets(self, request: HttpRequest, obj: Any = None) -> Any:
+        fieldsets = list(self.fieldsets)
+        if obj is not None and obj.workflow_id is not None:
+            fieldsets.insert(1, self.workflow_fieldset)
+        if obj is not None and (obj.progress or obj.cancelled_by or obj.cancel_requested_at):
+            fieldsets.insert(1, self.running_fieldset)
+        return fieldsets
 
     def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> list[str]:
         return [
@@ -246,51 +237,42 @@ class JobAdmin(ReadOnlyAdmin):
             "kwargs_json",
             "return_value_json",
             "attempts_table",
+            "progress_display",
+            "workflow_link",
+            "receives_display",
+            "parents_display",
         ]
-
-    @admin.display(description="args")
-    def args_json(self, job: Job) -> str:
-        return pretty_json(job.args)
-
-    @admin.display(description="kwargs")
-    def kwargs_json(self, job: Job) -> str:
-        return pretty_json(job.kwargs)
-
-    @admin.display(description="return value")
-    def return_value_json(self, job: Job) -> str:
-        if job.state != JobState.SUCCESSFUL:
-            return "-"
-        return pretty_json(job.return_value)
-
-    @admin.display(description="history")
-    def attempts_table(self, job: Job) -> str:
-        from django.template.loader import render_to_string
-
-        return render_to_string(
-            "admin/django_jobs/job/_attempts.html", {"attempts": attempts_of(job), "job": job}
-        )
 
     def change_view(
         self, request: HttpRequest, object_id: str, form_url: str = "", extra_context: Any = None
     ) -> HttpResponse:
         job = self.get_object(request, unquote(object_id))
         buttons = []
+        workflow_url = None
         if job is not None:
             buttons = self._buttons(request, job)
-        extra_context = {**(extra_context or {}), "job_buttons": buttons}
+            if job.workflow_id is not None:
+                workflow_url = reverse("admin:django_jobs_workflow_change", args=[job.workflow_id])
+        extra_context = {
+            **(extra_context or {}),
+            "job_buttons": buttons,
+            "workflow_url": workflow_url,
+        }
         return super().change_view(request, object_id, form_url, extra_context)
 
     def _buttons(self, request: HttpRequest, job: Job) -> list[dict[str, str]]:
         """The operations this user may run on this job in its current state."""
         applicable = {
             "retry": job.state in (JobState.FAILED, JobState.CANCELLED),
-            "cancel": job.state in (JobState.READY, JobState.BLOCKED),
+            "cancel": job.state in (JobState.READY, JobState.BLOCKED, JobState.RUNNING),
             "run_now": job.state == JobState.READY and job.available_at > timezone.now(),
         }
         buttons = []
         for name, (perm, _, label) in OPERATIONS.items():
             if applicable[name] and getattr(self, f"has_{perm}_permission")(request, job):
                 url = reverse(f"admin:django_jobs_job_{name}", args=[job.pk])
+                if name == "cancel" and job.state == JobState.RUNNING:
+                    label = "Ask to stop" if job.cancel_requested_at is None else "Ask again"
                 buttons.append({"name": name, "label": label, "url": url})
         return buttons
 
@@ -319,7 +301,8 @@ class JobAdmin(ReadOnlyAdmin):
             job = self.get_object(request, unquote(object_id))
             if job is None:
                 raise Http404(f"No job with id {object_id!r}.")
-            self._report(request, operation([job.pk]))
+            extra = {"by": who(request)} if name == "cancel" else {}
+            self._report(request, operation([job.pk], **extra))
             return HttpResponseRedirect(reverse("admin:django_jobs_job_change", args=[job.pk]))
 
         view.__name__ = f"{name}_view"
@@ -349,9 +332,12 @@ class JobAdmin(ReadOnlyAdmin):
     def retry_jobs(self, request: HttpRequest, queryset: QuerySet) -> None:
         self._report(request, operations.retry(self._selected_ids(queryset), queryset.db))
 
-    @admin.action(permissions=["cancel"], description="Cancel selected jobs that have not started")
+    @admin.action(
+        permissions=["cancel"], description="Cancel selected jobs (running ones are asked to stop)"
+    )
     def cancel_jobs(self, request: HttpRequest, queryset: QuerySet) -> None:
-        self._report(request, operations.cancel(self._selected_ids(queryset), queryset.db))
+        ids = self._selected_ids(queryset)
+        self._report(request, operations.cancel(ids, queryset.db, by=who(request)))
 
     @admin.action(permissions=["run_now"], description="Run selected delayed jobs now")
     def run_jobs_now(self, request: HttpRequest, queryset: QuerySet) -> None:

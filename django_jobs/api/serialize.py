@@ -68,4 +68,8 @@ def detail(job: Job) -> dict[str, Any]:
             for e in job.errors
         ],
         "callback_url": job.callback_url,
+        "cancel_requested_at": _time(job.cancel_requested_at),
+        "cancelled_by": job.cancelled_by,
+        "progress": job.progress or None,
+        "workflow": None if job.workflow_id is None else str(job.workflow_id),
     }

@@ -86,17 +86,20 @@ def job(request: HttpRequest, caller: Caller, job_id: str) -> HttpResponse:
 def cancel(request: HttpRequest, caller: Caller, job_id: str) -> HttpResponse:
     caller.require("cancel")
     found = _visible_job(caller, job_id)
-    report = operations.cancel([found.pk], using=found._state.db)
-    if found.pk not in report.moved:
+    by = f"API: {caller.name}"
+    report = operations.cancel([found.pk], using=found._state.db, by=by)
+    if found.pk not in report.moved and found.pk not in report.stopping:
         reason = report.skipped.get(found.pk, "not cancellable")
         raise ApiError(
             409,
             "not_cancellable",
-            f"Job {found.pk} was not cancelled: {reason}. Only jobs that have not started "
-            "(READY or BLOCKED) can be cancelled.",
+            f"Job {found.pk} was not cancelled: {reason}. A job that has finished has "
+            "nothing left to cancel.",
         )
     found.refresh_from_db()
-    return JsonResponse(serialize.detail(found))
+    # 202: a running job was asked to stop; it ends CANCELLED when its worker stops it.
+    status = 202 if found.pk in report.stopping else 200
+    return JsonResponse(serialize.detail(found), status=status)
 
 
 def _visible_job(caller: Caller, job_id: str) -> Job:

@@ -4,6 +4,8 @@ The admin's actions and the ``jobs`` command both call these. The moves themselv
 the queue protocol's (``protocol.retry_jobs`` and friends): one conditional statement
 each, so a job that changed state since the operator looked at it is skipped, never
 forced. The reasons for skipping are read afterwards, from the rows as they are now.
+Workflow steps move with their workflow where moving one alone would strand the
+others (``control.py``): a retry re-queues the failed part of the workflow.
 """
 
 from collections import Counter
@@ -13,7 +15,7 @@ from typing import Any
 
 from django.db import connections, transaction
 
-from .. import signals
+from .. import control
 from ..backend import jobs_database
 from ..models import Job
 from ..protocol import operator as protocol
@@ -34,6 +36,11 @@ class Report:
     #: Ids past the first MAX_IDS, not looked at (for "select all" in the admin, one
     #: stands for "and more").
     dropped: list[int] = field(default_factory=list)
+    #: Running jobs asked to stop (cancel): they end CANCELLED when their worker stops them.
+    stopping: list[int] = field(default_factory=list)
+    #: Other workflow steps moved with the ones asked for (a retry re-queues the failed
+    #: part of their workflows).
+    also: list[int] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -48,6 +55,12 @@ class Report:
         """``"3 jobs re-queued, 1 skipped: still running"``."""
         n = len(self.moved)
         text = f"{n} job{'s' if n != 1 else ''} {self.verb}"
+        if self.stopping:
+            k = len(self.stopping)
+            text += f", {k} running job{'s' if k != 1 else ''} asked to stop"
+        if self.also:
+            k = len(self.also)
+            text += f" (and {k} other step{'s' if k != 1 else ''} of their workflows)"
         if self.skipped:
             reasons = Counter(self.skipped.values())
             detail = ", ".join(f"{count} {reason}" for reason, count in reasons.most_common())
@@ -63,6 +76,8 @@ class Report:
         return {
             "action": self.verb,
             "moved": self.moved,
+            "stopping": self.stopping,
+            "also": self.also,
             "skipped": {str(k): v for k, v in self.skipped.items()},
             # Ids not looked at because one operation handles at most MAX_IDS.
             "truncated": self.dropped,
@@ -80,11 +95,15 @@ def _retry_reason(state: str) -> str:
 
 
 def _cancel_reason(state: str) -> str:
-    if state == JobState.RUNNING:
-        return "already running"
     if state in FINISHED_STATES:
         return "already finished"
     return f"in state {state}"
+
+
+def _delete_reason(state: str) -> str:
+    if state == JobState.RUNNING:
+        return "still running"
+    return "a workflow step its workflow still needs (cancel the workflow first)"
 
 
 def _run_now_reason(state: str) -> str:
@@ -122,29 +141,66 @@ def _operate(
 
 
 def retry(ids: Iterable[int], using: str | None = None) -> Report:
-    """Re-queue FAILED or CANCELLED jobs to run now."""
+    """Re-queue FAILED or CANCELLED jobs to run now.
 
-    return _operate(ids, protocol.retry_jobs, "re-queued", _retry_reason, using)
+    A workflow step is re-queued with the failed part of its workflow: each step waits
+    again for its parents, so none runs without the results it needs.
+    """
+    using = using or jobs_database()
+    report = _operate(ids, protocol.retry_jobs, "re-queued", _retry_reason, using)
+    steps = dict(
+        Job.objects.using(using)
+        .filter(
+            pk__in=list(report.skipped),
+            workflow__isnull=False,
+            state__in=[JobState.FAILED, JobState.CANCELLED],
+        )
+        .values_list("pk", "workflow_id")
+    )
+    if steps:
+        moved = set(control.retry_workflows(sorted(set(steps.values())), using=using))
+        for job_id in steps:
+            if job_id in moved:
+                del report.skipped[job_id]
+                report.moved.append(job_id)
+        report.moved.sort()
+        report.also = sorted(moved - set(steps))
+    return report
 
 
-def cancel(ids: Iterable[int], using: str | None = None) -> Report:
-    """Cancel jobs that have not started (READY or BLOCKED); send job_cancelled for each."""
+def cancel(ids: Iterable[int], using: str | None = None, *, by: str = "an operator") -> Report:
+    """Cancel jobs, saying who did: waiting ones at once, running ones are asked to stop."""
+    outcome: dict[int, str] = {}
 
-    def move(cur: Any, ids: list[int]) -> list[int]:
-        cancelled = protocol.cancel(cur, ids)
-        # Once committed (and never for a rolled-back cancel, in the caller's atomic).
-        transaction.on_commit(lambda: _announce(cancelled), using=cur.db.alias)
-        return [job.id for job in cancelled]
+    def move(cur: Any, job_ids: list[int]) -> list[int]:
+        outcome.update(control.cancel_in(cur, job_ids, by=by))
+        return list(outcome)
 
-    return _operate(ids, move, "cancelled", _cancel_reason, using)
+    report = _operate(ids, move, "cancelled", _cancel_reason, using)
+    report.stopping = sorted(i for i, state in outcome.items() if state == JobState.RUNNING)
+    report.moved = sorted(i for i, state in outcome.items() if state == JobState.CANCELLED)
+    return report
 
 
-def _announce(cancelled: list[protocol.CancelledJob]) -> None:
-    for job in cancelled:
-        signals.send(
-            signals.job_cancelled, Job, job_id=job.id, task_path=job.task_path,
-            queue_name=job.queue_name, backend=job.backend,
-        )  # fmt: skip
+def cancel_workflows(
+    workflow_ids: Iterable[int], using: str | None = None, *, by: str = "an operator"
+) -> Report:
+    """Cancel every unfinished step of the workflows (running ones are asked to stop)."""
+    using = using or jobs_database()
+    moved = control.cancel_workflows(list(workflow_ids), by=by, using=using)
+    return Report(
+        "cancelled",
+        moved=sorted(i for i, state in moved.items() if state == JobState.CANCELLED),
+        stopping=sorted(i for i, state in moved.items() if state == JobState.RUNNING),
+    )
+
+
+def retry_workflows(workflow_ids: Iterable[int], using: str | None = None) -> Report:
+    """Re-queue the failed and cancelled steps of the workflows."""
+    using = using or jobs_database()
+    return Report(
+        "re-queued", moved=sorted(control.retry_workflows(list(workflow_ids), using=using))
+    )
 
 
 def run_now(ids: Iterable[int], using: str | None = None) -> Report:
@@ -154,7 +210,7 @@ def run_now(ids: Iterable[int], using: str | None = None) -> Report:
 
 def delete(ids: Iterable[int], using: str | None = None) -> Report:
     """Delete jobs that are not running (a running job's worker still owns its row)."""
-    return _operate(ids, protocol.delete_jobs, "deleted", lambda state: "still running", using)
+    return _operate(ids, protocol.delete_jobs, "deleted", _delete_reason, using)
 
 
 def prune(older_than: float, states: Iterable[str] | None = None, using: str | None = None) -> int:

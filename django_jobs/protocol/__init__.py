@@ -4,7 +4,11 @@ One module per subject, each with its statements as named constants (and a comme
 that gives the reason: lock scope, fencing, what the planner needs) followed by one
 thin function per statement:
 
-- ``jobs``: a job's life under a worker: enqueue, claim, complete, fail, snooze, release;
+- ``jobs``: a job's life under a worker: enqueue, claim, complete, fail, snooze, release,
+  progress;
+- ``steps``: what ending a job does to the workflow steps after it (SQL fragments the
+  statements of ``jobs`` and ``operator`` share);
+- ``workflows``: writing a workflow and its steps at once; cancelling, retrying one;
 - ``workers``: registration, heartbeats, leases, and the rescue of lost workers' jobs;
 - ``operator``: an operator's moves: retry, cancel, run now, delete, prune;
 - ``schedules``: firing and keeping periodic schedules.

@@ -5,6 +5,10 @@ an outcome is written only ``WHERE state = 'RUNNING' AND attempts = <the claimed
 attempt>``, so a worker that comes back after its job was rescued (and maybe claimed
 again) cannot overwrite the newer attempt. Each function returns what the database
 took; what is missing was refused by the fence.
+
+The statements that end an attempt also carry out what that means for workflow steps
+after it (``workflows.py``: unblock them, or cancel them) in the same statement, and
+none of them sends a job with a cancel request back to READY: it ends CANCELLED.
 """
 
 import json
@@ -15,6 +19,7 @@ from operator import attrgetter, itemgetter
 from typing import Any
 
 from . import NOTIFY_CHANNEL, Cursor, execute_many, webhooks
+from .steps import ON_FIRST_FAILURE, UNBLOCK, cancel_after
 
 #: Columns a worker needs to run a job and to build its TaskResult, in this order.
 JOB_COLUMNS = (
@@ -37,6 +42,11 @@ JOB_COLUMNS = (
     "trace_context",
     # Last, so that ClaimedJob can give it a default (registry.py says what it proves).
     "task_proof",
+    # What a workflow step receives from its parents (models.Receives), and from whom;
+    # and the steps waiting for it (its success goes to COMPLETE_STEPS at once).
+    "receives",
+    "parents",
+    "dependents",
 )
 #: The JSON columns among them, which the claim returns as one JSON array text: parsing
 #: one document per row costs half of what four jsonb values cost (bench/, S1).
@@ -189,8 +199,10 @@ NEXT_DUE = _NEXT_DUE.format(queue_filter="AND queue_name = ANY(%(queues)s::text[
 NEXT_DUE_ANY_QUEUE = _NEXT_DUE.format(queue_filter="")
 
 # Fenced success: only the attempt that claimed the job may finish it. A row that was
-# rescued (and maybe re-claimed) since then no longer matches and is left alone. The
-# webhook deliveries of the jobs that name a callback URL are enqueued in the same
+# rescued (and maybe re-claimed) since then no longer matches and is left alone. Only
+# jobs with no dependents: a workflow step is finished by COMPLETE_STEPS, with the
+# dependents it unblocks (see complete()); the extra test reads the row being updated.
+# The webhook deliveries of the jobs that name a callback URL are enqueued in the same
 # statement (protocol/webhooks.py says why).
 COMPLETE_MANY = f"""
 WITH done AS (
@@ -199,22 +211,68 @@ WITH done AS (
     FROM unnest(%(job_id)s::bigint[], %(attempt)s::int[], %(return_json)s::jsonb[])
          AS o(id, attempt, return_value)
     WHERE j.id = o.id AND j.state = 'RUNNING' AND j.attempts = o.attempt
+      AND j.dependents IS NULL
     RETURNING j.id, j.finished_at, {webhooks.RETURNING}
 ), {webhooks.deliveries("done", "job.finished")}
 SELECT id, finished_at FROM done
 """
 
-# Fenced failure. `retry_in` (seconds) NULL means the attempt was the last one: FAILED.
-# Otherwise the job goes back to READY, due after the backoff. The decision is the
-# policy's (policy.py); this statement only carries it out. The error record gets the
-# attempt's start here: the row keeps only the first and the last attempt's. A final
-# failure with a callback URL enqueues its webhook delivery, as a success does.
-FAIL_MANY = f"""
+# Fenced success of workflow steps: the same statement counts each step off its
+# dependents and makes those whose last parent it was READY (steps.UNBLOCK), so
+# no step is left BLOCKED by a worker that died between two statements. Kept apart
+# from COMPLETE_MANY because its extra nodes cost every statement a little, even
+# empty. The one-time filter runs the notification CTE.
+COMPLETE_STEPS = f"""
 WITH done AS (
     UPDATE django_jobs_job AS j
-    SET state = CASE WHEN o.retry_in IS NULL THEN 'FAILED' ELSE 'READY' END,
-        finished_at = CASE WHEN o.retry_in IS NULL THEN now() END,
-        available_at = CASE WHEN o.retry_in IS NULL THEN j.available_at
+    SET state = 'SUCCESSFUL', finished_at = now(), return_value = o.return_value
+    FROM unnest(%(job_id)s::bigint[], %(attempt)s::int[], %(return_json)s::jsonb[])
+         AS o(id, attempt, return_value)
+    WHERE j.id = o.id AND j.state = 'RUNNING' AND j.attempts = o.attempt
+    RETURNING j.id, j.finished_at, j.dependents, {webhooks.RETURNING}
+),
+{UNBLOCK},
+{webhooks.deliveries("done", "job.finished")}
+SELECT done.id, done.finished_at FROM done WHERE (SELECT count(*) FROM woken) >= 0
+"""
+
+# Fenced success of workflow steps: the same statement counts each step off its
+# dependents and makes those whose last parent it was READY (workflows.UNBLOCK), so
+# no step is left BLOCKED by a worker that died between two statements. Kept apart
+# from COMPLETE_MANY because its extra nodes cost every statement a little, even
+# empty. The one-time filter runs the notification CTE.
+COMPLETE_STEPS = f"""
+WITH done AS (
+    UPDATE django_jobs_job AS j
+    SET state = 'SUCCESSFUL', finished_at = now(), return_value = o.return_value
+    FROM unnest(%(job_id)s::bigint[], %(attempt)s::int[], %(return_json)s::jsonb[])
+         AS o(id, attempt, return_value)
+    WHERE j.id = o.id AND j.state = 'RUNNING' AND j.attempts = o.attempt
+    RETURNING j.id, j.finished_at, j.dependents
+),
+{UNBLOCK}
+SELECT done.id, done.finished_at FROM done WHERE (SELECT count(*) FROM woken) >= 0
+"""
+
+
+# Fenced failure. `retry_in` (seconds) NULL means the attempt was the last one: FAILED.
+# Otherwise the job goes back to READY, due after the backoff. The decision is the
+# policy's (policy.py); this statement only carries it out, except for a job someone
+# asked to cancel, which ends CANCELLED whatever the policy says (a cancelled job is
+# not retried). For workflow steps that end here, the steps after them are cancelled,
+# and the workflow's first failure enqueues its on_error task (steps.py). The error
+# record gets the attempt's start here: the row keeps only the first and the last
+# attempt's. A final failure with a callback URL enqueues its webhook delivery, as a
+# success does.
+FAIL_MANY = f"""
+WITH RECURSIVE failed AS (
+    UPDATE django_jobs_job AS j
+    SET state = CASE WHEN j.cancel_requested_at IS NOT NULL THEN 'CANCELLED'
+                     WHEN o.retry_in IS NULL THEN 'FAILED' ELSE 'READY' END,
+        finished_at = CASE WHEN j.cancel_requested_at IS NOT NULL OR o.retry_in IS NULL
+                           THEN now() END,
+        available_at = CASE WHEN j.cancel_requested_at IS NOT NULL OR o.retry_in IS NULL
+                            THEN j.available_at
                             ELSE now() + make_interval(secs => o.retry_in) END,
         errors = j.errors || jsonb_build_array(
             o.error
@@ -223,27 +281,62 @@ WITH done AS (
     FROM unnest(%(job_id)s::bigint[], %(attempt)s::int[], %(error_json)s::jsonb[],
                 %(retry_in)s::float8[]) AS o(id, attempt, error, retry_in)
     WHERE j.id = o.id AND j.state = 'RUNNING' AND j.attempts = o.attempt
-    RETURNING j.id, j.state, j.finished_at, {webhooks.RETURNING}
-), {webhooks.deliveries("done", "job.finished")}
-SELECT id, state, finished_at FROM done
+    RETURNING j.id, j.state, j.finished_at, j.workflow_id, j.dependents, j.task_path, o.error,
+              {webhooks.RETURNING}
+),
+{cancel_after("failed")},
+{ON_FIRST_FAILURE},
+{webhooks.deliveries("failed", "job.finished")}
+SELECT failed.id, failed.state, failed.finished_at FROM failed
+WHERE (SELECT count(*) FROM handler_woken) >= 0
+"""
+
+# The attempt stopped because someone cancelled the job (it returned or raised after
+# the request, or was killed when its grace ran out): CANCELLED, never retried, the
+# attempt's record appended, the workflow steps after it cancelled, and its webhook
+# (if it names a callback URL) enqueued, as an operator's cancel does.
+CANCEL_RUNNING_MANY = f"""
+WITH RECURSIVE stopped AS (
+    UPDATE django_jobs_job AS j
+    SET state = 'CANCELLED', finished_at = now(),
+        errors = j.errors || jsonb_build_array(
+            o.error
+            || jsonb_build_object('failed_at', now(), 'started_at', j.last_attempted_at)
+        )
+    FROM unnest(%(job_id)s::bigint[], %(attempt)s::int[], %(error_json)s::jsonb[])
+         AS o(id, attempt, error)
+    WHERE j.id = o.id AND j.state = 'RUNNING' AND j.attempts = o.attempt
+    RETURNING j.id, j.state, j.finished_at, j.dependents, j.task_path, {webhooks.RETURNING}
+),
+{cancel_after("stopped")},
+{webhooks.deliveries("stopped", "job.cancelled")}
+SELECT stopped.id, stopped.finished_at FROM stopped
 """
 
 # Snooze: the job asked to run later. The attempt is not an error: the policy gives it
 # back to the budget (the new max_attempts), and it stays in the history (worker_ids).
-SNOOZE_MANY = """
-UPDATE django_jobs_job AS j
-SET state = 'READY',
-    max_attempts = o.max_attempts,
-    available_at = now() + make_interval(secs => o.snooze_for)
-FROM unnest(%(job_id)s::bigint[], %(attempt)s::int[], %(snooze_for)s::float8[],
-            %(max_attempts)s::int[]) AS o(id, attempt, snooze_for, max_attempts)
-WHERE j.id = o.id AND j.state = 'RUNNING' AND j.attempts = o.attempt
-RETURNING j.id
+# A job with a cancel request ends CANCELLED instead.
+SNOOZE_MANY = f"""
+WITH RECURSIVE snoozed AS (
+    UPDATE django_jobs_job AS j
+    SET state = CASE WHEN j.cancel_requested_at IS NULL THEN 'READY' ELSE 'CANCELLED' END,
+        finished_at = CASE WHEN j.cancel_requested_at IS NULL THEN NULL ELSE now() END,
+        max_attempts = o.max_attempts,
+        available_at = now() + make_interval(secs => o.snooze_for)
+    FROM unnest(%(job_id)s::bigint[], %(attempt)s::int[], %(snooze_for)s::float8[],
+                %(max_attempts)s::int[]) AS o(id, attempt, snooze_for, max_attempts)
+    WHERE j.id = o.id AND j.state = 'RUNNING' AND j.attempts = o.attempt
+    RETURNING j.id, j.state, j.dependents, j.task_path
+),
+{cancel_after("snoozed")}
+SELECT snoozed.id, snoozed.state FROM snoozed
 """
 
 # Undo a claim: back to READY, and the attempt, its worker entry and its times go too.
+# A job someone asked to cancel ends CANCELLED instead (the claim is undone all the same).
 _UNCLAIM = """
-SET state = 'READY',
+SET state = CASE WHEN j.cancel_requested_at IS NULL THEN 'READY' ELSE 'CANCELLED' END,
+    finished_at = CASE WHEN j.cancel_requested_at IS NULL THEN NULL ELSE now() END,
     attempts = j.attempts - 1,
     worker_ids = j.worker_ids - (jsonb_array_length(j.worker_ids) - 1),
     started_at = CASE WHEN j.attempts = 1 THEN NULL ELSE j.started_at END,
@@ -253,20 +346,39 @@ SET state = 'READY',
 # Hand claimed-but-unstarted jobs back (shutdown, or a prefetch the worker will not
 # run): READY again, and the claim is undone so no attempt is spent.
 RELEASE_MANY = f"""
-UPDATE django_jobs_job AS j
-{_UNCLAIM}
-FROM unnest(%(job_id)s::bigint[], %(attempt)s::int[]) AS o(id, attempt)
-WHERE j.id = o.id AND j.state = 'RUNNING' AND j.attempts = o.attempt
-RETURNING j.id
+WITH RECURSIVE released AS (
+    UPDATE django_jobs_job AS j
+    {_UNCLAIM}
+    FROM unnest(%(job_id)s::bigint[], %(attempt)s::int[]) AS o(id, attempt)
+    WHERE j.id = o.id AND j.state = 'RUNNING' AND j.attempts = o.attempt
+    RETURNING j.id, j.state, j.dependents, j.task_path
+),
+{cancel_after("released")}
+SELECT released.id, released.state FROM released
 """
 
 # After a reconnect: RUNNING rows under this worker's id that it does not hold (a claim
 # committed but its reply was lost with the connection) go back, no attempt spent.
 RELEASE_ORPHANS = f"""
+WITH RECURSIVE released AS (
+    UPDATE django_jobs_job AS j
+    {_UNCLAIM}
+    WHERE j.worker_id = %(worker_id)s AND j.state = 'RUNNING'
+      AND NOT (j.id = ANY(%(held)s::bigint[]))
+    RETURNING j.id, j.state, j.dependents, j.task_path
+),
+{cancel_after("released")}
+SELECT released.id FROM released
+"""
+
+# The progress a running job reported, fenced like an outcome: a late report never
+# lands on a job that has finished or moved on to another attempt.
+RECORD_PROGRESS = """
 UPDATE django_jobs_job AS j
-{_UNCLAIM}
-WHERE j.worker_id = %(worker_id)s AND j.state = 'RUNNING'
-  AND NOT (j.id = ANY(%(held)s::bigint[]))
+SET progress = o.progress || jsonb_build_object('attempt', o.attempt, 'updated_at', now())
+FROM unnest(%(job_id)s::bigint[], %(attempt)s::int[], %(progress_json)s::jsonb[])
+     AS o(id, attempt, progress)
+WHERE j.id = o.id AND j.state = 'RUNNING' AND j.attempts = o.attempt
 RETURNING j.id
 """
 
@@ -313,10 +425,11 @@ class ClaimedJob:
     errors: list[dict[str, Any]]
     trace_context: dict[str, str] | None
     task_proof: str = ""
-
-    def to_wire(self) -> tuple:
-        """A plain tuple for a pipe: pickling a slots dataclass is several times slower."""
-        return _claimed_fields(self)
+    #: What the step receives from its parents before its own arguments ("", "value",
+    #: "list"), and its parents in order (None for a job in no workflow).
+    receives: str = ""
+    parents: list[int] | None = None
+    dependents: list[int] | None = None
 
     def as_row(self) -> dict[str, Any]:
         """The job's columns by name, as ``JobsBackend.result_from_row`` reads them."""
@@ -354,6 +467,9 @@ class Success:
     job_id: int
     attempt: int
     return_json: str
+    #: A hint: the job is a workflow step with dependents (ClaimedJob.dependents), so
+    #: its success goes straight to COMPLETE_STEPS. complete() is right without it.
+    has_dependents: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -363,6 +479,22 @@ class Failure:
     error_json: str
     #: Seconds until the next attempt, or None when this was the last one.
     retry_in: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class Cancelled:
+    job_id: int
+    attempt: int
+    error_json: str
+
+
+@dataclass(frozen=True, slots=True)
+class Progressed:
+    """The progress a running attempt reported (JSON: done, total, message)."""
+
+    job_id: int
+    attempt: int
+    progress_json: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -471,8 +603,21 @@ def next_due_in(cursor: Cursor, *, backend: str, queues: Sequence[str] | None) -
 
 
 def complete(cursor: Cursor, successes: Iterable[Success]) -> dict[int, datetime]:
-    """Record successes; return finished_at per job id actually recorded (fenced)."""
-    return dict(execute_many(cursor, COMPLETE_MANY, list(successes)))
+    """Record successes; return finished_at per job id actually recorded (fenced).
+
+    One statement for the jobs in no workflow. What it leaves (workflow steps, and
+    attempts the fence refuses) goes through COMPLETE_STEPS, which finishes each step
+    and unblocks its dependents at once; so do the successes hinted to be steps
+    (``has_dependents``), without a first try. A wrong hint costs a statement, never a
+    step left BLOCKED.
+    """
+    batch = list(successes)
+    plain = [success for success in batch if not success.has_dependents]
+    done = dict(execute_many(cursor, COMPLETE_MANY, plain))
+    rest = [success for success in batch if success.job_id not in done]
+    if rest:
+        done.update(execute_many(cursor, COMPLETE_STEPS, rest))
+    return done
 
 
 def fail(cursor: Cursor, failures: Iterable[Failure]) -> dict[int, tuple[str, datetime | None]]:
@@ -481,15 +626,31 @@ def fail(cursor: Cursor, failures: Iterable[Failure]) -> dict[int, tuple[str, da
     return {row[0]: (row[1], row[2]) for row in rows}
 
 
-def snooze(cursor: Cursor, snoozed: Iterable[Snoozed]) -> set[int]:
-    """Put jobs that asked to run later back to READY without counting an error."""
-    return {row[0] for row in execute_many(cursor, SNOOZE_MANY, list(snoozed))}
+def cancelled(cursor: Cursor, stopped: Iterable[Cancelled]) -> dict[int, datetime]:
+    """Record attempts stopped by a cancel request; return finished_at per recorded id."""
+    return dict(execute_many(cursor, CANCEL_RUNNING_MANY, list(stopped)))
+
+
+def snooze(cursor: Cursor, snoozed: Iterable[Snoozed]) -> dict[int, str]:
+    """Put jobs that asked to run later back to READY without counting an error.
+
+    Return the new state per recorded id (CANCELLED for a job someone asked to cancel).
+    """
+    return dict(execute_many(cursor, SNOOZE_MANY, list(snoozed)))
 
 
 def release(cursor: Cursor, jobs: Iterable[ClaimedJob]) -> set[int]:
-    """Give claimed jobs that never started back to the queue without spending an attempt."""
+    """Give claimed jobs that never started back to the queue without spending an attempt.
+
+    Return the ids released (a job someone asked to cancel ends CANCELLED instead).
+    """
     attempts = [Attempt(job.id, job.attempts) for job in jobs]
     return {row[0] for row in execute_many(cursor, RELEASE_MANY, attempts)}
+
+
+def record_progress(cursor: Cursor, reports: Iterable[Progressed]) -> set[int]:
+    """Store the progress of running attempts; return the ids stored (fenced)."""
+    return {row[0] for row in execute_many(cursor, RECORD_PROGRESS, list(reports))}
 
 
 def release_orphans(cursor: Cursor, *, worker_id: str, held: Iterable[int]) -> list[int]:

@@ -100,6 +100,16 @@ FOR UPDATE
 """
 
 
+# The jobs this worker runs that someone asked to cancel: the worker's safety net for a
+# missed notification (a LISTEN reconnect, LISTEN turned off), read with its heartbeat.
+# The partial index on RUNNING rows by worker_id makes it a probe.
+CANCEL_REQUESTS = """
+SELECT j.id, j.attempts, j.worker_id, j.task_path, j.task_proof FROM django_jobs_job AS j
+WHERE j.worker_id = ANY(%(worker_ids)s::text[]) AND j.state = 'RUNNING'
+  AND j.cancel_requested_at IS NOT NULL
+"""
+
+
 @dataclass(frozen=True, slots=True)
 class LostJob:
     """A RUNNING job whose worker stopped heart-beating, locked for rescue."""
@@ -194,3 +204,20 @@ def lock_lost_jobs(cursor: Cursor, *, stale_after: float, limit: int) -> list[Lo
     """Lock RUNNING jobs of workers silent for ``stale_after`` s (call in a transaction)."""
     cursor.execute(LOCK_LOST_JOBS, {"stale_after": stale_after, "limit": limit})
     return [LostJob(*row) for row in cursor.fetchall()]
+
+
+@dataclass(frozen=True, slots=True)
+class CancelRequest:
+    """A running job someone asked to cancel: which attempt, run by which worker id."""
+
+    id: int
+    attempts: int
+    worker_id: str
+    task_path: str
+    task_proof: str
+
+
+def cancel_requests(cursor: Cursor, *, worker_ids: Sequence[str]) -> list[CancelRequest]:
+    """The jobs running under ``worker_ids`` that someone asked to cancel."""
+    cursor.execute(CANCEL_REQUESTS, {"worker_ids": list(worker_ids)})
+    return [CancelRequest(*row) for row in cursor.fetchall()]

@@ -1,5 +1,5 @@
-"""Delete history past its retention: finished jobs (``OPTIONS["RETENTION"]``) and the rows
-of workers gone for a day.
+"""Delete history past its retention: finished jobs (``OPTIONS["RETENTION"]``), workflows
+whose steps are all gone, and the rows of workers gone for a day.
 
 The round runs in the leader's worker loop, so it is bounded: bounded batches (one
 short transaction each) and a time budget per round. A backlog of old rows is worked off
@@ -41,6 +41,11 @@ class Pruner:
                 deleted += count
                 if count < self.BATCH:
                     break
+        kept = [keep for keep in self.retention.values() if keep is not None]
+        if kept and time.monotonic() < deadline:
+            # A workflow outlives its steps only as an empty row: none of its steps can
+            # be younger than the shortest retention once they are all gone.
+            operator.prune_workflows(cursor, older_than=min(kept), batch=self.BATCH)
         if deleted:
             logger.info(
                 "Pruned %d finished job(s) past their retention", deleted,

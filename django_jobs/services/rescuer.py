@@ -29,6 +29,13 @@ def backend_options(alias: str) -> JobsOptions:
         return JobsOptions()
 
 
+_FATE = {
+    "READY": "will run again",
+    "FAILED": "no attempts left, FAILED",
+    "CANCELLED": "it had been asked to cancel, CANCELLED",
+}
+
+
 class Rescuer:
     #: Jobs rescued per round (one transaction); a larger backlog takes several rounds.
     BATCH = 1000
@@ -72,7 +79,7 @@ class Rescuer:
             rescued.append((job.id, state, job.worker_id))
             logger.warning(
                 "Rescued job %s from lost worker %s: %s", job.id, job.worker_id,
-                "will run again" if state == "READY" else "no attempts left, FAILED",
+                _FATE.get(state, state),
                 extra={"action": "job_rescued", "job_id": job.id},
             )  # fmt: skip
             signals.send(

@@ -13,6 +13,7 @@ orphan keeps running jobs that get rescued.
 import contextlib
 import ctypes
 import os
+import queue
 import signal
 import socket
 import sys
@@ -30,6 +31,7 @@ from ..backend import get_backend
 from ..protocol import workers
 from ..tally import TALLY
 from . import logs
+from .control import Controls
 from .runner import Runner
 from .slots import Slots
 
@@ -90,6 +92,50 @@ class PipeControl:
             self.pipe.send(message)
 
 
+class ChildControl(PipeControl):
+    """The child's end of the pipe, read by a thread of its own.
+
+    A cancel request must reach a job while the runner's only thread is busy running
+    it, so the thread hands cancel requests to the runner's ``Controls`` at once; other
+    messages wait in an inbox for the runner's next look. The same thread sends the
+    progress values the throttle held back once they are due.
+    """
+
+    def __init__(self, pipe: Connection) -> None:
+        super().__init__(pipe)
+        self._inbox: queue.SimpleQueue[tuple] = queue.SimpleQueue()
+        #: The runner's cancel requests and progress, once there is a runner.
+        self.controls: Controls | None = None
+        threading.Thread(target=self._read, name="django_jobs-control", daemon=True).start()
+
+    def receive(self, timeout: float) -> list[tuple]:
+        messages: list[tuple] = []
+        try:
+            messages.append(
+                self._inbox.get(timeout=timeout) if timeout > 0 else self._inbox.get_nowait()
+            )
+            while True:
+                messages.append(self._inbox.get_nowait())
+        except queue.Empty:
+            return messages
+
+    def _read(self) -> None:
+        while True:
+            controls = self.controls
+            wait = controls.flush_due() if controls is not None else Controls.IDLE_WAIT
+            try:
+                if not self.pipe.poll(wait):
+                    continue
+                message = self.pipe.recv()
+            except (EOFError, OSError):
+                self._inbox.put(("stop",))  # the supervisor is gone
+                return
+            if message[0] == "cancel" and controls is not None:
+                controls.cancel(message[1])
+            else:
+                self._inbox.put(message)
+
+
 def _die_with_parent() -> None:
     if sys.platform.startswith("linux"):
         try:
@@ -128,7 +174,7 @@ def main(pipe: Connection, config: ChildConfig, slots: Slots) -> None:
     for path in config.setup:
         import_string(path)()
     worker_id = child_worker_id(config.supervisor_id, os.getpid())
-    control = PipeControl(pipe)
+    control = ChildControl(pipe)
     counting = _hand_over_counts(control) if TALLY.enabled else None
     runner = Runner(
         backend=backend,
@@ -146,6 +192,7 @@ def main(pipe: Connection, config: ChildConfig, slots: Slots) -> None:
         grace=config.grace,
         event_loop=config.event_loop,
     )
+    control.controls = runner.controls
 
     def register(cur: object) -> None:
         workers.register_worker(
@@ -185,13 +232,13 @@ def main(pipe: Connection, config: ChildConfig, slots: Slots) -> None:
         connections.close_all()
 
 
-def _send_counts(control: PipeControl) -> None:
+def _send_counts(control: ChildControl) -> None:
     taken = TALLY.take()
     if taken is not None:
         control.send(("tally", taken))
 
 
-def _hand_over_counts(control: PipeControl) -> threading.Event:
+def _hand_over_counts(control: ChildControl) -> threading.Event:
     """Send this child's metric counts to the supervisor about once a second, on a timer
     (not per job: a burst of short jobs costs one message a second, and a long job's
     start is counted while it runs). Set the returned event to stop."""

@@ -1,7 +1,9 @@
 """LISTEN for "a job became runnable" on a dedicated connection, in a background thread.
 
 Wake-ups are hints: the worker still polls, so a lost notification (a reconnect, a
-pooler that drops LISTEN) costs at most one poll interval, never a job.
+pooler that drops LISTEN) costs at most one poll interval, never a job. The same
+connection listens for "job N was asked to stop" (``CANCEL_CHANNEL``); a lost one of
+those is found by the supervisor's check with its heartbeat.
 """
 
 import logging
@@ -10,6 +12,7 @@ import threading
 from collections.abc import Callable, Collection
 
 from ..protocol import NOTIFY_CHANNEL
+from ..protocol.steps import CANCEL_CHANNEL
 from . import dbconn
 
 logger = logging.getLogger(__name__)
@@ -17,11 +20,16 @@ logger = logging.getLogger(__name__)
 
 class Listener:
     def __init__(
-        self, alias: str, queues: Collection[str] | None, on_wake: Callable[[], None]
+        self,
+        alias: str,
+        queues: Collection[str] | None,
+        on_wake: Callable[[], None],
+        on_cancel: Callable[[int], None] | None = None,
     ) -> None:
         self.alias = alias
         self.queues = frozenset(queues) if queues is not None else None
         self.on_wake = on_wake
+        self.on_cancel = on_cancel
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="django_jobs-listener", daemon=True)
         #: Set once the first LISTEN is in place (tests and benchmarks wait on it).
@@ -40,6 +48,8 @@ class Listener:
             try:
                 with dbconn.connect(self.alias, purpose="listener") as conn:
                     conn.execute(f"LISTEN {NOTIFY_CHANNEL}")
+                    if self.on_cancel is not None:
+                        conn.execute(f"LISTEN {CANCEL_CHANNEL}")
                     self.listening.set()
                     delay = 0.5
                     # Jobs may have arrived while we were not listening.
@@ -48,7 +58,10 @@ class Listener:
                         # One generator per wait keeps the stop check responsive; psycopg
                         # buffers notifications that arrive between two waits.
                         for note in conn.notifies(timeout=1.0):
-                            if self.queues is None or note.payload in self.queues:
+                            if note.channel == CANCEL_CHANNEL:
+                                if self.on_cancel is not None and note.payload.isdigit():
+                                    self.on_cancel(int(note.payload))
+                            elif self.queues is None or note.payload in self.queues:
                                 self.on_wake()
             except Exception as exc:  # the thread must outlive any one error
                 logger.warning(

@@ -44,6 +44,9 @@ class OutcomeKind(StrEnum):
     RELEASED = "released"
     #: Superseded by a newer attempt (found out by an atomic task): nothing to record.
     LOST = "lost"
+    #: Stopped because someone cancelled the job (it returned or raised after the
+    #: request, or was killed when its grace ran out): CANCELLED, never retried.
+    CANCELLED = "cancelled"
 
 
 @dataclass(slots=True)
@@ -59,19 +62,13 @@ class Outcome:
     delay: float | None = None
     #: The TaskResult sent with task_started, updated and sent with task_finished.
     task_result: TaskResult | None = None
+    #: The last progress the job reported that is not written yet (JSON): written just
+    #: before the outcome, while the job is still RUNNING.
+    progress_json: str | None = None
 
     @property
     def succeeded(self) -> bool:
         return self.kind in (OutcomeKind.SUCCEEDED, OutcomeKind.RECORDED)
-
-    def to_wire(self) -> tuple:
-        """The parts a child process sends back (the parent has the job)."""
-        return (self.kind.value, self.duration, self.return_json, self.error, self.delay)
-
-    @classmethod
-    def from_wire(cls, job: ClaimedJob, wire: tuple) -> "Outcome":
-        kind, duration, return_json, error, delay = wire
-        return cls(job, OutcomeKind(kind), duration, return_json, error, delay)
 
 
 @dataclass
@@ -83,27 +80,47 @@ class WorkerStats:
     snoozed: int = 0
     released: int = 0
     lost: int = 0
+    cancelled: int = 0
     started_at: float = field(default_factory=time.monotonic)
 
 
 #: The counts of WorkerStats, as worker_stopped reports them.
-STAT_NAMES = ("claimed", "succeeded", "failed", "retried", "snoozed", "released", "lost")
+STAT_NAMES = (
+    "claimed",
+    "succeeded",
+    "failed",
+    "retried",
+    "snoozed",
+    "released",
+    "lost",
+    "cancelled",
+)
 
 
 #: What the database took of one batch: finished_at per success, (state, finished_at)
-#: per failure, and the ids snoozed and released. A job in none of them was refused.
-Recorded = tuple[dict[int, Any], dict[int, tuple[str, Any]], set[int], set[int]]
+#: per failure, the new state per snooze, the ids released, and finished_at per
+#: cancelled attempt. A job in none of them was refused.
+Recorded = tuple[
+    dict[int, Any], dict[int, tuple[str, Any]], dict[int, str], set[int], dict[int, Any]
+]
 
 
 def record(cur: psycopg.Cursor, outcomes: list[Outcome]) -> Recorded:
     """Record a batch: one fenced statement per kind of outcome."""
     by_kind: dict[OutcomeKind, list[Outcome]] = {}
+    progressed = []
     for outcome in outcomes:
         by_kind.setdefault(outcome.kind, []).append(outcome)
+        if outcome.progress_json is not None:
+            progressed.append(
+                protocol.Progressed(outcome.job.id, outcome.job.attempts, outcome.progress_json)
+            )
+    if progressed:
+        protocol.record_progress(cur, progressed)
     done = protocol.complete(
         cur,
         [
-            protocol.Success(o.job.id, o.job.attempts, o.return_json)
+            protocol.Success(o.job.id, o.job.attempts, o.return_json, o.job.dependents is not None)
             for o in by_kind.get(OutcomeKind.SUCCEEDED, ())
         ],
     )
@@ -127,7 +144,14 @@ def record(cur: psycopg.Cursor, outcomes: list[Outcome]) -> Recorded:
         ],
     )
     released = protocol.release(cur, [o.job for o in by_kind.get(OutcomeKind.RELEASED, ())])
-    return done, failed, snoozed, released
+    cancelled = protocol.cancelled(
+        cur,
+        [
+            protocol.Cancelled(o.job.id, o.job.attempts, encode_json(o.error, "error"))
+            for o in by_kind.get(OutcomeKind.CANCELLED, ())
+        ],
+    )
+    return done, failed, snoozed, released, cancelled
 
 
 def send_finished(backend: JobsBackend, outcome: Outcome, state: str, finished_at: Any) -> None:
@@ -239,7 +263,7 @@ class OutcomeRecorder:
             self._report(outcome, recorded)
 
     def _record_one_by_one(self, batch: list[Outcome]) -> tuple[bool, Recorded | None]:
-        merged: Recorded = ({}, {}, set(), set())
+        merged: Recorded = ({}, {}, {}, set(), {})
         for outcome in batch:
             try:
                 ok, part = self._db.run(lambda cur, o=outcome: record(cur, [o]))
@@ -270,7 +294,7 @@ class OutcomeRecorder:
 
     def _report(self, outcome: Outcome, recorded: Recorded) -> None:
         """Count an outcome as the database took it, and signal it."""
-        done, failed, snoozed, released = recorded
+        done, failed, snoozed, released, cancelled = recorded
         job_id = outcome.job.id
         self._on_settled(job_id)
         finished_at = None
@@ -280,8 +304,10 @@ class OutcomeRecorder:
             state, finished_at = JobState.SUCCESSFUL, done[job_id]
         elif job_id in failed:
             state, finished_at = failed[job_id]
+        elif job_id in cancelled:
+            state, finished_at = JobState.CANCELLED, cancelled[job_id]
         elif job_id in snoozed:
-            state = JobState.READY
+            state = snoozed[job_id]
         elif job_id in released:
             self.stats.released += 1
             return
@@ -296,6 +322,8 @@ class OutcomeRecorder:
             return
         if state == JobState.SUCCESSFUL:
             self.stats.succeeded += 1
+        elif state == JobState.CANCELLED:
+            self.stats.cancelled += 1
         elif job_id in snoozed:
             self.stats.snoozed += 1
         elif state == JobState.READY:

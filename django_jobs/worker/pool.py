@@ -56,6 +56,13 @@ class ChildGone:
     overran: frozenset[int] = frozenset()
     #: Killed because the worker is stopping: its jobs go back, no attempt spent.
     shutdown: bool = False
+    #: Jobs it was killed for because they did not stop within their cancel grace.
+    cancelled: frozenset[int] = frozenset()
+
+    @property
+    def killed_for(self) -> frozenset[int]:
+        """The jobs it was killed for; the others it held did nothing wrong."""
+        return self.overran | self.cancelled
 
     @property
     def how(self) -> str:
@@ -76,6 +83,10 @@ class _Child:
     retiring: bool = False
     stopping: bool = False
     killed_for: set[int] = field(default_factory=set)
+    #: Jobs killed for not stopping within their cancel grace (part of killed_for).
+    killed_for_cancel: set[int] = field(default_factory=set)
+    #: Cancel requests sent to it: job id -> (attempt, when to kill it if still running).
+    cancels: dict[int, tuple[int, float]] = field(default_factory=dict)
     killed_at_shutdown: bool = False
     #: The child said it waits for work; it gets one wake-up, then none until it says so
     #: again, so its pipe cannot fill while it runs a long job.
@@ -230,6 +241,26 @@ class ProcessPool:
         child.woken_at = time.monotonic()
         child.control.send(("wake",))
 
+    def worker_ids(self) -> list[str]:
+        """The worker ids the children claim under (those that said they are ready)."""
+        with self._lock:
+            return [c.worker_id for c in self._children if c.worker_id]
+
+    def cancel(self, job_id: int, attempt: int, worker_id: str, grace: float) -> bool:
+        """Ask the child holding ``job_id`` to stop it; kill the child if the job still
+        runs ``grace`` seconds later. False if no child of ours has that id."""
+        with self._lock:
+            for child in self._children:
+                if child.worker_id == worker_id and child.process.is_alive():
+                    if job_id not in child.cancels:
+                        child.cancels[job_id] = (attempt, time.monotonic() + grace)
+                        child.control.send(("cancel", job_id))
+                    return True
+        return False
+
+    def flush_progress(self) -> None:
+        """Nothing to do: each child sends its own held progress when it is due."""
+
     def stop(self) -> None:
         """Ask every child to finish what runs, give back what waits, and exit."""
         with self._lock:
@@ -324,6 +355,8 @@ class ProcessPool:
                 # otherwise wait for the child's next poll.
                 if self._notified_at > child.woken_at and not child.stopping:
                     self._wake(child)
+            elif kind == "progress":
+                self._events.put(message)
             elif kind == "tally":
                 # A child's metric counts since its last report (metrics are on): the
                 # supervisor serves the totals of every process it ran.
@@ -373,8 +406,9 @@ class ProcessPool:
                 pid=child.process.pid,
                 exitcode=code,
                 running=running,
-                overran=frozenset(child.killed_for),
+                overran=frozenset(child.killed_for - child.killed_for_cancel),
                 shutdown=child.killed_at_shutdown,
+                cancelled=frozenset(child.killed_for_cancel),
             )
         )
         if self.burst and code == 0 and not child.retiring and not child.stopping:
@@ -391,23 +425,43 @@ class ProcessPool:
                 self._spawn()
 
     def _enforce_time_limits(self) -> None:
+        """Kill a child running a job past its hard time limit, or past the grace of a
+        cancel request (the job was asked to stop and did not)."""
         now = time.monotonic()
         for child in self._children:
             if child.killed_for or not child.process.is_alive():
                 continue
+            running = child.slots.running()
             late = [
-                r.job_id
-                for r in child.slots.running()
-                if r.deadline and now > r.deadline + self.KILL_MARGIN
+                r.job_id for r in running if r.deadline and now > r.deadline + self.KILL_MARGIN
             ]
-            if late:
-                child.killed_for.update(late)
+            stubborn = []
+            for r in running:
+                asked = child.cancels.get(r.job_id)
+                if asked is not None and asked[0] == r.attempt and now > asked[1]:
+                    stubborn.append(r.job_id)
+            if late or stubborn:
+                child.killed_for.update(late, stubborn)
+                child.killed_for_cancel.update(stubborn)
+                why = []
+                if late:
+                    why.append(f"hard time limit of job {', '.join(map(str, late))}")
+                if stubborn:
+                    why.append(
+                        f"job {', '.join(map(str, stubborn))} cancelled and still running "
+                        "after its cancel grace"
+                    )
                 logger.warning(
-                    "Killing child %s (hard time limit of job %s)",
-                    child.process.pid, ", ".join(map(str, late)),
+                    "Killing child %s (%s)", child.process.pid, "; ".join(why),
                     extra={"action": "child_kill"},
                 )  # fmt: skip
                 child.process.kill()
+            elif child.cancels:
+                # Requests for jobs that ended (or never started) are done with.
+                live = {r.job_id for r in running}
+                for job_id, (_, kill_at) in list(child.cancels.items()):
+                    if job_id not in live and now > kill_at:
+                        del child.cancels[job_id]
 
     def _scale(self) -> None:
         if self._stopping:
@@ -463,6 +517,8 @@ class QueueControl:
     def send(self, message: tuple) -> None:
         if message[0] == "stats":
             self.stats = message[1]
+        elif message[0] == "progress":
+            self._events.put(message)
 
 
 class InProcessPool:
@@ -522,6 +578,21 @@ class InProcessPool:
 
     def wake(self) -> None:
         self._control.put(("wake",))
+
+    def worker_ids(self) -> list[str]:
+        return [self.runner.worker_id]
+
+    def cancel(self, job_id: int, attempt: int, worker_id: str, grace: float) -> bool:
+        """Ask the job to stop; a thread cannot be killed, so that is all (documented)."""
+        if worker_id != self.runner.worker_id:
+            return False
+        self.runner.controls.cancel(job_id)
+        return True
+
+    def flush_progress(self) -> None:
+        """Send the progress the throttle held back, once due (the runner's thread may be
+        busy with a long job)."""
+        self.runner.controls.flush_due()
 
     def stop(self) -> None:
         self._control.put(("stop",))

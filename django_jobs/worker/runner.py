@@ -29,7 +29,8 @@ from .. import registry
 from ..backend import JobsBackend
 from ..policy import Policy
 from ..protocol import jobs as protocol
-from ..protocol.jobs import ClaimedJob
+from ..protocol.jobs import ClaimedJob, Progressed
+from .control import Controls
 from .dbconn import QueueConnection
 from .executor import aexecute, execute, runs_on_event_loop
 from .outcomes import Outcome, OutcomeKind, OutcomeRecorder, WorkerStats
@@ -102,6 +103,8 @@ class Runner:
         self.outcomes = OutcomeRecorder(
             backend, worker_id, self.db, self.stats, lambda job_id: self.held.pop(job_id, None)
         )
+        #: Cancel requests for the jobs held here, and the progress of those running.
+        self.controls = Controls(self._report_progress)
         self.stopping = False
         #: Past a recycling limit: no more claims; exit once what is held is done.
         self.retiring: str | None = None
@@ -234,6 +237,8 @@ class Runner:
             kind = message[0]
             if kind == "stop":
                 self.stopping = True
+            elif kind == "cancel":
+                self.controls.cancel(message[1])
             elif kind == "wake":
                 # The supervisor wakes an idle child once; if this wake-up finds nothing
                 # (another worker was first), the runner says again that it waits.
@@ -301,16 +306,24 @@ class Runner:
 
     def run_one(self, job: ClaimedJob, slot: int) -> Outcome:
         """Run one job in ``slot``, telling the supervisor through the slot's memory."""
-        if self.slots is None:
-            return execute(job, self.backend, self.worker_id)
-        timeout = Policy.for_task(
-            registry.find(job.task_path, job.task_proof), self.backend.jobs_options
-        ).timeout
-        self.slots.start(slot, job.id, job.attempts, timeout)
+        control = self.controls.start(job)
         try:
-            return execute(job, self.backend, self.worker_id)
+            if self.slots is None:
+                return execute(job, self.backend, self.worker_id, control)
+            timeout = Policy.for_task(
+                registry.find(job.task_path, job.task_proof), self.backend.jobs_options
+            ).timeout
+            self.slots.start(slot, job.id, job.attempts, timeout)
+            try:
+                return execute(job, self.backend, self.worker_id, control)
+            finally:
+                self.slots.clear(slot)
         finally:
-            self.slots.clear(slot)
+            self.controls.finish(control)
+
+    def _report_progress(self, progressed: Progressed) -> None:
+        """A running job's progress, due now: the supervisor writes it (any thread)."""
+        self.control.send(("progress", [progressed]))
 
     def finished(self, outcome: Outcome) -> None:
         self.running -= 1
@@ -326,10 +339,12 @@ class Runner:
         self._check_recycling()
 
     def release(self, jobs: list[ClaimedJob]) -> None:
-        """Give back jobs claimed and not started: no attempt spent."""
+        """Give back jobs claimed and not started: no attempt spent (a job someone asked
+        to cancel ends CANCELLED instead)."""
         for job in jobs:
             self.running -= 1
             self.outcomes.add(Outcome(job, OutcomeKind.RELEASED))
+        self.controls.forget(job.id for job in jobs)
 
     def _check_recycling(self) -> None:
         if self.retiring:
@@ -491,9 +506,11 @@ class _LoopSlots(_Executor):
                 ).timeout
                 if runner.slots is not None:
                     runner.slots.start(slot, job.id, job.attempts, timeout)
+                control = runner.controls.start(job)
                 try:
-                    outcome = await aexecute(job, runner.backend, runner.worker_id)
+                    outcome = await aexecute(job, runner.backend, runner.worker_id, control)
                 finally:
+                    runner.controls.finish(control)
                     if runner.slots is not None:
                         runner.slots.clear(slot)
             else:

@@ -7,6 +7,12 @@ pool (``pool.py``), and stops gracefully on SIGTERM/SIGINT. It is off the per-jo
 runners claim, run and record their own jobs (``runner.py``). When a child dies, the
 supervisor records what the child could not (``pool.ChildGone``): the job it was
 running fails with WorkerProcessDied or TimeLimitExceeded, the ones it held go back.
+
+Two more things pass through it. Cancel requests for the jobs its runners hold, heard
+on the listener's connection (or, as a safety net, read with each heartbeat): it tells
+the runner holding the job, and has the pool kill the child if the job still runs when
+the task's ``cancel_grace`` is over. And the progress running jobs report, which it
+writes (a runner busy with a long job on its only thread could not).
 It owns one connection and never writes SQL itself.
 """
 
@@ -26,8 +32,8 @@ import psycopg
 
 from .. import __version__, registry, signals
 from ..backend import get_backend
-from ..codec import class_path
-from ..exceptions import TimeLimitExceeded, WorkerProcessDied
+from ..codec import class_path, encode_json, error_record
+from ..exceptions import JobCancelled, TimeLimitExceeded, WorkerProcessDied
 from ..policy import Policy
 from ..protocol import jobs as job_protocol
 from ..protocol import workers as worker_protocol
@@ -133,6 +139,11 @@ class Supervisor:
         self._next_heartbeat = 0.0
         #: Children gone whose jobs still have to be recorded (the database was away).
         self._gone: list[ChildGone] = []
+        #: Cancel requests handed to the pool: (job id, attempt), and a reason to look.
+        self._cancelling: set[tuple[int, int]] = set()
+        self._cancel_heard = False
+        #: The latest progress each running job reported, not written yet.
+        self._progress: dict[int, job_protocol.Progressed] = {}
         self._stopping = False
         self._aborting = False
         self._run_done = threading.Event()
@@ -159,7 +170,7 @@ class Supervisor:
             self._register()
             if self.listen:
                 listen_db = self.options.LISTEN_DATABASE or self.backend.database
-                self.listener = Listener(listen_db, self.queues, self.pool.wake)
+                self.listener = Listener(listen_db, self.queues, self.pool.wake, self.cancel)
                 self.listener.start()
             # One round of the services before any runner claims: schedules that are due
             # are fired and the jobs of lost workers rescued first (burst mode counts on it).
@@ -188,6 +199,10 @@ class Supervisor:
         if not self._run_done.is_set():
             self.stop(abort=True)
             self._run_done.wait(15)
+
+    def cancel(self, job_id: int) -> None:
+        """Someone asked to cancel job ``job_id``; it may be ours (safe from any thread)."""
+        self._events.put(("cancel", job_id))
 
     def stop(self, abort: bool = False) -> None:
         """Stop claiming and finish what is running (safe from any thread)."""
@@ -262,11 +277,59 @@ class Supervisor:
         while True:
             if isinstance(event, ChildGone):
                 self._gone.append(event)
+            elif event[0] == "progress":
+                for item in event[1]:
+                    self._progress[item.job_id] = item
+            elif event[0] == "cancel":
+                self._cancel_heard = True
             try:
                 event = self._events.get_nowait()
             except queue.Empty:
                 break
+        self._write_progress()
+        if self._cancel_heard:
+            self._cancel_heard = False
+            self._pass_on_cancels()
         self._record_gone()
+
+    # ── cancel requests and progress ────────────────────────────────────────
+
+    def _pass_on_cancels(self) -> None:
+        """Hand each new cancel request for a job our runners run to the pool."""
+        worker_ids = self.pool.worker_ids()
+        if not worker_ids:
+            return
+        ok, asked = self._db(
+            lambda cur: worker_protocol.cancel_requests(cur, worker_ids=worker_ids)
+        )
+        if not ok:
+            self._cancel_heard = True  # try again once the database is back
+            return
+        current = {(job.id, job.attempts) for job in asked}
+        self._cancelling &= current
+        for job in asked:
+            if (job.id, job.attempts) in self._cancelling:
+                continue
+            task = registry.find(job.task_path, job.task_proof)
+            grace = Policy.for_task(task, self.options).cancel_grace
+            if self.pool.cancel(job.id, job.attempts, job.worker_id, grace):
+                self._cancelling.add((job.id, job.attempts))
+                logger.info(
+                    "Job %s was cancelled; asking it to stop (killed after %g s)", job.id,
+                    grace, extra={"action": "job_cancel_requested", "job_id": job.id},
+                )  # fmt: skip
+
+    def _write_progress(self) -> None:
+        self.pool.flush_progress()
+        if not self._progress:
+            return
+        reports = list(self._progress.values())
+        ok, _ = self._db(lambda cur: job_protocol.record_progress(cur, reports))
+        if ok:
+            # Only what was written: a newer report may have come in meanwhile.
+            for report in reports:
+                if self._progress.get(report.job_id) is report:
+                    del self._progress[report.job_id]
 
     def _timers(self) -> None:
         now = time.monotonic()
@@ -282,6 +345,9 @@ class Supervisor:
                     "Worker %s had been declared lost; registering again", self.worker_id
                 )
                 self._register()
+            if ok and self.pool.running:
+                # The safety net for a cancel notification that never reached us.
+                self._pass_on_cancels()
         if self.leader.due():
             self._db(self.leader.tick)
         if self.scheduler.due():
@@ -313,13 +379,18 @@ class Supervisor:
             with cur.connection.transaction():
                 slot_attempts = {r.job_id: r.attempt for r in gone.running}
                 failures = []
+                stopped = []
                 for job in worker_protocol.lock_running_jobs(cur, ids=list(slot_attempts)):
                     if job.worker_id != gone.worker_id or job.attempts != slot_attempts[job.id]:
                         continue  # not that attempt any more
-                    if gone.shutdown or (gone.overran and job.id not in gone.overran):
+                    if gone.shutdown or (gone.killed_for and job.id not in gone.killed_for):
                         continue  # did nothing wrong: it goes back below
-                    failures.append(self._failure(job, gone))
+                    if job.id in gone.cancelled:
+                        stopped.append(self._stopped(job, gone))
+                    else:
+                        failures.append(self._failure(job, gone))
                 job_protocol.fail(cur, failures)
+                job_protocol.cancelled(cur, stopped)
                 released = job_protocol.release_orphans(cur, worker_id=gone.worker_id, held=[])
             if released and not gone.shutdown:
                 logger.info(
@@ -342,6 +413,22 @@ class Supervisor:
             message = f"worker process {gone.pid} exited with {gone.how} while running this job"
         logger.error("Job %s %s: %s", job.id, job.task_path, message)
         return failed_attempt(job, class_path(kind), message, self.backend.jobs_options)
+
+    def _stopped(self, job: worker_protocol.LostJob, gone: ChildGone) -> job_protocol.Cancelled:
+        policy = Policy.for_task(registry.find(job.task_path, job.task_proof), self.options)
+        message = (
+            f"it did not stop within its {policy.cancel_grace:g} s grace after it was "
+            f"cancelled, so worker process {gone.pid} was killed"
+        )
+        logger.warning("Job %s %s: %s", job.id, job.task_path, message)
+        record = error_record(
+            None,
+            attempt=job.attempts,
+            worker_id=job.worker_id,
+            exception_class=class_path(JobCancelled),
+            message=message,
+        )
+        return job_protocol.Cancelled(job.id, job.attempts, encode_json(record, "error"))
 
     def _policy_timeout(self, job: worker_protocol.LostJob) -> float | None:
         return Policy.for_task(registry.find(job.task_path, job.task_proof), self.options).timeout
@@ -393,9 +480,9 @@ class Supervisor:
         s = self.stats
         logger.info(
             "Worker %s stopped after %.1f s: %d succeeded, %d failed, %d retried, %d snoozed, "
-            "%d released, %d lost to a newer attempt",
+            "%d released, %d lost to a newer attempt, %d cancelled",
             self.worker_id, elapsed, s.succeeded, s.failed, s.retried, s.snoozed, s.released,
-            s.lost, extra={"action": "worker_stopped"},
+            s.lost, s.cancelled, extra={"action": "worker_stopped"},
         )  # fmt: skip
         counts = {name: getattr(s, name) for name in STAT_NAMES}
         signals.send(

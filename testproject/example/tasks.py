@@ -236,3 +236,110 @@ def fan_out(count: int) -> int:
 def enqueue_myself() -> None:
     """A job that enqueues itself again, for ever: the test helpers must stop it."""
     enqueue_myself.enqueue()
+
+
+# ── workflows, progress, cancellation (docs/howto/workflows.md and friends) ──────────
+
+
+@task
+def mul(a: int, b: int) -> int:
+    return a * b
+
+
+@task
+def total(numbers: list[int]) -> int:
+    """A chord's callback: add up its members' results."""
+    return sum(numbers)
+
+
+@task
+def collect(values: list) -> list:
+    """A chord's callback that returns what it got, to check the order."""
+    return values
+
+
+@job(max_attempts=2, retry_base_delay=0.01)
+def fails_on(value: int, bad: int) -> int:
+    """Return ``value``, or fail (after a retry) when it is ``bad``."""
+    if value == bad:
+        raise ValueError(f"{value} is the bad value")
+    return value
+
+
+@task
+def report_failure(step_id: str, error: dict, channel: str = "ops") -> str:
+    """A workflow's on_error: note which step failed, once per run (Execution rows)."""
+    from .models import Execution
+
+    Execution.objects.create(key=f"on_error:{step_id}:{error['exception_class_path']}", pid=0)
+    return channel
+
+
+@job(takes_context=True, cancel_grace=5)
+def crunch(context, steps: int, pause: float = 0.05) -> int:
+    """Work in steps, reporting progress, and stop early when cancelled (cooperative)."""
+    for done in range(steps):
+        if context.cancel_requested:
+            return done
+        context.set_progress(done, steps, f"step {done} of {steps}")
+        time.sleep(pause)
+    context.set_progress(steps, steps, "done")
+    return steps
+
+
+@job(cancel_grace=1)
+def stubborn(seconds: float) -> float:
+    """Ignore cancellation (uncooperative): the worker kills it after its 1 s grace."""
+    time.sleep(seconds)
+    return seconds
+
+
+@task
+def fetch_page(number: int) -> dict:
+    """The demo chord's member: pretend to fetch a page and count its words."""
+    from django_jobs import set_progress
+
+    time.sleep(0.05)
+    set_progress(1, 1, f"page {number} fetched")
+    return {"page": number, "words": 100 + number % 17}
+
+
+@task
+def merge_pages(pages: list[dict]) -> dict:
+    """The demo chord's callback: one summary of all the pages, in page order."""
+    return {"pages": len(pages), "words": sum(p["words"] for p in pages)}
+
+
+@job(max_attempts=1)
+def fails_until_retried(key: str) -> str:
+    """Fail for good the first time (leaving a ledger row), succeed when run again."""
+    from .models import LedgerEntry
+
+    _, created = LedgerEntry.objects.get_or_create(key=key)
+    if created:
+        raise RuntimeError(f"{key}: the first run fails")
+    return key
+
+
+@task
+def record_callback(values: list, key: str) -> int:
+    """A chord's callback that logs each of its runs (Execution rows): must run once."""
+    import os
+
+    from .models import Execution
+
+    Execution.objects.create(key=key, pid=os.getpid())
+    return len(values)
+
+
+@job(max_attempts=3)
+def slow_square(number: int, milliseconds: int = 20) -> int:
+    """A chord member that takes a little time and may safely run twice (after a rescue)."""
+    time.sleep(milliseconds / 1000)
+    return number * number
+
+
+@task
+def count_results(values: list) -> int:
+    """The benchmark chord's callback: how many results it received."""
+    return len(values)

@@ -3,7 +3,7 @@ from django.db import transaction
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 
-from . import tasks
+from . import tasks, workflows
 
 
 def enqueue_samples() -> list[str]:
@@ -24,5 +24,9 @@ def home(request: HttpRequest) -> HttpResponse:
     if request.method == "POST":
         ids = enqueue_samples()
         messages.success(request, f"Enqueued jobs {', '.join(ids)}.")
+        enqueued = workflows.enqueue_all()
+        messages.success(
+            request, "Enqueued " + ", ".join(f"the {name} {i}" for name, i in enqueued.items())
+        )
         return redirect("home")
     return render(request, "example/home.html")

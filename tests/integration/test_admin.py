@@ -122,7 +122,10 @@ def test_retry_action_reports_what_moved_and_why_the_rest_did_not(operator):
 def test_cancel_and_run_now_actions(operator):
     ready, running = job("READY"), job("RUNNING")
     response = post_action(operator, "cancel_jobs", ready, running)
-    assert messages_of(response) == ["1 job cancelled, 1 skipped: already running"]
+    assert messages_of(response) == ["1 job cancelled, 1 running job asked to stop"]
+    running.refresh_from_db()
+    assert (running.state, running.cancelled_by) == ("RUNNING", "op (admin)")
+    assert Job.objects.get(pk=ready.pk).cancelled_by == "op (admin)"
     later = job("READY", available_at=timezone.now() + timedelta(hours=1))
     due = job("READY")
     response = post_action(operator, "run_jobs_now", later, due)

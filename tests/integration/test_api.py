@@ -194,7 +194,7 @@ def test_a_token_scoped_to_tasks_sees_and_touches_only_those():
     assert listed["tasks"][0]["parameters"][0]["name"] == "seconds"
 
 
-def test_cancel_only_what_has_not_started():
+def test_cancel_ends_a_waiting_job_and_asks_a_running_one_to_stop():
     token = make_token()
     waiting, running, finished = (tasks.add.enqueue(n, n) for n in range(3))
     Job.objects.filter(pk=int(running.id)).update(state="RUNNING")
@@ -203,10 +203,15 @@ def test_cancel_only_what_has_not_started():
     assert response.status_code == 200
     conforms(body, "Job")
     assert body["state"] == "CANCELLED"
-    for job, reason in ((running, "already running"), (finished, "already finished")):
-        response, body = call("post", f"/jobs/{job.id}/cancel/", token)
-        assert (response.status_code, error_code(body)) == (409, "not_cancellable")
-        assert reason in body["error"]["message"]
+    assert body["cancelled_by"].startswith("API: token")
+    response, body = call("post", f"/jobs/{running.id}/cancel/", token)
+    assert response.status_code == 202
+    conforms(body, "Job")
+    assert body["state"] == "RUNNING"
+    assert body["cancel_requested_at"] is not None
+    response, body = call("post", f"/jobs/{finished.id}/cancel/", token)
+    assert (response.status_code, error_code(body)) == (409, "not_cancellable")
+    assert "already finished" in body["error"]["message"]
     response, body = call("post", "/jobs/99999999/cancel/", token)
     assert response.status_code == 404
     response, body = call("get", "/jobs/abc/", token)

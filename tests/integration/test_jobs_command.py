@@ -12,6 +12,7 @@ from django.core.management import CommandError, call_command
 from django.db import OperationalError
 from django.utils import timezone
 
+from django_jobs import chain
 from django_jobs.console import operations
 from django_jobs.models import Job
 from testproject.example import tasks
@@ -159,3 +160,29 @@ def test_a_database_failure_exits_3_not_1(monkeypatch):
     with pytest.raises(CommandError, match="the database failed: OperationalError") as raised:
         jobs("retry", "1")
     assert raised.value.returncode == 3
+
+
+def test_cancel_asks_a_running_job_to_stop_and_says_who():
+    running = make("RUNNING", attempts=1, worker_id="w")
+    done = make("SUCCESSFUL", finished_at=timezone.now())
+    report = json.loads(jobs("cancel", str(running), "--json"))
+    assert (report["moved"], report["stopping"]) == ([], [running])
+    assert report["summary"] == "0 jobs cancelled, 1 running job asked to stop"
+    assert Job.objects.get(pk=running).cancelled_by.endswith("(jobs command)")
+    with pytest.raises(CommandError) as failed:
+        jobs("cancel", str(done))
+    assert failed.value.returncode == 1
+
+
+def test_workflow_shows_cancels_and_retries_a_workflow():
+    result = chain(tasks.add.s(1, 1), tasks.add.s(1)).enqueue()
+    shown = json.loads(jobs("workflow", result.id, "--json"))
+    assert (shown["status"], shown["steps"], shown["counts"]) == (
+        "READY", 2, {"BLOCKED": 1, "READY": 1},
+    )  # fmt: skip
+    assert jobs("workflow", result.id).startswith(f"workflow {result.id} (add -> add): READY")
+    assert jobs("workflow", result.id, "--cancel").strip() == "2 jobs cancelled"
+    assert json.loads(jobs("workflow", result.id, "--json"))["status"] == "CANCELLED"
+    assert jobs("workflow", result.id, "--retry-failed").strip() == "2 jobs re-queued"
+    with pytest.raises(CommandError, match="no workflow 999999"):
+        jobs("workflow", "999999")

@@ -28,13 +28,20 @@ def test_retry_moves_failed_and_cancelled_only():
     assert (row.state, row.max_attempts, row.finished_at) == ("READY", 2, None)
 
 
-def test_cancel_skips_running_jobs():
-    ready, running = tasks.add.enqueue(1, 1), tasks.add.enqueue(2, 2)
-    Job.objects.filter(pk=int(running.id)).update(state="RUNNING")
+def test_cancel_ends_waiting_jobs_and_asks_running_ones_to_stop():
+    ready, running, done = (tasks.add.enqueue(1, 1) for _ in range(3))
+    Job.objects.filter(pk=int(running.id)).update(state="RUNNING", attempts=1)
+    Job.objects.filter(pk=int(done.id)).update(state="SUCCESSFUL")
     with connection.cursor() as cur:
-        moved = protocol.cancel_jobs(cur, ids(ready, running))
-    assert moved == ids(ready)
-    assert Job.objects.get(pk=int(ready.id)).state == "CANCELLED"
+        moved = protocol.cancel_jobs(cur, ids(ready, running, done), by="ops")
+    assert moved == {int(ready.id): "CANCELLED", int(running.id): "RUNNING"}
+    row = Job.objects.get(pk=int(ready.id))
+    assert (row.state, row.cancelled_by) == ("CANCELLED", "ops")
+    # A running job stays RUNNING until its worker stops it; the request is on its row.
+    row = Job.objects.get(pk=int(running.id))
+    assert (row.state, row.cancelled_by) == ("RUNNING", "ops")
+    assert row.cancel_requested_at is not None
+    assert Job.objects.get(pk=int(done.id)).state == "SUCCESSFUL"
 
 
 def test_run_now_moves_only_delayed_jobs():

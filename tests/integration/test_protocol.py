@@ -13,14 +13,6 @@ from testproject.example import tasks
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
-@pytest.fixture
-def conn():
-    """A second, autocommit connection, as a worker has."""
-    c = dbconn.connect("default", purpose="test")
-    yield c
-    c.close()
-
-
 def claim(conn, worker_id: str, limit: int = 10) -> list[protocol.ClaimedJob]:
     with conn.cursor() as cur:
         return protocol.claim(

@@ -41,7 +41,7 @@ LAYERS = {
         "redaction",
     },
     "protocol": {"protocol", "policy", "registry"},
-    "contract": {"task", "backend"},
+    "contract": {"task", "backend", "context", "control", "workflows"},
     "services": {"services", "schedules", "webhooks", "tasks"},
     "runtime": {"worker"},
     "interfaces": {
@@ -83,6 +83,9 @@ ALLOWED_LATE_IMPORTS = {
         "django_jobs.management.commands.runjobs",
         "django_jobs.metrics.exposition",
     ): "the prometheus extra, only with --metrics-port",
+    # A workflow's enqueue() needs the backend, which imports task.py, which imports
+    # the canvas (for .s()): the canvas reaches the planner only when called.
+    ("django_jobs.workflows.canvas", "django_jobs.workflows.plan"): "backend imports the canvas",
     # Django may build a backend while the app registry is still loading.
     ("django_jobs.backend", "django_jobs.models"): "models need the app registry",
 }

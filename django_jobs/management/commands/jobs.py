@@ -3,9 +3,10 @@
     jobs status                      per-queue counts and the age of the oldest ready job
     jobs list [--state S] [--queue Q] [--task T] [--since 1h] [--limit N]
     jobs retry ID...                 re-queue failed or cancelled jobs
-    jobs cancel ID...                cancel jobs that have not started
+    jobs cancel ID...                cancel jobs; running ones are asked to stop
     jobs run-now ID...               make delayed jobs due now
     jobs prune --older-than 7d [--state FAILED ...]
+    jobs workflow ID [--cancel | --retry-failed]
 
 ``--json`` prints machine-readable output. Exit codes: 0 done; 1 some ids were skipped,
 not found, or past the 10,000 one call handles (listed as ``truncated``); 2 usage error
@@ -14,6 +15,7 @@ done by ``stats.py`` and ``operations.py``, the same functions the admin uses.
 """
 
 import argparse
+import getpass
 import json
 import math
 import re
@@ -27,10 +29,12 @@ from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
 from django_jobs.backend import jobs_backends, jobs_database
+from django_jobs.compat import TaskResultDoesNotExist
 from django_jobs.console import operations, stats
 from django_jobs.management.arguments import positive_int_at_most
-from django_jobs.models import MAX_JOB_ID, Job
+from django_jobs.models import MAX_JOB_ID, Job, Workflow
 from django_jobs.states import FINISHED, JobState
+from django_jobs.workflows.results import get_workflow
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|min|h|d|w)?\s*$", re.IGNORECASE)
 _UNIT_SECONDS = {"s": 1, "m": 60, "min": 60, "h": 3600, "d": 86400, "w": 604800}
@@ -145,6 +149,15 @@ def _job_dict(job: Job) -> dict[str, Any]:
     }
 
 
+def _who() -> str:
+    """Who cancels from this shell, as recorded on the jobs."""
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):  # no name for this uid (a bare container)
+        user = "unknown user"
+    return f"{user} (jobs command)"
+
+
 def _age(seconds: float | None) -> str:
     if seconds is None:
         return "-"
@@ -173,11 +186,19 @@ class Command(BaseCommand):
 
         for name, text in (
             ("retry", "Re-queue failed or cancelled jobs."),
-            ("cancel", "Cancel jobs that have not started."),
+            ("cancel", "Cancel jobs; running ones are asked to stop."),
             ("run-now", "Make delayed jobs due now."),
         ):
             op = sub.add_parser(name, help=f"{text} At most {operations.MAX_IDS} ids a call.")
             op.add_argument("ids", nargs="+", type=job_id, metavar="ID")
+
+        flow = sub.add_parser("workflow", help="Show a workflow; or cancel it, or retry it.")
+        flow.add_argument("workflow_id", type=job_id, metavar="ID")
+        what = flow.add_mutually_exclusive_group()
+        what.add_argument("--cancel", action="store_true", help="Cancel its unfinished steps.")
+        what.add_argument(
+            "--retry-failed", action="store_true", help="Re-queue its failed and cancelled steps."
+        )
 
         prune = sub.add_parser("prune", help="Delete finished jobs older than a cut-off.")
         prune.add_argument("--older-than", type=duration, required=True, help="e.g. 7d, 12h.")
@@ -210,6 +231,8 @@ class Command(BaseCommand):
                 limit=options["limit"],
             )
             self._list(jobs, as_json)
+        elif name == "workflow":
+            self._workflow(options["workflow_id"], options, as_json)
         elif name == "prune":
             deleted = operations.prune(options["older_than"], options["states"])
             if as_json:
@@ -217,34 +240,79 @@ class Command(BaseCommand):
             else:
                 self.stdout.write(f"{deleted} finished job{'s' if deleted != 1 else ''} deleted")
         else:
-            operation = {
-                "retry": operations.retry,
-                "cancel": operations.cancel,
-                "run-now": operations.run_now,
-            }[name]
-            report = operation(options["ids"])
-            if as_json:
-                self._print(report.as_dict())
+            if name == "cancel":
+                report = operations.cancel(options["ids"], by=_who())
             else:
-                self.stdout.write(report.summary())
-                for job, reason in sorted(report.skipped.items()):
-                    self.stdout.write(f"  #{job}: {reason}")
-                if report.dropped:
-                    self.stdout.write(
-                        f"  {len(report.dropped)} id(s) past the first {operations.MAX_IDS} "
-                        f"were not considered; run again with them: "
-                        + " ".join(str(i) for i in report.dropped)
-                    )
-            if not report.ok:
-                problems = []
-                if report.skipped:
-                    problems.append(f"{len(report.skipped)} job(s) skipped")
-                if report.dropped:
-                    problems.append(
-                        f"{len(report.dropped)} id(s) not considered (at most "
-                        f"{operations.MAX_IDS} a call)"
-                    )
-                raise CommandError("; ".join(problems), returncode=1)
+                operation = {"retry": operations.retry, "run-now": operations.run_now}[name]
+                report = operation(options["ids"])
+            self._report(report, as_json)
+
+    def _report(self, report: operations.Report, as_json: bool) -> None:
+        if as_json:
+            self._print(report.as_dict())
+        else:
+            self.stdout.write(report.summary())
+            for job, reason in sorted(report.skipped.items()):
+                self.stdout.write(f"  #{job}: {reason}")
+            if report.dropped:
+                self.stdout.write(
+                    f"  {len(report.dropped)} id(s) past the first {operations.MAX_IDS} "
+                    f"were not considered; run again with them: "
+                    + " ".join(str(i) for i in report.dropped)
+                )
+        if not report.ok:
+            problems = []
+            if report.skipped:
+                problems.append(f"{len(report.skipped)} job(s) skipped")
+            if report.dropped:
+                problems.append(
+                    f"{len(report.dropped)} id(s) not considered (at most "
+                    f"{operations.MAX_IDS} a call)"
+                )
+            raise CommandError("; ".join(problems), returncode=1)
+
+    def _workflow(self, workflow_id: int, options: dict[str, Any], as_json: bool) -> None:
+        using = jobs_database()
+        alias = (
+            Workflow.objects.using(using).filter(pk=workflow_id).values_list("backend", flat=True)
+        )
+        try:
+            if not alias:
+                raise TaskResultDoesNotExist(workflow_id)
+            if options["cancel"]:
+                self._report(operations.cancel_workflows([workflow_id], by=_who()), as_json)
+                return
+            if options["retry_failed"]:
+                self._report(operations.retry_workflows([workflow_id]), as_json)
+                return
+            result = get_workflow(str(workflow_id), backend=alias[0])
+        except TaskResultDoesNotExist:
+            raise CommandError(f"no workflow {workflow_id}", returncode=1) from None
+        summary = {
+            "id": result.id,
+            "description": result.description,
+            "status": result.status.value,
+            "steps": len(result.results),
+            "counts": dict(sorted(result.counts.items())),
+            "progress": round(result.progress, 3),
+            "failed_step": result.failed_step_id,
+            "on_error_job": result.on_error_id,
+            "cancelled_by": result.cancelled_by,
+        }
+        if as_json:
+            self._print(summary)
+            return
+        counts = ", ".join(f"{n} {state}" for state, n in summary["counts"].items())
+        self.stdout.write(
+            f"workflow {result.id} ({result.description}): {result.status.value}, "
+            f"{summary['steps']} steps: {counts}; {result.progress:.0%} done"
+        )
+        if result.failed_step_id:
+            self.stdout.write(f"  failed at step {result.failed_step_id}")
+        if result.on_error_id:
+            self.stdout.write(f"  on_error runs as job {result.on_error_id}")
+        if result.cancelled_by:
+            self.stdout.write(f"  cancelled by {result.cancelled_by}")
 
     def _print(self, value: Any) -> None:
         self.stdout.write(json.dumps(value, indent=2))
