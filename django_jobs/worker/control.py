@@ -83,6 +83,8 @@ class Controls:
         self._running: dict[int, RunningJob] = {}
         #: Ids of jobs someone asked to cancel; a held job found here never starts.
         self.cancelled: set[int] = set()
+        #: Told of each cancel request too (the asyncio pool cancels coroutines).
+        self.on_cancel: Callable[[int], None] | None = None
 
     def start(self, job: ClaimedJob) -> RunningJob:
         control = RunningJob(job, self.cancelled, self._report)
@@ -99,6 +101,8 @@ class Controls:
     def cancel(self, job_id: int) -> None:
         """Someone asked to cancel ``job_id`` (any thread)."""
         self.cancelled.add(job_id)
+        if self.on_cancel is not None:
+            self.on_cancel(job_id)
 
     def forget(self, job_ids: Any) -> None:
         """Jobs given back without running (released): their requests go with them."""

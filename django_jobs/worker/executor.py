@@ -393,6 +393,16 @@ def _cancel_record(
     return record
 
 
+def stopped_by_cancel(job: ClaimedJob, worker_id: str, duration: float, how: str) -> Outcome:
+    """The outcome of an attempt the worker stopped because it was cancelled."""
+    logger.info(
+        "Job %s %s cancelled: %s", job.id, job.task_path, how,
+        extra={"action": "job_cancelled", "job_id": job.id},
+    )  # fmt: skip
+    error = _cancel_record(job, worker_id, None, how)
+    return Outcome(job, OutcomeKind.CANCELLED, duration, error=error)
+
+
 def _cancelled(run: _Run, duration: float, exc: BaseException | None) -> Outcome:
     """The attempt ended after a cancel request: CANCELLED, whatever it returned or raised."""
     job = run.job

@@ -32,7 +32,7 @@ from ..protocol import jobs as protocol
 from ..protocol.jobs import ClaimedJob, Progressed
 from .control import Controls
 from .dbconn import QueueConnection
-from .executor import aexecute, execute, runs_on_event_loop
+from .executor import aexecute, execute, runs_on_event_loop, stopped_by_cancel
 from .outcomes import Outcome, OutcomeKind, OutcomeRecorder, WorkerStats
 from .slots import Slots
 
@@ -120,6 +120,7 @@ class Runner:
         self._pool: _ThreadSlots | _LoopSlots | None = None
         if event_loop:
             self._pool = _LoopSlots(self)
+            self.controls.on_cancel = self._pool.cancel_soon
         elif threads > 1:
             self._pool = _ThreadSlots(self)
 
@@ -458,11 +459,19 @@ class _LoopSlots(_Executor):
     the loop's default executor. Each running job holds one of the runner's slots.
     """
 
+    #: A cancelled coroutine that has not ended by itself is cancelled on the loop at this
+    #: fraction of its cancel grace: before the supervisor would kill the whole child.
+    CANCEL_AT = 0.8
+
     def __init__(self, runner: Runner) -> None:
         super().__init__(runner)
         self._loop = asyncio.new_event_loop()
         self._free = list(range(runner.threads))
         self._tasks: set[asyncio.Task] = set()
+        #: Jobs awaited on the loop now: their asyncio task and cancel grace.
+        self._awaited: dict[int, tuple[asyncio.Task | None, float]] = {}
+        #: Jobs whose coroutine was cancelled because they were (see cancel_soon).
+        self._stopped_for_cancel: set[int] = set()
         self._thread = threading.Thread(
             target=self._serve, name="django_jobs-event-loop", daemon=True
         )
@@ -499,27 +508,58 @@ class _LoopSlots(_Executor):
 
     async def _run(self, job: ClaimedJob, slot: int) -> None:
         runner = self.runner
+        started = time.perf_counter()
         try:
             if runs_on_event_loop(job):
-                timeout = Policy.for_task(
+                policy = Policy.for_task(
                     registry.find(job.task_path, job.task_proof), runner.backend.jobs_options
-                ).timeout
+                )
                 if runner.slots is not None:
-                    runner.slots.start(slot, job.id, job.attempts, timeout)
+                    runner.slots.start(slot, job.id, job.attempts, policy.timeout)
                 control = runner.controls.start(job)
+                self._awaited[job.id] = (asyncio.current_task(), policy.cancel_grace)
                 try:
                     outcome = await aexecute(job, runner.backend, runner.worker_id, control)
                 finally:
+                    del self._awaited[job.id]
                     runner.controls.finish(control)
                     if runner.slots is not None:
                         runner.slots.clear(slot)
             else:
                 outcome = await asyncio.to_thread(runner.run_one, job, slot)
         except asyncio.CancelledError:
-            outcome = Outcome(job, OutcomeKind.RELEASED)  # stopped at shutdown: it goes back
+            if job.id in self._stopped_for_cancel:
+                self._stopped_for_cancel.discard(job.id)
+                outcome = stopped_by_cancel(
+                    job,
+                    runner.worker_id,
+                    time.perf_counter() - started,
+                    "it did not stop by itself after it was cancelled, so its coroutine was "
+                    "cancelled",
+                )
+            else:
+                outcome = Outcome(job, OutcomeKind.RELEASED)  # stopped at shutdown: it goes back
         finally:
             self._free.append(slot)
         self._done.put(outcome)
+
+    def cancel_soon(self, job_id: int) -> None:
+        """A cancel request for ``job_id`` (any thread): if its coroutine does not end by
+        itself within most of its cancel grace, cancel it on the loop, so that the child
+        and the other jobs on its loop are not killed for it."""
+        self._loop.call_soon_threadsafe(self._arm_cancel, job_id)
+
+    def _arm_cancel(self, job_id: int) -> None:
+        awaited = self._awaited.get(job_id)
+        if awaited is None:
+            return  # not awaited on the loop (a thread's, or not started): the executor sees it
+        task, grace = awaited
+        self._loop.call_later(grace * self.CANCEL_AT, self._cancel_task, job_id, task)
+
+    def _cancel_task(self, job_id: int, task: asyncio.Task) -> None:
+        if not task.done() and self._awaited.get(job_id, (None,))[0] is task:
+            self._stopped_for_cancel.add(job_id)
+            task.cancel()
 
     async def _finish(self, timeout: float) -> None:
         if self._tasks:

@@ -63,6 +63,13 @@ async def async_overrun_soft_limit(seconds: float = 3) -> str:
     return "finished"
 
 
+@job(cancel_grace=1.5, max_attempts=1)
+async def async_ignore_cancel(seconds: float = 60) -> float:
+    """Awaits and never looks at cancel_requested: the asyncio pool cancels its coroutine."""
+    await asyncio.sleep(seconds)
+    return seconds
+
+
 @task
 async def async_add(a: int, b: int) -> int:
     await asyncio.sleep(0)

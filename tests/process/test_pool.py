@@ -1,12 +1,17 @@
-"""The child-process pool: recycling by job count and by memory, and autoscaling."""
+"""The child-process pool: recycling, autoscaling, the asyncio pool's limits and cancels."""
 
+import signal
+import time
 from datetime import timedelta
 
 import pytest
 
+from django_jobs import cancel, job_info
 from django_jobs.models import Job
 from testproject.example import tasks
 from testproject.example.models import Execution
+
+from ..conftest import wait_for
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -88,6 +93,33 @@ def test_the_asyncio_pool_keeps_soft_and_hard_time_limits(start_worker):
         result.refresh()
         assert (result.status, result.errors) == ("SUCCESSFUL", [])
         assert Job.objects.get(pk=int(result.id)).attempts == 1
+
+
+def test_a_cancelled_coroutine_is_stopped_without_killing_its_child(start_worker):
+    stubborn = tasks.async_ignore_cancel.enqueue(60)
+    bystanders = tasks.async_sleep.enqueue_many([((4,), {})] * 3)
+    worker = start_worker("--pool", "asyncio", "--concurrency", "10")
+    wait_for(lambda: job_info(stubborn.id).state == "RUNNING", 30, "the job to start")
+    wait_for(
+        lambda: all(job_info(r.id).state == "RUNNING" for r in bystanders),
+        30,
+        "the bystanders to start",
+    )
+    asked = time.monotonic()
+    assert cancel(stubborn.id, by="ops").outcome == "stopping"
+    wait_for(lambda: job_info(stubborn.id).state == "CANCELLED", 15, "the coroutine's cancel")
+    took = time.monotonic() - asked
+    assert 1.0 < took < 5, f"stopped after {took:.1f} s; its grace is 1.5 s"
+    row = Job.objects.get(pk=int(stubborn.id))
+    assert row.errors[-1]["exception_class_path"] == "django_jobs.exceptions.JobCancelled"
+    assert "its coroutine was cancelled" in row.errors[-1]["message"]
+    # The child was not killed: the jobs sharing its loop finish in their first attempt.
+    for result in bystanders:
+        wait_for(lambda r=result: job_info(r.id).state == "SUCCESSFUL", 30, "a bystander")
+        assert Job.objects.get(pk=int(result.id)).attempts == 1
+    worker.signal(signal.SIGTERM)
+    assert worker.wait(timeout=30) == 0, worker.output()
+    assert "Killing child" not in worker.output()
 
 
 def test_a_child_that_dies_gives_back_the_jobs_it_had_claimed(start_worker):
