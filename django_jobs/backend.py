@@ -5,18 +5,19 @@ enqueues through the caller's connection (so jobs commit or roll back with the
 caller's transaction) and reads results from any process. It never runs jobs.
 """
 
+import hashlib
 import json
-from collections.abc import Mapping, Sequence
-from dataclasses import replace
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
 from functools import cached_property, lru_cache
 from typing import Any
 
 from django.core import checks
-from django.db import connections, router
+from django.db import connections, router, transaction
 from django.utils import timezone
 
-from . import policy, registry
-from .codec import encode_arguments
+from . import limits, policy, registry
+from .codec import encode_arguments, preview
 from .compat import (
     DEFAULT_TASK_BACKEND_ALIAS,
     BaseTaskBackend,
@@ -31,9 +32,23 @@ from .compat import (
     task_enqueued,
 )
 from .conf import JobsOptions, validate
-from .protocol import jobs
+from .protocol import jobs, unique
 from .states import to_task_status
 from .task import JobsTask
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class JobResult(TaskResult):
+    """The TaskResult ``enqueue()`` returns, which says whether it enqueued anything."""
+
+    #: True when the task is unique and a job with the same key already counted: nothing
+    #: was enqueued, and this is that job's result (see ``was_duplicate``).
+    duplicate: bool = False
+
+
+def was_duplicate(result: TaskResult) -> bool:
+    """Whether ``enqueue()`` returned an existing job's result instead of enqueueing one."""
+    return bool(getattr(result, "duplicate", False))
 
 
 class JobsBackend(BaseTaskBackend):
@@ -75,8 +90,29 @@ class JobsBackend(BaseTaskBackend):
         return self.new_job(task, args, kwargs)
 
     def new_job(self, task: Task, args: Sequence[Any], kwargs: Mapping[str, Any]) -> jobs.NewJob:
-        """The row to insert for ``task(*args, **kwargs)``; raise TypeError for non-JSON."""
+        """The row to insert for ``task(*args, **kwargs)``; raise TypeError for non-JSON.
+
+        A unique task's key and a concurrency key are worked out here, from the
+        arguments; a key function that fails, or a key that cannot be one, raises
+        TypeError or ValueError naming the task, and nothing is written.
+        """
         args_json, kwargs_json = encode_arguments(task, args, kwargs)
+        unique_key = concurrency_key = concurrency_limit = flow = None
+        if getattr(task, "is_unique", False):
+            unique_key = (
+                _key_of(task, "unique_key", args, kwargs)
+                if task.unique_key is not None
+                else _arguments_digest(args_json, kwargs_json)
+            )
+        if getattr(task, "concurrency_key", None) is not None:
+            concurrency_key = _key_of(task, "concurrency_key", args, kwargs)
+            concurrency_limit = task.concurrency_limit or 1
+        if (
+            concurrency_key is not None
+            or getattr(task, "is_limited", False)
+            or task.queue_name in self.jobs_options.QUEUE_LIMITS
+        ):
+            flow = limits.FLOW_LIMITED
         return jobs.NewJob(
             task_path=task.module_path,
             queue_name=task.queue_name,
@@ -86,13 +122,25 @@ class JobsBackend(BaseTaskBackend):
             kwargs_json=kwargs_json,
             run_after=task.run_after,
             max_attempts=policy.default_max_attempts(task, self.jobs_options),
+            unique_key=unique_key,
+            concurrency_key=concurrency_key,
+            concurrency_limit=concurrency_limit,
+            flow=flow,
         )
 
     def enqueue(self, task: Task, args: Sequence[Any], kwargs: Mapping[str, Any]) -> TaskResult:
         new_job = self._new_job(task, args, kwargs)
         with connections[self.database].cursor() as cursor:
-            job_id, enqueued_at = jobs.enqueue(cursor, new_job)
-        return self.enqueued(task, job_id, enqueued_at, new_job)
+            if new_job.unique_key is None:
+                inserted = jobs.enqueue(cursor, new_job)
+            else:
+                (inserted,) = unique.enqueue(
+                    cursor, [new_job], [_rule(task)], now=timezone.now(), columns=_HOLDER_FIELDS
+                )
+        if isinstance(inserted, dict):
+            return self.duplicate_of(inserted)
+        assert inserted is not None  # only a unique job can find its key taken
+        return self.enqueued(task, *inserted, new_job)
 
     def enqueue_many(
         self, calls: Sequence[tuple[Task, Sequence[Any], Mapping[str, Any]]]
@@ -106,20 +154,38 @@ class JobsBackend(BaseTaskBackend):
                 self.validate_task(task)
                 validated.add(id(task))
             new_jobs.append(self._new_job(task, args, kwargs, validated=True))
-        with connections[self.database].cursor() as cursor:
-            rows = jobs.enqueue_many(cursor, new_jobs, now=timezone.now())
+        if not any(j.unique_key is not None for j in new_jobs):
+            with connections[self.database].cursor() as cursor:
+                rows: list[Any] = jobs.enqueue_many(cursor, new_jobs, now=timezone.now())
+        else:
+            # One savepoint: a batch is written whole or not at all.
+            rules = [
+                _rule(task) if j.unique_key else None
+                for (task, _, _), j in zip(calls, new_jobs, strict=True)
+            ]
+            with (
+                transaction.atomic(using=self.database),
+                connections[self.database].cursor() as cursor,
+            ):
+                rows = unique.enqueue(
+                    cursor, new_jobs, rules, now=timezone.now(), columns=_HOLDER_FIELDS
+                )
         return [
-            self.enqueued(task, job_id, enqueued_at, new_job)
-            for (task, _, _), (job_id, enqueued_at), new_job in zip(
-                calls, rows, new_jobs, strict=True
-            )
+            self.duplicate_of(row) if isinstance(row, dict) else self.enqueued(task, *row, new_job)
+            for (task, _, _), row, new_job in zip(calls, rows, new_jobs, strict=True)
         ]
+
+    def duplicate_of(self, row: Mapping[str, Any]) -> JobResult:
+        """The result of the job a unique enqueue found in its place (no signal is sent)."""
+        result = self.result_from_row(row, result_class=JobResult)
+        object.__setattr__(result, "duplicate", True)
+        return result
 
     def enqueued(
         self, task: Task, job_id: int, enqueued_at: Any, new_job: jobs.NewJob
     ) -> TaskResult:
         """The TaskResult of a job just written; sends ``task_enqueued`` for it."""
-        result = TaskResult(
+        result = JobResult(
             task=task,
             id=str(job_id),
             status=TaskResultStatus.READY,
@@ -155,10 +221,12 @@ class JobsBackend(BaseTaskBackend):
             raise TaskResultDoesNotExist(result_id)
         return self.result_from_row(row)
 
-    def result_from_row(self, row: Mapping[str, Any]) -> TaskResult:
+    def result_from_row(
+        self, row: Mapping[str, Any], result_class: type[TaskResult] = TaskResult
+    ) -> TaskResult:
         """Build the TaskResult for a job row (a dict, or a ClaimedJob's fields)."""
         task = self.task_for(row["task_path"], row)
-        result = TaskResult(
+        result = result_class(
             task=task,
             id=str(row["id"]),
             status=to_task_status(row.get("state", "RUNNING")),
@@ -262,6 +330,39 @@ class JobsBackend(BaseTaskBackend):
 #: The columns a TaskResult is built from: what a worker holds of a claimed job, and the
 #: state, return value and end a stored row adds.
 _RESULT_FIELDS = (*jobs.JOB_COLUMNS, "state", "return_value", "finished_at")
+#: What a unique enqueue reads of the job holding the key.
+_HOLDER_FIELDS = (*_RESULT_FIELDS, "unique_key")
+
+
+def _rule(task: Task) -> unique.Rule:
+    return unique.Rule(counted=task.counted_states, unique_for=task.unique_seconds)
+
+
+def _arguments_digest(args_json: str, kwargs_json: str) -> str:
+    """The key of a unique task that names none: its arguments, in a canonical form."""
+    canonical = json.dumps(
+        [json.loads(args_json), json.loads(kwargs_json)],
+        sort_keys=True,
+        ensure_ascii=False,
+        separators=(",", ":"),
+    )
+    return "args:" + hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def _key_of(task: Task, option: str, args: Sequence[Any], kwargs: Mapping[str, Any]) -> str:
+    """``task``'s ``option`` (a str, or a function of the arguments) as a checked key."""
+    spec: str | Callable[..., Any] = getattr(task, option)
+    what = f"{option} of task {task.module_path!r}"
+    if not callable(spec):
+        return limits.check_key(spec, what)
+    try:
+        value = spec(*args, **kwargs)
+    except Exception as exc:
+        raise ValueError(
+            f"{what} raised {type(exc).__name__}: {exc} for args {preview(list(args))} and "
+            f"kwargs {preview(dict(kwargs))}; nothing was enqueued."
+        ) from exc
+    return limits.check_key(value, f"{what} (returned for args {preview(list(args))})")
 
 
 @lru_cache(maxsize=4096)

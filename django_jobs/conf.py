@@ -11,6 +11,8 @@ from typing import Any
 
 from django.core.exceptions import ImproperlyConfigured
 
+from .limits import QueueLimit, parse_queue_limits, queue_limits_problems
+
 #: Successful jobs are history after a week; failures and cancellations are kept a month
 #: so that someone can look at them (and retry them) after a holiday.
 DEFAULT_RETENTION: dict[str, float | None] = {
@@ -60,6 +62,9 @@ class JobsOptions:
     #: forever). The maintenance leader deletes older ones in bounded batches. States
     #: left out keep their default.
     RETENTION: dict[str, float | None] = field(default_factory=lambda: dict(DEFAULT_RETENTION))
+    #: Limits per queue, shared by every worker: {"emails": {"rate_limit": "20/s",
+    #: "concurrency": 5}} (see limits.py and the flow control how-to).
+    QUEUE_LIMITS: dict[str, QueueLimit] = field(default_factory=dict)
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any] | None) -> "JobsOptions":
@@ -75,6 +80,8 @@ class JobsOptions:
                 **DEFAULT_RETENTION,
                 **{state: _seconds(keep) for state, keep in values["RETENTION"].items()},
             }
+        if "QUEUE_LIMITS" in values:
+            values["QUEUE_LIMITS"] = parse_queue_limits(values["QUEUE_LIMITS"])
         return cls(**values)
 
 
@@ -155,6 +162,8 @@ def validate(raw: dict[str, Any]) -> list[str]:
                     f"RETENTION[{state!r}] must be None (keep forever) or a number of seconds "
                     f"or a timedelta > 0, got {keep!r}"
                 )
+    if "QUEUE_LIMITS" in raw:
+        problems.extend(queue_limits_problems(raw["QUEUE_LIMITS"]))
     schedules = raw.get("SCHEDULES", {})
     if not isinstance(schedules, dict):
         problems.append(f"SCHEDULES must be a dict of name -> schedule, got {schedules!r}")

@@ -14,7 +14,7 @@ from datetime import datetime
 from operator import attrgetter, itemgetter
 from typing import Any
 
-from . import NOTIFY_CHANNEL, Cursor, execute_many
+from . import NOTIFY_CHANNEL, Cursor, execute_many, limits
 
 #: Columns a worker needs to run a job and to build its TaskResult, in this order.
 JOB_COLUMNS = (
@@ -83,6 +83,56 @@ ORDER BY t.n
 RETURNING id, enqueued_at
 """
 
+# Enqueue with flow control: the same row, plus its unique key, concurrency key and flow
+# (limits.py). A unique key another row holds inserts nothing (and returns nothing): the
+# unique index decides, and a holder still being written by another transaction is
+# waited for. What to answer then is protocol/unique.py's.
+ENQUEUE_FLOW = f"""
+WITH j AS (
+    INSERT INTO django_jobs_job (
+        task_path, queue_name, priority, state, backend, args, kwargs,
+        run_after, available_at, enqueued_at, attempts, max_attempts, worker_ids, errors,
+        unique_key, concurrency_key, concurrency_limit, flow
+    )
+    VALUES (
+        %(task_path)s, %(queue_name)s, %(priority)s, 'READY', %(backend)s,
+        %(args_json)s::jsonb, %(kwargs_json)s::jsonb, %(run_after)s::timestamptz,
+        COALESCE(%(run_after)s::timestamptz, now()), now(), 0, %(max_attempts)s, '[]', '[]',
+        %(unique_key)s, %(concurrency_key)s, %(concurrency_limit)s, %(flow)s
+    )
+    ON CONFLICT (backend, task_path, unique_key) WHERE unique_key IS NOT NULL DO NOTHING
+    RETURNING id, enqueued_at, available_at, queue_name
+)
+SELECT j.id, j.enqueued_at,
+       CASE WHEN j.available_at <= now() THEN pg_notify('{NOTIFY_CHANNEL}', j.queue_name) END
+FROM j
+"""
+
+# Bulk enqueue with flow control. RETURNING keeps the input order (the rows are
+# inserted in `n` order), minus the rows whose unique key was taken; `unique_key` says
+# which came back.
+ENQUEUE_MANY_FLOW = """
+INSERT INTO django_jobs_job (
+    task_path, queue_name, priority, state, backend, args, kwargs,
+    run_after, available_at, enqueued_at, attempts, max_attempts, worker_ids, errors,
+    unique_key, concurrency_key, concurrency_limit, flow
+)
+SELECT t.task_path, t.queue_name, t.priority, 'READY', t.backend, t.args, t.kwargs,
+       t.run_after, COALESCE(t.run_after, now()), now(), 0, t.max_attempts, '[]', '[]',
+       t.unique_key, t.concurrency_key, t.concurrency_limit, t.flow
+FROM unnest(
+    %(task_path)s::text[], %(queue_name)s::text[], %(priority)s::smallint[],
+    %(backend)s::text[], %(args_json)s::jsonb[], %(kwargs_json)s::jsonb[],
+    %(run_after)s::timestamptz[], %(max_attempts)s::int[], %(unique_key)s::text[],
+    %(concurrency_key)s::text[], %(concurrency_limit)s::int[], %(flow)s::text[]
+) WITH ORDINALITY AS t(task_path, queue_name, priority, backend, args, kwargs,
+                      run_after, max_attempts, unique_key, concurrency_key,
+                      concurrency_limit, flow, n)
+ORDER BY t.n
+ON CONFLICT (backend, task_path, unique_key) WHERE unique_key IS NOT NULL DO NOTHING
+RETURNING id, enqueued_at, backend, task_path, unique_key
+"""
+
 NOTIFY_QUEUES = f"""
 SELECT pg_notify('{NOTIFY_CHANNEL}', q) FROM unnest(%(queues)s::text[]) AS q
 """
@@ -108,24 +158,32 @@ WHERE j.id IN (
 )
 RETURNING {_RETURNING}
 """
-CLAIM = _CLAIM.format(queue_filter="AND queue_name = ANY(%(queues)s::text[])")
-CLAIM_ANY_QUEUE = _CLAIM.format(queue_filter="")
+CLAIM = _CLAIM.format(queue_filter="AND flow IS NULL AND queue_name = ANY(%(queues)s::text[])")
+CLAIM_ANY_QUEUE = _CLAIM.format(queue_filter="AND flow IS NULL")
+
+# The claim of a process that declares limits, or finds limited jobs waiting: the plain
+# claim's jobs and the limited ones in one priority order, within the limits
+# (protocol/limits.py). `flow IS NULL` above keeps the plain claim off limited jobs.
+CLAIM_LIMITED = limits.claim_statement(_RETURNING, queue_filter=True)
+CLAIM_LIMITED_ANY_QUEUE = limits.claim_statement(_RETURNING, queue_filter=False)
+
+# Every statement that ends an attempt also returns, for limited jobs, the limiters they
+# counted in (limits.SLOTS), which the functions below give back (limits.give_back).
 
 # Fenced success: only the attempt that claimed the job may finish it. A row that was
 # rescued (and maybe re-claimed) since then no longer matches and is left alone.
-COMPLETE_MANY = """
+COMPLETE_MANY = f"""
 UPDATE django_jobs_job AS j
 SET state = 'SUCCESSFUL', finished_at = now(), return_value = o.return_value
 FROM unnest(%(job_id)s::bigint[], %(attempt)s::int[], %(return_json)s::jsonb[])
      AS o(id, attempt, return_value)
 WHERE j.id = o.id AND j.state = 'RUNNING' AND j.attempts = o.attempt
-RETURNING j.id, j.finished_at
+RETURNING j.id, j.finished_at, {limits.SLOTS}
 """
-
 # Fenced failure. `retry_in` (seconds) NULL means the attempt was the last one: FAILED.
 # Otherwise the job goes back to READY, due after the backoff. The decision is the
 # policy's (policy.py); this statement only carries it out.
-FAIL_MANY = """
+FAIL_MANY = f"""
 UPDATE django_jobs_job AS j
 SET state = CASE WHEN o.retry_in IS NULL THEN 'FAILED' ELSE 'READY' END,
     finished_at = CASE WHEN o.retry_in IS NULL THEN now() END,
@@ -135,12 +193,11 @@ SET state = CASE WHEN o.retry_in IS NULL THEN 'FAILED' ELSE 'READY' END,
 FROM unnest(%(job_id)s::bigint[], %(attempt)s::int[], %(error_json)s::jsonb[],
             %(retry_in)s::float8[]) AS o(id, attempt, error, retry_in)
 WHERE j.id = o.id AND j.state = 'RUNNING' AND j.attempts = o.attempt
-RETURNING j.id, j.state, j.finished_at
+RETURNING j.id, j.state, j.finished_at, {limits.SLOTS}
 """
-
 # Snooze: the job asked to run later. The attempt is not an error: the policy gives it
 # back to the budget (the new max_attempts), and it stays in the history (worker_ids).
-SNOOZE_MANY = """
+SNOOZE_MANY = f"""
 UPDATE django_jobs_job AS j
 SET state = 'READY',
     max_attempts = o.max_attempts,
@@ -148,9 +205,8 @@ SET state = 'READY',
 FROM unnest(%(job_id)s::bigint[], %(attempt)s::int[], %(snooze_for)s::float8[],
             %(max_attempts)s::int[]) AS o(id, attempt, snooze_for, max_attempts)
 WHERE j.id = o.id AND j.state = 'RUNNING' AND j.attempts = o.attempt
-RETURNING j.id
+RETURNING j.id, {limits.SLOTS}
 """
-
 # Undo a claim: back to READY, and the attempt, its worker entry and its times go too.
 _UNCLAIM = """
 SET state = 'READY',
@@ -167,9 +223,8 @@ UPDATE django_jobs_job AS j
 {_UNCLAIM}
 FROM unnest(%(job_id)s::bigint[], %(attempt)s::int[]) AS o(id, attempt)
 WHERE j.id = o.id AND j.state = 'RUNNING' AND j.attempts = o.attempt
-RETURNING j.id
+RETURNING j.id, {limits.SLOTS}
 """
-
 # After a reconnect: RUNNING rows under this worker's id that it does not hold (a claim
 # committed but its reply was lost with the connection) go back, no attempt spent.
 RELEASE_ORPHANS = f"""
@@ -177,7 +232,7 @@ UPDATE django_jobs_job AS j
 {_UNCLAIM}
 WHERE j.worker_id = %(worker_id)s AND j.state = 'RUNNING'
   AND NOT (j.id = ANY(%(held)s::bigint[]))
-RETURNING j.id
+RETURNING j.id, {limits.SLOTS}
 """
 
 
@@ -193,6 +248,15 @@ class NewJob:
     kwargs_json: str
     run_after: datetime | None
     max_attempts: int
+    #: Flow control (limits.py); all None for a job that uses none of it.
+    unique_key: str | None = None
+    concurrency_key: str | None = None
+    concurrency_limit: int | None = None
+    flow: str | None = None
+
+    @property
+    def uses_flow(self) -> bool:
+        return self.unique_key is not None or self.flow is not None
 
 
 @dataclass(frozen=True, slots=True)
@@ -277,69 +341,166 @@ class Snoozed:
 
 
 _NEW_JOB_FIELDS = tuple(f.name for f in fields(NewJob))
+#: The columns of a job that uses no flow control: the plain statements take only these.
+_PLAIN_FIELDS = _NEW_JOB_FIELDS[: _NEW_JOB_FIELDS.index("unique_key")]
 _new_job_values = attrgetter(*_NEW_JOB_FIELDS)
+_plain_values = attrgetter(*_PLAIN_FIELDS)
 
 
-def enqueue(cursor: Cursor, job: NewJob) -> tuple[int, datetime]:
-    """Insert one job (and wake workers if it can run now); return its id and enqueued_at."""
-    cursor.execute(ENQUEUE, dict(zip(_NEW_JOB_FIELDS, _new_job_values(job), strict=True)))
-    job_id, enqueued_at, _ = cursor.fetchone()
-    return job_id, enqueued_at
+def enqueue(cursor: Cursor, job: NewJob) -> tuple[int, datetime] | None:
+    """Insert one job (and wake workers if it can run now); return its id and enqueued_at.
+
+    None when the job's unique key is held by another job (nothing was inserted).
+    """
+    if not job.uses_flow:
+        cursor.execute(ENQUEUE, dict(zip(_PLAIN_FIELDS, _plain_values(job), strict=True)))
+    else:
+        cursor.execute(ENQUEUE_FLOW, dict(zip(_NEW_JOB_FIELDS, _new_job_values(job), strict=True)))
+    row = cursor.fetchone()
+    return None if row is None else (row[0], row[1])
 
 
 def enqueue_many(
     cursor: Cursor, jobs: Sequence[NewJob], *, now: datetime
-) -> list[tuple[int, datetime]]:
-    """Insert many jobs in one statement; return (id, enqueued_at) in input order."""
-    rows = execute_many(cursor, ENQUEUE_MANY, jobs)
+) -> list[tuple[int, datetime] | None]:
+    """Insert many jobs in one statement; return (id, enqueued_at) in input order.
+
+    None for a job whose unique key another job holds, or an earlier one of the batch.
+    """
+    if not any(j.uses_flow for j in jobs):
+        arrays = {name: [getattr(j, name) for j in jobs] for name in _PLAIN_FIELDS}
+        cursor.execute(ENQUEUE_MANY, arrays)
+        rows: list[tuple[int, datetime] | None] = [(r[0], r[1]) for r in cursor.fetchall()]
+    else:
+        rows = _inserted(jobs, execute_many(cursor, ENQUEUE_MANY_FLOW, jobs))
     # The wake-up is a hint, so the caller's clock is good enough to skip it for
     # jobs that are plainly in the future; the claim itself uses the database clock.
-    runnable = sorted({j.queue_name for j in jobs if j.run_after is None or j.run_after <= now})
+    runnable = sorted(
+        {
+            j.queue_name
+            for j, row in zip(jobs, rows, strict=True)
+            if row is not None and (j.run_after is None or j.run_after <= now)
+        }
+    )
     if runnable:
         cursor.execute(NOTIFY_QUEUES, {"queues": runnable})
-    return [(row[0], row[1]) for row in rows]
+    return rows
+
+
+def _inserted(jobs: Sequence[NewJob], rows: list[Any]) -> list[tuple[int, datetime] | None]:
+    """Line up the rows a bulk insert returned with its input (some keys were taken)."""
+    returned = iter(rows)
+    taken: set[tuple[str, str, str]] = set()
+    result: list[tuple[int, datetime] | None] = []
+    pending = next(returned, None)
+    for job in jobs:
+        key = (job.backend, job.task_path, job.unique_key) if job.unique_key else None
+        if key is not None and key in taken:
+            result.append(None)  # a duplicate within the batch: the first one holds it
+            continue
+        if pending is not None and tuple(pending[2:]) == (
+            job.backend,
+            job.task_path,
+            job.unique_key,
+        ):
+            result.append((pending[0], pending[1]))
+            pending = next(returned, None)
+        else:
+            result.append(None)
+        if key is not None:
+            taken.add(key)
+    return result
 
 
 def claim(
     cursor: Cursor, *, worker_id: str, backend: str, queues: Sequence[str] | None, limit: int
 ) -> list[ClaimedJob]:
-    """Mark up to ``limit`` runnable jobs RUNNING for ``worker_id``, highest priority first."""
+    """Mark up to ``limit`` runnable jobs RUNNING for ``worker_id``, highest priority first.
+
+    Jobs with limits are claimed only within them, and only by a process that declares
+    limits or has found limited jobs waiting (``limits.activation``); any other process
+    runs the plain claim, unchanged.
+    """
     if limit <= 0:
         return []
-    params = {"worker_id": worker_id, "backend": backend, "limit": limit}
-    if queues is None:
-        cursor.execute(CLAIM_ANY_QUEUE, params)
+    params: dict[str, Any] = {"worker_id": worker_id, "backend": backend, "limit": limit}
+    if queues is not None:
+        params["queues"] = list(queues)
+    activation = limits.activation
+    if not activation.active(cursor, backend):
+        jobs = _claim_plain(cursor, params)
+    elif activation.merge_due(backend):
+        jobs = _claim_limited(cursor, params, limit)
     else:
-        cursor.execute(CLAIM, {**params, "queues": list(queues)})
-    jobs = [_claimed_job(row) for row in cursor.fetchall()]
+        jobs = _claim_plain(cursor, params)
+        if len(jobs) < limit:
+            jobs += _claim_limited(cursor, params, limit - len(jobs))
     # RETURNING does not keep the sub-select's order.
     jobs.sort(key=lambda j: (-j.priority, j.available_at, j.id))
     return jobs
 
 
+def _claim_plain(cursor: Cursor, params: dict[str, Any]) -> list[ClaimedJob]:
+    cursor.execute(CLAIM if "queues" in params else CLAIM_ANY_QUEUE, params)
+    return [_claimed_job(row) for row in cursor.fetchall()]
+
+
+#: Most limited claim statements one claim() runs, while each parks jobs or meets new
+#: keys (which frees the way for the next candidates) without filling ``limit``.
+LIMITED_ROUNDS = 8
+
+
+def _claim_limited(cursor: Cursor, params: dict[str, Any], limit: int) -> list[ClaimedJob]:
+    statement = CLAIM_LIMITED if "queues" in params else CLAIM_LIMITED_ANY_QUEUE
+    jobs: list[ClaimedJob] = []
+    found = False
+    for _ in range(LIMITED_ROUNDS):
+        cursor.execute(statement, {**params, "limit": limit - len(jobs)})
+        progress = 0
+        for row in cursor.fetchall():
+            if row[0] == "claimed":
+                jobs.append(_claimed_job(row[1:-2]))
+            else:
+                progress, started = row[-2], row[-1]
+                found = found or bool(progress or started)
+        if not progress or len(jobs) >= limit:
+            break
+    limits.activation.merged(params["backend"], found=found)
+    return jobs
+
+
 def complete(cursor: Cursor, successes: Iterable[Success]) -> dict[int, datetime]:
     """Record successes; return finished_at per job id actually recorded (fenced)."""
-    return dict(execute_many(cursor, COMPLETE_MANY, list(successes)))
+    rows = _ended(cursor, execute_many(cursor, COMPLETE_MANY, list(successes)))
+    return {row[0]: row[1] for row in rows}
 
 
 def fail(cursor: Cursor, failures: Iterable[Failure]) -> dict[int, tuple[str, datetime | None]]:
     """Record failed attempts (retry or final); return (state, finished_at) per recorded id."""
-    rows = execute_many(cursor, FAIL_MANY, list(failures))
+    rows = _ended(cursor, execute_many(cursor, FAIL_MANY, list(failures)))
     return {row[0]: (row[1], row[2]) for row in rows}
 
 
 def snooze(cursor: Cursor, snoozed: Iterable[Snoozed]) -> set[int]:
     """Put jobs that asked to run later back to READY without counting an error."""
-    return {row[0] for row in execute_many(cursor, SNOOZE_MANY, list(snoozed))}
+    return {row[0] for row in _ended(cursor, execute_many(cursor, SNOOZE_MANY, list(snoozed)))}
 
 
 def release(cursor: Cursor, jobs: Iterable[ClaimedJob]) -> set[int]:
     """Give claimed jobs that never started back to the queue without spending an attempt."""
     attempts = [Attempt(job.id, job.attempts) for job in jobs]
-    return {row[0] for row in execute_many(cursor, RELEASE_MANY, attempts)}
+    return {row[0] for row in _ended(cursor, execute_many(cursor, RELEASE_MANY, attempts))}
 
 
 def release_orphans(cursor: Cursor, *, worker_id: str, held: Iterable[int]) -> list[int]:
     """Release RUNNING jobs claimed under ``worker_id`` that the worker does not hold."""
     cursor.execute(RELEASE_ORPHANS, {"worker_id": worker_id, "held": list(held)})
-    return [row[0] for row in cursor.fetchall()]
+    return [row[0] for row in _ended(cursor, cursor.fetchall())]
+
+
+def _ended(cursor: Cursor, rows: list[Any]) -> list[Any]:
+    """Give back the slots of the limited jobs among ``rows`` (their last column)."""
+    slots = [row[-1] for row in rows if row[-1] is not None]
+    if slots:
+        limits.give_back(cursor, slots)
+    return rows

@@ -29,6 +29,7 @@ from ..protocol import jobs as protocol
 from ..protocol import workers as worker_protocol
 from ..protocol.jobs import ClaimedJob
 from ..services.leader import Leader
+from ..services.limits import LimitKeeper
 from ..services.pruner import Pruner
 from ..services.rescuer import Rescuer
 from ..services.scheduler import Scheduler
@@ -103,6 +104,7 @@ class Supervisor:
             services=[
                 Rescuer(worker_timeout=options.WORKER_TIMEOUT),
                 Pruner(retention=options.RETENTION),
+                LimitKeeper(),
             ],
         )
         self.scheduler = Scheduler(jobs_backend, self.worker_id)

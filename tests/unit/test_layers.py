@@ -22,7 +22,7 @@ import pytest
 PACKAGE = Path(__file__).resolve().parents[2] / "django_jobs"
 
 LAYERS = {
-    "store": {"compat", "conf", "exceptions", "states", "models", "codec", "migrations"},
+    "store": {"compat", "conf", "exceptions", "states", "models", "codec", "limits", "migrations"},
     "protocol": {"protocol", "policy", "registry"},
     "contract": {"task", "backend"},
     "services": {"services", "schedules"},

@@ -1,0 +1,696 @@
+"""Limits shared by every worker: rate limits, concurrency limits, concurrency keys.
+
+The rows of ``django_jobs_limiter`` are the shared state (see ``models.Limiter``): a
+task's or a queue's limits, and one row per concurrency key in use. Three rules keep
+them exact without ever costing a job that uses no limit anything:
+
+- **Limited jobs are out of the plain claim index.** A job with any limit has a
+  ``flow`` (``limits.FLOW_LIMITED``), which keeps it in its own index, one range per
+  (queue, task). The plain claim never steps over a backlog a limit holds back.
+- **A claim takes from a limit only while it holds the limiter's row.** The limited
+  claim (``claim_statement``) locks the rows of the limits it may take from with
+  ``FOR UPDATE SKIP LOCKED`` (a row another claim holds is passed over, never waited
+  for), reads their counts from the locked row (the newest version, whatever the
+  statement's snapshot), and moves jobs and counts in the same statement. Two workers
+  can never both see the last free slot.
+- **What ends an attempt gives its slots back** (``give_back``): the success, failure
+  (retry, final, rescue), snooze and release statements return, for each limited job
+  they moved, the limiters it counts in, and one more statement counts those down,
+  locking the rows in id order so two of them never deadlock. Jobs with no limit add a
+  NULL column to those statements, and nothing else.
+
+A job whose concurrency key is full when a claim reaches it is *parked* (``flow =
+'parked'``): out of every claim index, so later claims never look at it again. The
+statement that frees a slot of the key marks the key row ``wake`` (reading the parked
+count from the locked row, so no wake-up is lost to a snapshot) and sends a NOTIFY; the
+next claim takes the key's parked jobs in order. A claim therefore reads, per limit, only
+what it can start, and each waiting job is passed over once, not once per claim.
+
+Rates are counted per sub-window of the period (``limits.RATE_BUCKETS``): a claim counts
+every sub-window that overlaps the last period, so at most ``count`` jobs start in any
+period, by the database clock, however many workers claim.
+
+A maintenance pass (``reconcile``) recounts the rows against the jobs, in case a
+statement written elsewhere moved a limited job without giving its slot back.
+"""
+
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from .. import registry
+from ..compat import InvalidTaskBackend, task_backends
+from ..limits import (
+    FLOW_LIMITED,
+    FLOW_PARKED,
+    KEY_PREFIX,
+    QUEUE_PREFIX,
+    RATE_BUCKETS,
+    TASK_PREFIX,
+    RateLimit,
+    parse_rate,
+)
+from . import NOTIFY_CHANNEL, Cursor
+
+_K = len(KEY_PREFIX) + 1  # where the key starts in a key limiter's name (1-based)
+
+# The sub-window ("bucket") of now() in a rate limiter's period, and the starts counted
+# in the last period: every sub-window from B back (B sub-windows make one period, and
+# the current one is partly gone, so B + 1 are read). Later sub-windows count too: a
+# claim whose transaction began a moment before another's must still see its starts.
+_BUCKET = f"floor(extract(epoch FROM now()) * {RATE_BUCKETS} / {{l}}.rate_period)::bigint"
+_RATE_USED = f"""(
+    SELECT coalesce(sum(w.value::int), 0) FROM jsonb_each_text({{l}}.starts) AS w
+    WHERE w.key::bigint >= {_BUCKET} - {RATE_BUCKETS})"""
+
+# The window after `started` more starts now: old sub-windows dropped, the current one
+# counted up. Evaluated only on the rows of rate limits a claim took from.
+_WINDOW_AFTER = f"""(
+    SELECT coalesce(jsonb_object_agg(x.b, x.n), '{{{{}}}}'::jsonb) FROM (
+        SELECT w.b, sum(w.n)::int AS n FROM (
+            SELECT e.key::bigint AS b, e.value::int AS n FROM jsonb_each_text(l.starts) AS e
+            UNION ALL SELECT {_BUCKET.format(l="l")}, d.started::int
+        ) AS w
+        WHERE w.b >= {_BUCKET.format(l="l")} - {RATE_BUCKETS}
+        GROUP BY w.b
+    ) AS x)"""
+
+_ORDER = "priority DESC, available_at, id"
+
+# The limited claim. It claims, in one statement and in priority order, from the plain
+# claim index (jobs with no limit) and from the limited ranges whose limits have room,
+# parks the candidates whose key is full, and counts what it started in the limiters.
+# {returning} are the claimed rows' columns, {queue_filter} narrows to the worker's
+# queues. The output: one row per job claimed ("claimed"), then one row ("progress")
+# saying how many jobs were parked and key rows created (the caller then claims again at
+# once: that cleared the way for the next candidates) and how many limited jobs started.
+_CLAIM_LIMITED = f"""
+WITH RECURSIVE
+-- The (queue, task) ranges that hold limited READY jobs: one index probe per range.
+gates(queue_name, task_path) AS (
+    (SELECT queue_name, task_path FROM django_jobs_job
+     WHERE state = 'READY' AND flow = '{FLOW_LIMITED}' AND backend = %(backend)s
+       {{queue_filter}}
+     ORDER BY queue_name, task_path LIMIT 1)
+    UNION ALL
+    SELECT n.queue_name, n.task_path FROM gates AS g CROSS JOIN LATERAL (
+        SELECT queue_name, task_path FROM django_jobs_job
+        WHERE state = 'READY' AND flow = '{FLOW_LIMITED}' AND backend = %(backend)s
+          {{queue_filter}}
+          AND (queue_name, task_path) > (g.queue_name, g.task_path)
+        ORDER BY queue_name, task_path LIMIT 1
+    ) AS n
+),
+-- Keys a freed slot woke up, and their parked jobs that may start now.
+woken AS (
+    SELECT k.id, k.name, k.running, k.concurrency FROM django_jobs_limiter AS k
+    WHERE k.backend = %(backend)s AND k.wake
+    ORDER BY k.name LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED
+),
+pcand AS (
+    SELECT c.id, c.priority, c.available_at, c.concurrency_key, c.concurrency_limit,
+           c.queue_name, c.task_path, true AS was_parked
+    FROM woken AS w CROSS JOIN LATERAL (
+        SELECT j.id, j.priority, j.available_at, j.concurrency_key, j.concurrency_limit,
+               j.queue_name, j.task_path
+        FROM django_jobs_job AS j
+        WHERE j.state = 'READY' AND j.flow = '{FLOW_PARKED}' AND j.backend = %(backend)s
+          AND j.concurrency_key = substr(w.name, {_K}) AND j.available_at <= now()
+          {{queue_filter_j}}
+        ORDER BY j.{_ORDER.replace(", ", ", j.")}
+        LIMIT greatest(coalesce(w.concurrency, 1) - w.running, 0)
+        FOR UPDATE OF j SKIP LOCKED
+    ) AS c
+),
+ranges AS (
+    SELECT queue_name, task_path FROM gates
+    UNION SELECT queue_name, task_path FROM pcand
+),
+-- The task and queue limiters of those ranges: locked, or passed over when another
+-- claim holds them. `known` says which exist (without waiting for any).
+wanted AS (
+    SELECT '{QUEUE_PREFIX}' || queue_name AS name FROM ranges
+    UNION SELECT '{TASK_PREFIX}' || task_path FROM ranges
+),
+known AS (
+    SELECT l.name FROM django_jobs_limiter AS l
+    WHERE l.backend = %(backend)s AND l.name IN (SELECT name FROM wanted)
+),
+lim AS (
+    SELECT l.id, l.name, l.concurrency, l.running, l.rate_limit, l.rate_period, l.starts
+    FROM django_jobs_limiter AS l
+    WHERE l.backend = %(backend)s AND l.name IN (SELECT name FROM wanted)
+    ORDER BY l.name
+    FOR UPDATE SKIP LOCKED
+),
+-- Room: how many more may start now (NULL: no such limit).
+room AS (
+    SELECT lim.name, least(
+        lim.concurrency - lim.running,
+        CASE WHEN lim.rate_limit IS NOT NULL
+             THEN lim.rate_limit - {_RATE_USED.format(l="lim")} END
+    ) AS room
+    FROM lim
+),
+-- A range is open when every limiter it has is held by this claim and has room.
+gate_room AS (
+    SELECT r.queue_name, r.task_path,
+           (SELECT min(room.room) FROM room WHERE room.name IN (r.queue_limiter, r.task_limiter))
+               AS room,
+           NOT EXISTS (
+               SELECT 1 FROM known
+               WHERE known.name IN (r.queue_limiter, r.task_limiter)
+                 AND known.name NOT IN (SELECT name FROM lim)
+           ) AS held
+    FROM (
+        SELECT queue_name, task_path, '{QUEUE_PREFIX}' || queue_name AS queue_limiter,
+               '{TASK_PREFIX}' || task_path AS task_limiter
+        FROM ranges
+    ) AS r
+),
+cand AS (
+    SELECT c.id, c.priority, c.available_at, c.concurrency_key, c.concurrency_limit,
+           g.queue_name, g.task_path, false AS was_parked
+    FROM gate_room AS g CROSS JOIN LATERAL (
+        SELECT j.id, j.priority, j.available_at, j.concurrency_key, j.concurrency_limit
+        FROM django_jobs_job AS j
+        WHERE j.state = 'READY' AND j.flow = '{FLOW_LIMITED}' AND j.backend = %(backend)s
+          AND j.queue_name = g.queue_name AND j.task_path = g.task_path
+          AND j.available_at <= now()
+        ORDER BY j.{_ORDER.replace(", ", ", j.")}
+        LIMIT least(coalesce(g.room, %(limit)s), %(limit)s)
+        FOR UPDATE OF j SKIP LOCKED
+    ) AS c
+    WHERE g.held AND (g.room IS NULL OR g.room > 0)
+),
+-- The key rows of the candidates (and the woken ones): locked, or passed over.
+keyrows AS (
+    SELECT k.id, k.name, k.running FROM django_jobs_limiter AS k
+    WHERE k.backend = %(backend)s
+      AND k.name IN (
+          SELECT '{KEY_PREFIX}' || concurrency_key FROM cand WHERE concurrency_key IS NOT NULL
+          UNION SELECT name FROM woken
+      )
+    ORDER BY k.name
+    FOR UPDATE SKIP LOCKED
+),
+-- A key met for the first time gets its row; its jobs are taken by the next claim.
+newkeys AS (
+    INSERT INTO django_jobs_limiter (backend, name, concurrency, running, parked, wake,
+                                     starts, updated_at)
+    SELECT DISTINCT ON (c.concurrency_key) %(backend)s, '{KEY_PREFIX}' || c.concurrency_key,
+           c.concurrency_limit, 0, 0, false, '{{{{}}}}'::jsonb, now()
+    FROM cand AS c
+    WHERE c.concurrency_key IS NOT NULL AND NOT EXISTS (
+        SELECT 1 FROM django_jobs_limiter AS k
+        WHERE k.backend = %(backend)s AND k.name = '{KEY_PREFIX}' || c.concurrency_key
+    )
+    ORDER BY c.concurrency_key
+    ON CONFLICT (backend, name) DO NOTHING
+    RETURNING name
+),
+-- Each candidate ranked within its queue, its task and its key, in claim order: it may
+-- start if it is within the room of each (a candidate held back by one limit still
+-- counts in the others' ranks: this claim may start fewer than it could, never more).
+ranked AS (
+    SELECT x.*, k.id IS NOT NULL AS key_held, k.running AS key_running,
+           row_number() OVER (PARTITION BY x.queue_name ORDER BY x.{_ORDER.replace(", ", ", x.")})
+               AS rq,
+           row_number() OVER (PARTITION BY x.task_path ORDER BY x.{_ORDER.replace(", ", ", x.")})
+               AS rt,
+           row_number() OVER (PARTITION BY x.concurrency_key
+                              ORDER BY x.{_ORDER.replace(", ", ", x.")}) AS rk
+    FROM (SELECT * FROM cand UNION ALL SELECT * FROM pcand) AS x
+    LEFT JOIN keyrows AS k ON k.name = '{KEY_PREFIX}' || x.concurrency_key
+),
+decided AS (
+    SELECT r.*,
+           coalesce(g.held AND (g.room IS NULL OR g.room > 0), false)
+           AND (q.room IS NULL OR r.rq <= q.room) AND (t.room IS NULL OR r.rt <= t.room)
+           AND (r.concurrency_key IS NULL
+                OR (r.key_held AND r.key_running + r.rk <= r.concurrency_limit)) AS go,
+           r.concurrency_key IS NOT NULL AND NOT r.was_parked AND r.key_held
+           AND r.key_running + r.rk > r.concurrency_limit AS park
+    FROM ranked AS r
+    LEFT JOIN gate_room AS g ON (g.queue_name, g.task_path) = (r.queue_name, r.task_path)
+    LEFT JOIN room AS q ON q.name = '{QUEUE_PREFIX}' || r.queue_name
+    LEFT JOIN room AS t ON t.name = '{TASK_PREFIX}' || r.task_path
+),
+-- Jobs with no limit, from the plain claim index, as the plain claim takes them.
+plain AS (
+    SELECT id, priority, available_at FROM django_jobs_job
+    WHERE state = 'READY' AND flow IS NULL AND backend = %(backend)s
+      AND available_at <= now() {{queue_filter}}
+    ORDER BY {_ORDER}
+    LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED
+),
+pick AS (
+    SELECT u.id FROM (
+        SELECT id, priority, available_at FROM plain
+        UNION ALL SELECT id, priority, available_at FROM decided WHERE go
+    ) AS u
+    ORDER BY u.{_ORDER.replace(", ", ", u.")}
+    LIMIT %(limit)s
+),
+claimed AS (
+    UPDATE django_jobs_job AS j
+    SET state = 'RUNNING',
+        flow = CASE WHEN j.flow IS NULL THEN NULL ELSE '{FLOW_LIMITED}' END,
+        attempts = j.attempts + 1,
+        worker_id = %(worker_id)s::text,
+        worker_ids = j.worker_ids || jsonb_build_array(%(worker_id)s::text),
+        started_at = COALESCE(j.started_at, now()),
+        last_attempted_at = now()
+    WHERE j.id IN (SELECT id FROM pick)
+    RETURNING {{returning}}
+),
+parking AS (
+    UPDATE django_jobs_job AS j SET flow = '{FLOW_PARKED}'
+    WHERE j.id IN (SELECT id FROM decided WHERE park)
+    RETURNING j.id
+),
+-- What this claim changes in each limiter it holds: starts, and parked jobs (+ parked
+-- now, - taken from the parked). Woken keys are listed even when nothing moved, so
+-- their wake flag is worked out again.
+moves AS (
+    SELECT d.*, d.id IN (SELECT id FROM pick) AS started
+    FROM decided AS d WHERE d.go OR d.park
+),
+deltas AS (
+    SELECT m.name, sum(m.started::int) AS started, sum(m.parked) AS parked,
+           max(m.limit_) AS limit_
+    FROM (
+        SELECT '{QUEUE_PREFIX}' || queue_name AS name, 1 AS started, 0 AS parked,
+               NULL::int AS limit_
+        FROM moves WHERE started
+        UNION ALL
+        SELECT '{TASK_PREFIX}' || task_path, 1, 0, NULL FROM moves WHERE started
+        UNION ALL
+        SELECT '{KEY_PREFIX}' || concurrency_key, started::int,
+               CASE WHEN park THEN 1 WHEN started AND was_parked THEN -1 ELSE 0 END,
+               concurrency_limit
+        FROM moves WHERE concurrency_key IS NOT NULL
+        UNION ALL
+        SELECT name, 0, 0, NULL FROM woken
+    ) AS m
+    GROUP BY m.name
+),
+counted AS (
+    UPDATE django_jobs_limiter AS l
+    SET running = l.running + d.started,
+        parked = greatest(l.parked + d.parked, 0),
+        concurrency = CASE WHEN l.name LIKE '{KEY_PREFIX}%%'
+                           THEN coalesce(d.limit_, l.concurrency) ELSE l.concurrency END,
+        wake = l.name LIKE '{KEY_PREFIX}%%' AND l.parked + d.parked > 0
+               AND l.running + d.started < coalesce(d.limit_, l.concurrency, 1),
+        starts = CASE WHEN l.rate_limit IS NULL OR d.started = 0 THEN l.starts
+                      ELSE {_WINDOW_AFTER} END,
+        updated_at = now()
+    FROM deltas AS d
+    WHERE l.backend = %(backend)s AND l.name = d.name
+      AND l.id IN (SELECT id FROM lim UNION ALL SELECT id FROM keyrows)
+    RETURNING l.id
+)
+SELECT 'claimed', claimed.*, NULL::bigint, NULL::bigint FROM claimed
+UNION ALL
+SELECT 'progress', claimed.*,
+       (SELECT count(*) FROM parking) + (SELECT count(*) FROM newkeys),
+       (SELECT count(*) FROM moves WHERE started)
+FROM (SELECT 1) AS one LEFT JOIN claimed ON false
+"""
+
+
+def claim_statement(returning: str, queue_filter: bool) -> str:
+    """The limited claim returning ``returning`` (columns of ``django_jobs_job AS j``)."""
+    filters = {
+        "queue_filter": "AND queue_name = ANY(%(queues)s::text[])" if queue_filter else "",
+        "queue_filter_j": "AND j.queue_name = ANY(%(queues)s::text[])" if queue_filter else "",
+    }
+    return _CLAIM_LIMITED.format(returning=returning, **filters)
+
+
+#: Appended to the RETURNING of every statement that ends an attempt: for a limited job,
+#: its backend and the names of the limiters it counts in; NULL for any other job, so
+#: jobs with no limit cost that statement one NULL column.
+SLOTS = (
+    f"CASE WHEN j.flow IS NOT NULL THEN ARRAY[j.backend, '{QUEUE_PREFIX}' || j.queue_name, "
+    f"'{TASK_PREFIX}' || j.task_path, '{KEY_PREFIX}' || j.concurrency_key] END"
+)
+
+# Give back the slots of limited jobs that left RUNNING (their rows' SLOTS values,
+# counted per limiter). The rows are locked in id order, so two of these never wait for
+# each other in a circle, and a limited claim never waits for them (it skips locked
+# rows). A key row is woken when it has parked jobs and now room: reading `parked` from
+# the locked row, not from a snapshot, is what keeps a wake-up from being lost to a
+# claim parking a job at the same moment. Idle workers of the queues are woken too.
+GIVE_BACK = f"""
+WITH freed AS (
+    SELECT * FROM unnest(%(backend)s::text[], %(name)s::text[], %(n)s::int[])
+         AS f(backend, name, n)
+),
+held AS (
+    SELECT l.id, f.n FROM django_jobs_limiter AS l
+    JOIN freed AS f ON l.backend = f.backend AND l.name = f.name
+    ORDER BY l.id
+    FOR UPDATE OF l
+),
+given_back AS (
+    UPDATE django_jobs_limiter AS l
+    SET running = greatest(l.running - h.n, 0),
+        wake = l.name LIKE '{KEY_PREFIX}%%' AND l.parked > 0
+               AND greatest(l.running - h.n, 0) < coalesce(l.concurrency, 1),
+        updated_at = now()
+    FROM held AS h WHERE l.id = h.id
+    RETURNING l.id
+)
+SELECT count(pg_notify('{NOTIFY_CHANNEL}', q)) FROM unnest(%(queues)s::text[]) AS q
+"""
+
+
+def give_back(cursor: Cursor, slots: Iterable[Sequence[str | None]]) -> None:
+    """Give back the slots of limited jobs that left RUNNING (the ``SLOTS`` of each).
+
+    Runs right after the statement that moved them: in the same transaction when the
+    caller holds one (rescue, an atomic task), else just after its commit, so for a few
+    milliseconds a slot may count a job that is gone: fewer jobs start, never more.
+    """
+    counts: dict[tuple[str, str], int] = {}
+    for backend, *names in slots:
+        for name in names:
+            if name is not None:
+                counts[(backend, name)] = counts.get((backend, name), 0) + 1
+    if not counts:
+        return
+    keys = sorted(counts)
+    cursor.execute(
+        GIVE_BACK,
+        {
+            "backend": [b for b, _ in keys],
+            "name": [n for _, n in keys],
+            "n": [counts[k] for k in keys],
+            "queues": sorted(
+                {n[len(QUEUE_PREFIX) :] for _, n in keys if n.startswith(QUEUE_PREFIX)}
+            ),
+        },
+    )
+
+
+# ── definitions: what the declarations say ──────────────────────────────────
+
+
+@dataclass(frozen=True, slots=True)
+class Definition:
+    """A task's or a queue's limits as declared (a key's limit travels with its jobs)."""
+
+    name: str
+    rate_limit: int | None
+    rate_period: float | None
+    rate_text: str
+    concurrency: int | None
+
+
+# Write the declared limits; keep a row's counts, and its window unless the period
+# changed (the sub-window numbers then mean other times). Only rows that differ are
+# written, so a worker's start costs no write when nothing changed.
+UPSERT_DEFINITIONS = """
+INSERT INTO django_jobs_limiter (backend, name, rate_limit, rate_period, rate_text,
+                                 concurrency, running, parked, wake, starts, updated_at)
+SELECT %(backend)s, d.name, d.rate_limit, d.rate_period, d.rate_text, d.concurrency,
+       0, 0, false, '{}'::jsonb, now()
+FROM unnest(%(name)s::text[], %(rate_limit)s::int[], %(rate_period)s::float8[],
+            %(rate_text)s::text[], %(concurrency)s::int[])
+     AS d(name, rate_limit, rate_period, rate_text, concurrency)
+ON CONFLICT (backend, name) DO UPDATE
+SET rate_limit = EXCLUDED.rate_limit, rate_period = EXCLUDED.rate_period,
+    rate_text = EXCLUDED.rate_text, concurrency = EXCLUDED.concurrency,
+    starts = CASE WHEN django_jobs_limiter.rate_period IS NOT DISTINCT FROM EXCLUDED.rate_period
+                  THEN django_jobs_limiter.starts ELSE '{}'::jsonb END,
+    updated_at = now()
+WHERE (django_jobs_limiter.rate_limit, django_jobs_limiter.rate_period,
+       django_jobs_limiter.rate_text, django_jobs_limiter.concurrency)
+      IS DISTINCT FROM (EXCLUDED.rate_limit, EXCLUDED.rate_period, EXCLUDED.rate_text,
+                        EXCLUDED.concurrency)
+"""
+
+# Limits no longer declared: a task declared here without one, a queue not in
+# QUEUE_LIMITS. Rows of tasks this process does not know are left to the processes
+# that declare them. Jobs running under a deleted row just give back nothing.
+DELETE_UNDECLARED = f"""
+DELETE FROM django_jobs_limiter
+WHERE backend = %(backend)s
+  AND (name = ANY(%(unlimited_tasks)s::text[])
+       OR (name LIKE '{QUEUE_PREFIX}%%' AND NOT (name = ANY(%(queues)s::text[]))))
+"""
+
+# Whether limited jobs wait in this backend though nothing here declares a limit (a
+# limit removed since they were enqueued, or declared only where they were enqueued):
+# then this process claims through the limited claim too, so they are not stranded.
+LIMITED_WORK_EXISTS = f"""
+SELECT EXISTS (
+    SELECT 1 FROM django_jobs_job
+    WHERE state = 'READY' AND flow = '{FLOW_LIMITED}' AND backend = %(backend)s
+) OR EXISTS (SELECT 1 FROM django_jobs_limiter WHERE backend = %(backend)s AND wake)
+"""
+
+
+def declared(backend: str) -> tuple[list[Definition], list[str], bool]:
+    """(limits declared for ``backend``, tasks declared without one, any key declared).
+
+    From the tasks declared in this process and the backend's ``QUEUE_LIMITS``.
+    """
+    definitions: list[Definition] = []
+    unlimited: list[str] = []
+    keyed = False
+    for path in registry.registered_paths():
+        task = registry.get(path)
+        if task is None or task.backend != backend:
+            continue
+        rate = getattr(task, "rate_limit", None)
+        concurrency = getattr(task, "concurrency_limit", None)
+        if getattr(task, "concurrency_key", None) is not None:
+            keyed = True
+            concurrency = None  # the key's limit, carried by each job
+        if rate is None and concurrency is None:
+            unlimited.append(TASK_PREFIX + path)
+            continue
+        definitions.append(_definition(TASK_PREFIX + path, rate, concurrency))
+    for queue, limit in sorted(_queue_limits(backend).items()):
+        definitions.append(_definition(QUEUE_PREFIX + queue, limit.rate, limit.concurrency))
+    return definitions, unlimited, keyed
+
+
+def _definition(name: str, rate: str | RateLimit | None, concurrency: int | None) -> Definition:
+    parsed = parse_rate(rate) if rate is not None else None
+    return Definition(
+        name=name,
+        rate_limit=parsed.count if parsed else None,
+        rate_period=parsed.period if parsed else None,
+        rate_text=parsed.text if parsed else "",
+        concurrency=concurrency,
+    )
+
+
+def _queue_limits(backend: str) -> dict[str, Any]:
+    try:
+        options = getattr(task_backends[backend], "jobs_options", None)
+    except InvalidTaskBackend:
+        return {}
+    return dict(getattr(options, "QUEUE_LIMITS", None) or {})
+
+
+def sync_definitions(
+    cursor: Cursor, *, backend: str, definitions: Iterable[Definition], unlimited: Iterable[str]
+) -> None:
+    """Write the declared limits of ``backend`` and delete the ones no longer declared."""
+    rows = list(definitions)
+    if rows:
+        cursor.execute(
+            UPSERT_DEFINITIONS,
+            {
+                "backend": backend,
+                "name": [d.name for d in rows],
+                "rate_limit": [d.rate_limit for d in rows],
+                "rate_period": [d.rate_period for d in rows],
+                "rate_text": [d.rate_text for d in rows],
+                "concurrency": [d.concurrency for d in rows],
+            },
+        )
+    queues = [d.name for d in rows if d.name.startswith(QUEUE_PREFIX)]
+    cursor.execute(
+        DELETE_UNDECLARED,
+        {"backend": backend, "unlimited_tasks": list(unlimited), "queues": queues},
+    )
+
+
+class Activation:
+    """Whether, and how often, a process claims through the limited claim, per backend.
+
+    A process that declares a limit (or a concurrency key) for a backend writes its
+    definitions on its first claim and uses the limited claim from then on. One that
+    declares none uses the plain claim, which is exactly what it was before limits
+    existed, and looks every ``RECHECK`` seconds whether limited jobs wait anyway.
+
+    The limited claim costs more than the plain one, so a process that has it does not
+    run it for every claim: after a limited claim that started no limited job, the next
+    ``MERGE_EVERY`` seconds of claims are plain ones, each followed by a limited claim
+    only if it found fewer jobs than it wanted. A busy worker thus looks at its limits
+    ten times a second and an idle one at once, and jobs with no limit pay for it about
+    once per ``MERGE_EVERY``.
+    """
+
+    RECHECK = 10.0
+    MERGE_EVERY = 0.1
+
+    def __init__(self) -> None:
+        self._declared: dict[str, bool] = {}
+        self._found: dict[str, tuple[float, bool]] = {}
+        self._merge_after: dict[str, float] = {}
+
+    def merge_due(self, backend: str) -> bool:
+        """Whether the next claim should be a limited one outright."""
+        return time.monotonic() >= self._merge_after.get(backend, 0.0)
+
+    def merged(self, backend: str, *, found: bool) -> None:
+        """Note a limited claim, and whether it started or parked limited jobs."""
+        self._merge_after[backend] = time.monotonic() + (0.0 if found else self.MERGE_EVERY)
+
+    def active(self, cursor: Cursor, backend: str) -> bool:
+        declared_here = self._declared.get(backend)
+        if declared_here is None:
+            definitions, unlimited, keyed = declared(backend)
+            sync_definitions(cursor, backend=backend, definitions=definitions, unlimited=unlimited)
+            declared_here = self._declared[backend] = bool(definitions) or keyed
+        if declared_here:
+            return True
+        checked_at, found = self._found.get(backend, (float("-inf"), False))
+        if time.monotonic() - checked_at >= self.RECHECK:
+            cursor.execute(LIMITED_WORK_EXISTS, {"backend": backend})
+            found = bool(cursor.fetchone()[0])
+            self._found[backend] = (time.monotonic(), found)
+        return found
+
+    def forget(self) -> None:
+        """Read the declarations again at the next claim (tests; a reloaded process)."""
+        self._declared.clear()
+        self._found.clear()
+        self._merge_after.clear()
+
+
+#: The process's activation, shared by every claim it makes.
+activation = Activation()
+
+
+# ── upkeep (the maintenance leader) ─────────────────────────────────────────
+
+_LIMITERS_OF_RUNNING = f"""
+SELECT j.backend, n.name, count(*) AS n
+FROM django_jobs_job AS j CROSS JOIN LATERAL (
+    VALUES ('{QUEUE_PREFIX}' || j.queue_name), ('{TASK_PREFIX}' || j.task_path),
+           ('{KEY_PREFIX}' || j.concurrency_key)
+) AS n(name)
+WHERE j.state = 'RUNNING' AND j.flow IS NOT NULL AND n.name IS NOT NULL
+GROUP BY 1, 2
+"""
+
+# The rows to check: those that count something, and those that running limited jobs
+# count in. Locked, skipping rows a claim or an exit holds (they are checked next time).
+LOCK_COUNTED = f"""
+SELECT l.id FROM django_jobs_limiter AS l
+WHERE l.running <> 0 OR l.parked <> 0 OR l.wake
+   OR (l.backend, l.name) IN (SELECT r.backend, r.name FROM ({_LIMITERS_OF_RUNNING}) AS r)
+ORDER BY l.id
+LIMIT %(limit)s
+FOR UPDATE OF l SKIP LOCKED
+"""
+
+# Recount the locked rows from the jobs, in a statement that starts after the locks were
+# taken: every claim and exit that counted in them before has committed and is seen;
+# those waiting for the locks have not, and their jobs are seen as they were, which is
+# what their counts still say. Returns the rows that were off, with both counts.
+RECOUNT = f"""
+WITH target AS (
+    SELECT l.id, l.backend, l.name, l.running, l.parked, l.wake, l.concurrency
+    FROM django_jobs_limiter AS l WHERE l.id = ANY(%(ids)s::bigint[])
+),
+run_counts AS ({_LIMITERS_OF_RUNNING}),
+actual AS (
+    SELECT t.id, coalesce(r.n, 0)::int AS running,
+           CASE WHEN t.name LIKE '{KEY_PREFIX}%%' THEN (
+               SELECT count(*) FROM django_jobs_job AS j
+               WHERE j.state = 'READY' AND j.flow = '{FLOW_PARKED}' AND j.backend = t.backend
+                 AND j.concurrency_key = substr(t.name, {_K})
+           ) ELSE 0 END::int AS parked
+    FROM target AS t
+    LEFT JOIN run_counts AS r ON r.backend = t.backend AND r.name = t.name
+),
+should AS (
+    SELECT a.*, t.name LIKE '{KEY_PREFIX}%%' AND a.parked > 0
+                AND a.running < coalesce(t.concurrency, 1) AS wake
+    FROM actual AS a JOIN target AS t USING (id)
+),
+fixed AS (
+    UPDATE django_jobs_limiter AS l
+    SET running = s.running, parked = s.parked, wake = s.wake, updated_at = now()
+    FROM should AS s
+    WHERE l.id = s.id AND (l.running, l.parked, l.wake) IS DISTINCT FROM
+                          (s.running, s.parked, s.wake)
+    RETURNING l.id
+)
+SELECT t.backend, t.name, t.running, s.running, t.parked, s.parked
+FROM target AS t JOIN should AS s USING (id)
+WHERE t.id IN (SELECT id FROM fixed)
+"""
+
+# Key rows nobody has used for a while: a claim that meets the key again makes a new
+# one. A row that counts anything, or has parked jobs, is kept.
+PRUNE_IDLE_KEYS = f"""
+DELETE FROM django_jobs_limiter
+WHERE id IN (
+    SELECT k.id FROM django_jobs_limiter AS k
+    WHERE k.name LIKE '{KEY_PREFIX}%%' AND k.running = 0 AND k.parked = 0 AND NOT k.wake
+      AND k.updated_at < now() - make_interval(secs => %(idle)s)
+      AND NOT EXISTS (
+          SELECT 1 FROM django_jobs_job AS j
+          WHERE j.state = 'READY' AND j.flow = '{FLOW_PARKED}' AND j.backend = k.backend
+            AND j.concurrency_key = substr(k.name, {_K})
+      )
+    ORDER BY k.id
+    LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED
+)
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class Recount:
+    """A limiter whose counts were off, and what they are now."""
+
+    backend: str
+    name: str
+    running_was: int
+    running: int
+    parked_was: int
+    parked: int
+
+
+def lock_counted(cursor: Cursor, *, limit: int) -> list[int]:
+    """Lock limiter rows that count something (call in a transaction, then ``recount``)."""
+    cursor.execute(LOCK_COUNTED, {"limit": limit})
+    return [row[0] for row in cursor.fetchall()]
+
+
+def recount(cursor: Cursor, ids: Sequence[int]) -> list[Recount]:
+    """Set the locked rows' counts from the jobs; return the rows that were off."""
+    if not ids:
+        return []
+    cursor.execute(RECOUNT, {"ids": list(ids)})
+    return [Recount(*row) for row in cursor.fetchall()]
+
+
+def prune_idle_keys(cursor: Cursor, *, idle: float, limit: int) -> int:
+    """Delete key rows unused for ``idle`` seconds; return how many."""
+    cursor.execute(PRUNE_IDLE_KEYS, {"idle": idle, "limit": limit})
+    return cursor.rowcount
