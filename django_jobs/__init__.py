@@ -9,9 +9,10 @@ from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
-__all__ = ["JobsTask", "job"]
+__all__ = ["JobsTask", "job", "was_duplicate"]
 
 if TYPE_CHECKING:
+    from .backend import was_duplicate
     from .task import JobsTask, job
 
 
@@ -20,4 +21,8 @@ def __getattr__(name: str) -> Any:
         from . import task
 
         return getattr(task, name)
+    if name == "was_duplicate":
+        from . import backend
+
+        return backend.was_duplicate
     raise AttributeError(f"module 'django_jobs' has no attribute {name!r}")

@@ -131,16 +131,24 @@ class JobsBackend(BaseTaskBackend):
     def enqueue(self, task: Task, args: Sequence[Any], kwargs: Mapping[str, Any]) -> TaskResult:
         new_job = self._new_job(task, args, kwargs)
         with connections[self.database].cursor() as cursor:
-            if new_job.unique_key is None:
-                inserted = jobs.enqueue(cursor, new_job)
-            else:
-                (inserted,) = unique.enqueue(
-                    cursor, [new_job], [_rule(task)], now=timezone.now(), columns=_HOLDER_FIELDS
-                )
+            inserted = self.insert(cursor, task, new_job)
         if isinstance(inserted, dict):
             return self.duplicate_of(inserted)
-        assert inserted is not None  # only a unique job can find its key taken
         return self.enqueued(task, *inserted, new_job)
+
+    def insert(
+        self, cursor: Any, task: Task, new_job: jobs.NewJob
+    ) -> tuple[int, Any] | dict[str, Any]:
+        """Write ``new_job`` on ``cursor``: (id, enqueued_at), or for a unique task whose
+        key another job holds, that job's row (nothing was written)."""
+        if new_job.unique_key is None:
+            inserted = jobs.enqueue(cursor, new_job)
+            assert inserted is not None  # only a unique key can be taken
+            return inserted
+        (outcome,) = unique.enqueue(
+            cursor, [new_job], [_rule(task)], now=timezone.now(), columns=_HOLDER_FIELDS
+        )
+        return outcome
 
     def enqueue_many(
         self, calls: Sequence[tuple[Task, Sequence[Any], Mapping[str, Any]]]

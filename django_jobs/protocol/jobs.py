@@ -87,22 +87,23 @@ RETURNING id, enqueued_at
 # (limits.py). A unique key another row holds inserts nothing (and returns nothing): the
 # unique index decides, and a holder still being written by another transaction is
 # waited for. What to answer then is protocol/unique.py's.
-ENQUEUE_FLOW = f"""
-WITH j AS (
-    INSERT INTO django_jobs_job (
-        task_path, queue_name, priority, state, backend, args, kwargs,
-        run_after, available_at, enqueued_at, attempts, max_attempts, worker_ids, errors,
-        unique_key, concurrency_key, concurrency_limit, flow
-    )
-    VALUES (
-        %(task_path)s, %(queue_name)s, %(priority)s, 'READY', %(backend)s,
-        %(args_json)s::jsonb, %(kwargs_json)s::jsonb, %(run_after)s::timestamptz,
-        COALESCE(%(run_after)s::timestamptz, now()), now(), 0, %(max_attempts)s, '[]', '[]',
-        %(unique_key)s, %(concurrency_key)s, %(concurrency_limit)s, %(flow)s
-    )
-    ON CONFLICT (backend, task_path, unique_key) WHERE unique_key IS NOT NULL DO NOTHING
-    RETURNING id, enqueued_at, available_at, queue_name
+INSERT_FLOW = """
+INSERT INTO django_jobs_job (
+    task_path, queue_name, priority, state, backend, args, kwargs,
+    run_after, available_at, enqueued_at, attempts, max_attempts, worker_ids, errors,
+    unique_key, concurrency_key, concurrency_limit, flow
 )
+VALUES (
+    %(task_path)s, %(queue_name)s, %(priority)s, 'READY', %(backend)s,
+    %(args_json)s::jsonb, %(kwargs_json)s::jsonb, %(run_after)s::timestamptz,
+    COALESCE(%(run_after)s::timestamptz, now()), now(), 0, %(max_attempts)s, '[]', '[]',
+    %(unique_key)s, %(concurrency_key)s, %(concurrency_limit)s, %(flow)s
+)
+ON CONFLICT (backend, task_path, unique_key) WHERE unique_key IS NOT NULL DO NOTHING
+RETURNING id, enqueued_at, available_at, queue_name
+"""
+ENQUEUE_FLOW = f"""
+WITH j AS ({INSERT_FLOW})
 SELECT j.id, j.enqueued_at,
        CASE WHEN j.available_at <= now() THEN pg_notify('{NOTIFY_CHANNEL}', j.queue_name) END
 FROM j
@@ -340,10 +341,10 @@ class Snoozed:
     max_attempts: int
 
 
-_NEW_JOB_FIELDS = tuple(f.name for f in fields(NewJob))
+NEW_JOB_FIELDS = tuple(f.name for f in fields(NewJob))
 #: The columns of a job that uses no flow control: the plain statements take only these.
-_PLAIN_FIELDS = _NEW_JOB_FIELDS[: _NEW_JOB_FIELDS.index("unique_key")]
-_new_job_values = attrgetter(*_NEW_JOB_FIELDS)
+_PLAIN_FIELDS = NEW_JOB_FIELDS[: NEW_JOB_FIELDS.index("unique_key")]
+new_job_values = attrgetter(*NEW_JOB_FIELDS)
 _plain_values = attrgetter(*_PLAIN_FIELDS)
 
 
@@ -355,7 +356,7 @@ def enqueue(cursor: Cursor, job: NewJob) -> tuple[int, datetime] | None:
     if not job.uses_flow:
         cursor.execute(ENQUEUE, dict(zip(_PLAIN_FIELDS, _plain_values(job), strict=True)))
     else:
-        cursor.execute(ENQUEUE_FLOW, dict(zip(_NEW_JOB_FIELDS, _new_job_values(job), strict=True)))
+        cursor.execute(ENQUEUE_FLOW, dict(zip(NEW_JOB_FIELDS, new_job_values(job), strict=True)))
     row = cursor.fetchone()
     return None if row is None else (row[0], row[1])
 

@@ -21,15 +21,47 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from functools import lru_cache
 from typing import Any
 
 from ..states import FINISHED_SQL
-from . import Cursor
+from . import NOTIFY_CHANNEL, Cursor
 from . import jobs as job_protocol
 
+# Whether a job `h` holding the key counts as a duplicate of the new one: while it waits
+# or runs, always; once finished, if its state is among `counted` (the new job's
+# unique_states, as 'A,B') and it finished less than `unique_for` seconds ago.
+_COUNTS = f"""(
+    {{t}}.state NOT IN {FINISHED_SQL}
+    OR ({{unique_for}}::float8 IS NOT NULL
+        AND {{t}}.state = ANY(string_to_array({{counted}}, ','))
+        AND {{t}}.finished_at > now() - make_interval(secs => {{unique_for}}::float8))
+)"""
+
+# One unique job in one statement: insert it, or, when a committed job holds the key
+# and counts, return that job. Nothing comes back when the key's holder was written by
+# a transaction that committed while this one waited for it (this statement's snapshot
+# predates it), or no longer counts: HOLDERS then settles it.
+ENQUEUE_OR_HOLDER = f"""
+WITH j AS ({job_protocol.INSERT_FLOW}),
+inserted AS (
+    SELECT j.id, j.enqueued_at,
+           CASE WHEN j.available_at <= now() THEN pg_notify('{NOTIFY_CHANNEL}', j.queue_name)
+           END AS woke
+    FROM j
+)
+SELECT true, inserted.id, inserted.enqueued_at, {{nulls}} FROM inserted
+UNION ALL
+SELECT false, h.id, h.enqueued_at, {{columns}} FROM django_jobs_job AS h
+WHERE NOT EXISTS (SELECT 1 FROM j)
+  AND h.backend = %(backend)s AND h.task_path = %(task_path)s AND h.unique_key = %(unique_key)s
+  AND {_COUNTS.format(t="h", unique_for="%(unique_for)s", counted="%(counted)s")}
+"""
+
 # For each key met: give it up if its holder no longer counts, and return the holder as
-# it is (the statement's snapshot shows it before the release). `counted` is the new
-# job's states that count, as 'A,B'; `unique_for` NULL means finished jobs never count.
+# this statement's snapshot shows it, with whether it counts. One that does not is not
+# an answer, whoever gave its key up (here, or a concurrent enqueue): the caller then
+# inserts again, and meets whichever job holds the key by then.
 HOLDERS = f"""
 WITH o AS (
     SELECT * FROM unnest(%(backend)s::text[], %(task_path)s::text[], %(unique_key)s::text[],
@@ -40,12 +72,11 @@ released AS (
     UPDATE django_jobs_job AS j SET unique_key = NULL
     FROM o
     WHERE j.backend = o.backend AND j.task_path = o.task_path AND j.unique_key = o.unique_key
-      AND j.state IN {FINISHED_SQL}
-      AND NOT (o.unique_for IS NOT NULL AND j.state = ANY(string_to_array(o.counted, ','))
-               AND j.finished_at > now() - make_interval(secs => o.unique_for))
+      AND NOT {_COUNTS.format(t="j", unique_for="o.unique_for", counted="o.counted")}
     RETURNING j.id
 )
-SELECT j.id IN (SELECT id FROM released), {{columns}}
+SELECT NOT {_COUNTS.format(t="j", unique_for="o.unique_for", counted="o.counted")}
+       OR j.id IN (SELECT id FROM released), {{columns}}
 FROM django_jobs_job AS j
 JOIN o ON j.backend = o.backend AND j.task_path = o.task_path AND j.unique_key = o.unique_key
 """
@@ -80,11 +111,10 @@ def holders(
     rules: Sequence[Rule],
     columns: Sequence[str],
 ) -> dict[tuple[str, str, str], tuple[bool, dict[str, Any]]]:
-    """The row holding each job's key: (whether it just gave the key up, its ``columns``)."""
+    """The row holding each job's key: (whether it does not count, so that the job is to
+    be inserted again, and its ``columns``)."""
     cursor.execute(
-        HOLDERS.format(
-            columns=", ".join(f"j.{c}::text" if c in _JSON else f"j.{c}" for c in columns)
-        ),
+        HOLDERS.format(columns=", ".join(_select("j", c) for c in columns)),
         {
             "backend": [j.backend for j in jobs],
             "task_path": [j.task_path for j in jobs],
@@ -95,11 +125,47 @@ def holders(
     )
     found = {}
     for released, *values in cursor.fetchall():
-        row = dict(zip(columns, values, strict=True))
-        for c in _JSON.intersection(row):
-            row[c] = None if row[c] is None else json.loads(row[c])
+        row = _row(columns, values)
         found[(row["backend"], row["task_path"], row["unique_key"])] = (released, row)
     return found
+
+
+@lru_cache(maxsize=8)
+def _enqueue_or_holder(columns: tuple[str, ...]) -> str:
+    rest = [c for c in columns if c not in ("id", "enqueued_at")]
+    return ENQUEUE_OR_HOLDER.format(
+        nulls=", ".join("NULL" for _ in rest),
+        columns=", ".join(_select("h", c) for c in rest),
+    )
+
+
+def _select(alias: str, column: str) -> str:
+    return f"{alias}.{column}::text" if column in _JSON else f"{alias}.{column}"
+
+
+def _row(columns: Sequence[str], values: Sequence[Any]) -> dict[str, Any]:
+    row = dict(zip(columns, values, strict=True))
+    for c in _JSON.intersection(row):
+        row[c] = None if row[c] is None else json.loads(row[c])
+    return row
+
+
+def enqueue_one(
+    cursor: Cursor, job: job_protocol.NewJob, rule: Rule, columns: Sequence[str]
+) -> tuple[int, datetime] | dict[str, Any] | None:
+    """Insert one unique job: (id, enqueued_at); or the holder's ``columns`` when a
+    committed job holds the key and counts; or None when HOLDERS must settle it."""
+    params = dict(zip(job_protocol.NEW_JOB_FIELDS, job_protocol.new_job_values(job), strict=True))
+    params.update(counted=",".join(rule.counted), unique_for=rule.unique_for)
+    cursor.execute(_enqueue_or_holder(tuple(columns)), params)
+    row = cursor.fetchone()
+    if row is None:
+        return None
+    inserted, job_id, enqueued_at, *rest = row
+    if inserted:
+        return job_id, enqueued_at
+    others = [c for c in columns if c not in ("id", "enqueued_at")]
+    return {"id": job_id, "enqueued_at": enqueued_at, **_row(others, rest)}
 
 
 def enqueue(
@@ -120,7 +186,11 @@ def enqueue(
     for _ in range(MAX_ROUNDS):
         batch = [jobs[i] for i in pending]
         if len(batch) == 1:
-            inserted = [job_protocol.enqueue(cursor, batch[0])]
+            (i,) = pending
+            inserted = [enqueue_one(cursor, jobs[i], rules[i] or Rule((), None), columns)]
+            if isinstance(inserted[0], dict):
+                outcome[i] = inserted[0]
+                break
         else:
             inserted = job_protocol.enqueue_many(cursor, batch, now=now)
         taken = []

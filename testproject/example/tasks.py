@@ -200,4 +200,3 @@ def hoard_memory(megabytes: int) -> int:
     block[::4096] = b"x" * len(block[::4096])  # touch every page so it is resident
     _HOARD.append(block)
     return os.getpid()
-

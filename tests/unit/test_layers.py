@@ -38,6 +38,7 @@ NEVER_IMPORT_THE_RUNTIME = {"admin", "console", "templatetags", "checks", "apps"
 ALLOWED_LATE_IMPORTS = {
     # The package imports nothing at first so that INSTALLED_APPS/TASKS stay cheap.
     ("django_jobs", "django_jobs.task"): "lazy public names",
+    ("django_jobs", "django_jobs.backend"): "lazy public names",
     # Django's idiom: system checks register when the app is ready.
     ("django_jobs.apps", "django_jobs.checks"): "registered in ready()",
     # A spawned child imports its module before django.setup(); these need settings.
