@@ -35,7 +35,7 @@ statement written elsewhere moved a limited job without giving its slot back.
 """
 
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -135,15 +135,20 @@ wanted AS (
     UNION SELECT '{TASK_PREFIX}' || task_path FROM ranges
 ),
 known AS (
-    SELECT l.name FROM django_jobs_limiter AS l
-    WHERE l.backend = %(backend)s AND l.name IN (SELECT name FROM wanted)
+    SELECT w.name FROM wanted AS w
+    WHERE EXISTS (
+        SELECT 1 FROM django_jobs_limiter AS l
+        WHERE l.backend = %(backend)s AND l.name = w.name
+    )
 ),
+-- One index probe per name (a join could read the whole table: keys are many).
 lim AS (
-    SELECT l.id, l.name, l.concurrency, l.running, l.rate_limit, l.rate_period, l.starts
-    FROM django_jobs_limiter AS l
-    WHERE l.backend = %(backend)s AND l.name IN (SELECT name FROM wanted)
-    ORDER BY l.name
-    FOR UPDATE SKIP LOCKED
+    SELECT l.* FROM wanted AS w CROSS JOIN LATERAL (
+        SELECT l.id, l.name, l.concurrency, l.running, l.rate_limit, l.rate_period, l.starts
+        FROM django_jobs_limiter AS l
+        WHERE l.backend = %(backend)s AND l.name = w.name
+        FOR UPDATE SKIP LOCKED
+    ) AS l
 ),
 -- Room: how many more may start now (NULL: no such limit).
 room AS (
@@ -187,14 +192,15 @@ cand AS (
 ),
 -- The key rows of the candidates (and the woken ones): locked, or passed over.
 keyrows AS (
-    SELECT k.id, k.name, k.running FROM django_jobs_limiter AS k
-    WHERE k.backend = %(backend)s
-      AND k.name IN (
-          SELECT '{KEY_PREFIX}' || concurrency_key FROM cand WHERE concurrency_key IS NOT NULL
-          UNION SELECT name FROM woken
-      )
-    ORDER BY k.name
-    FOR UPDATE SKIP LOCKED
+    SELECT k.* FROM (
+        SELECT '{KEY_PREFIX}' || concurrency_key AS name FROM cand
+        WHERE concurrency_key IS NOT NULL
+        UNION SELECT name FROM woken
+    ) AS n CROSS JOIN LATERAL (
+        SELECT k.id, k.name, k.running FROM django_jobs_limiter AS k
+        WHERE k.backend = %(backend)s AND k.name = n.name
+        FOR UPDATE SKIP LOCKED
+    ) AS k
 ),
 -- A key met for the first time gets its row; its jobs are taken by the next claim.
 newkeys AS (
@@ -203,10 +209,12 @@ newkeys AS (
     SELECT DISTINCT ON (c.concurrency_key) %(backend)s, '{KEY_PREFIX}' || c.concurrency_key,
            c.concurrency_limit, 0, 0, false, '{{{{}}}}'::jsonb, now()
     FROM cand AS c
-    WHERE c.concurrency_key IS NOT NULL AND NOT EXISTS (
-        SELECT 1 FROM django_jobs_limiter AS k
+    LEFT JOIN LATERAL (
+        SELECT 1 AS found FROM django_jobs_limiter AS k
         WHERE k.backend = %(backend)s AND k.name = '{KEY_PREFIX}' || c.concurrency_key
-    )
+        LIMIT 1
+    ) AS k ON true
+    WHERE c.concurrency_key IS NOT NULL AND k.found IS NULL
     ORDER BY c.concurrency_key
     ON CONFLICT (backend, name) DO NOTHING
     RETURNING name
@@ -310,8 +318,9 @@ counted AS (
                       ELSE {_WINDOW_AFTER} END,
         updated_at = now()
     FROM deltas AS d
-    WHERE l.backend = %(backend)s AND l.name = d.name
-      AND l.id IN (SELECT id FROM lim UNION ALL SELECT id FROM keyrows)
+    -- By id through the primary key: a join could scan the table, and keys are many.
+    WHERE l.id = ANY(ARRAY(SELECT id FROM lim UNION ALL SELECT id FROM keyrows))
+      AND l.name = d.name
     RETURNING l.id
 )
 SELECT 'claimed', claimed.*, NULL::bigint, NULL::bigint FROM claimed
@@ -341,21 +350,23 @@ SLOTS = (
 )
 
 # Give back the slots of limited jobs that left RUNNING (their rows' SLOTS values,
-# counted per limiter). The rows are locked in id order, so two of these never wait for
-# each other in a circle, and a limited claim never waits for them (it skips locked
-# rows). A key row is woken when it has parked jobs and now room: reading `parked` from
-# the locked row, not from a snapshot, is what keeps a wake-up from being lost to a
-# claim parking a job at the same moment. Idle workers of the queues are woken too.
+# counted per limiter). The rows are locked in (backend, name) order, the order of the
+# arrays, so two of these never wait for each other in a circle, and a limited claim
+# never waits for them (it skips locked rows). A key row is woken when it has parked
+# jobs and now room: reading `parked` from the locked row, not from a snapshot, is what
+# keeps a wake-up from being lost to a claim parking a job at the same moment. Idle
+# workers of the queues are woken too.
 GIVE_BACK = f"""
 WITH freed AS (
     SELECT * FROM unnest(%(backend)s::text[], %(name)s::text[], %(n)s::int[])
          AS f(backend, name, n)
 ),
 held AS (
-    SELECT l.id, f.n FROM django_jobs_limiter AS l
-    JOIN freed AS f ON l.backend = f.backend AND l.name = f.name
-    ORDER BY l.id
-    FOR UPDATE OF l
+    SELECT l.id, f.n FROM freed AS f CROSS JOIN LATERAL (
+        SELECT l.id FROM django_jobs_limiter AS l
+        WHERE l.backend = f.backend AND l.name = f.name
+        FOR UPDATE
+    ) AS l
 ),
 given_back AS (
     UPDATE django_jobs_limiter AS l
@@ -363,7 +374,8 @@ given_back AS (
         wake = l.name LIKE '{KEY_PREFIX}%%' AND l.parked > 0
                AND greatest(l.running - h.n, 0) < coalesce(l.concurrency, 1),
         updated_at = now()
-    FROM held AS h WHERE l.id = h.id
+    FROM held AS h
+    WHERE l.id = ANY(ARRAY(SELECT id FROM held)) AND l.id = h.id
     RETURNING l.id
 )
 SELECT count(pg_notify('{NOTIFY_CHANNEL}', q)) FROM unnest(%(queues)s::text[]) AS q
@@ -544,7 +556,10 @@ class Activation:
     RECHECK = 10.0
     MERGE_EVERY = 0.1
 
-    def __init__(self) -> None:
+    def __init__(
+        self, declarations: Callable[[str], tuple[list[Definition], list[str], bool]] = declared
+    ) -> None:
+        self._declarations = declarations
         self._declared: dict[str, bool] = {}
         self._found: dict[str, tuple[float, bool]] = {}
         self._merge_after: dict[str, float] = {}
@@ -560,7 +575,7 @@ class Activation:
     def active(self, cursor: Cursor, backend: str) -> bool:
         declared_here = self._declared.get(backend)
         if declared_here is None:
-            definitions, unlimited, keyed = declared(backend)
+            definitions, unlimited, keyed = self._declarations(backend)
             sync_definitions(cursor, backend=backend, definitions=definitions, unlimited=unlimited)
             declared_here = self._declared[backend] = bool(definitions) or keyed
         if declared_here:
@@ -635,7 +650,8 @@ fixed AS (
     UPDATE django_jobs_limiter AS l
     SET running = s.running, parked = s.parked, wake = s.wake, updated_at = now()
     FROM should AS s
-    WHERE l.id = s.id AND (l.running, l.parked, l.wake) IS DISTINCT FROM
+    WHERE l.id = ANY(%(ids)s::bigint[]) AND l.id = s.id
+      AND (l.running, l.parked, l.wake) IS DISTINCT FROM
                           (s.running, s.parked, s.wake)
     RETURNING l.id
 )

@@ -40,3 +40,14 @@ def per_account(account: int, n: int, milliseconds: int = 0) -> int:
         key=f"acct-{account}", pid=os.getpid(), started=began, finished=time.time()
     )
     return n
+
+
+@job(concurrency_limit=2)
+def two_at_a_time(n: int) -> int:
+    """At most two running at once, cluster-wide (a task-wide concurrency limit)."""
+    return n
+
+
+@job(concurrency_key=lambda key: key)
+def keyed_by(key: object) -> None:
+    """The concurrency key is the argument itself: anything but a str is refused."""
