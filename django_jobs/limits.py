@@ -197,3 +197,35 @@ def unique_states_problem(states: Any) -> str | None:
 def finished_unique_states(states: tuple[str, ...]) -> list[str]:
     """The finished states among ``states``: those that count within ``unique_for``."""
     return [s.value for s in FINISHED if s in states]
+
+
+def _bucket(epoch: float, period: float) -> int:
+    return math.floor(epoch * RATE_BUCKETS / period)
+
+
+def rate_used(starts: Mapping[str, int], period: float, epoch: float) -> int:
+    """Starts a rate limiter counts at ``epoch`` (seconds), from its ``starts`` column.
+
+    The same count the claim makes in SQL (protocol/limits.py): every sub-window from
+    the current one back by RATE_BUCKETS, and any later one.
+    """
+    first = _bucket(epoch, period) - RATE_BUCKETS
+    return sum(n for bucket, n in starts.items() if int(bucket) >= first)
+
+
+def rate_next_start(
+    count: int, starts: Mapping[str, int], period: float, epoch: float
+) -> float | None:
+    """Seconds until a rate limiter with no room left may start a job; None if it may now."""
+    first = _bucket(epoch, period) - RATE_BUCKETS
+    counted = sorted((int(b), n) for b, n in starts.items() if int(b) >= first)
+    used = sum(n for _, n in counted)
+    if used < count:
+        return None
+    for bucket, n in counted:
+        used -= n
+        if used < count:
+            # A sub-window stops counting once the current one is RATE_BUCKETS + 1 on.
+            free_at = (bucket + RATE_BUCKETS + 1) * period / RATE_BUCKETS
+            return max(0.0, free_at - epoch)
+    return None  # not reached: a count is at least 1

@@ -5,7 +5,8 @@ from typing import Any
 from django.utils.dateparse import parse_datetime
 from django.utils.html import format_html
 
-from django_jobs.models import Job
+from django_jobs.limits import FLOW_PARKED, KEY_PREFIX
+from django_jobs.models import Job, Limiter
 from django_jobs.states import JobState
 
 
@@ -62,3 +63,24 @@ def attempts_of(job: Job) -> list[dict[str, Any]]:
             row["started_at"] = job.last_attempted_at
         rows.append(row)
     return rows[::-1]
+
+
+def limits_status(job: Job) -> str:
+    """What the limits do to ``job`` now, in a sentence."""
+    if not job.flow:
+        return "No limit applies." if not job.unique_key else "Unique; no limit applies."
+    if job.state == JobState.READY and job.flow == FLOW_PARKED:
+        key = (
+            Limiter.objects.using(job._state.db)
+            .filter(backend=job.backend, name=KEY_PREFIX + (job.concurrency_key or ""))
+            .values_list("running", flat=True)
+            .first()
+        )
+        running = "?" if key is None else key
+        return (
+            f"Waiting for a slot of key {job.concurrency_key!r} ({running} of "
+            f"{job.concurrency_limit} running); it starts when one frees."
+        )
+    if job.state == JobState.READY:
+        return "Under a limit: it starts when its task's, queue's or key's limits have room."
+    return "Counted by its task's, queue's or key's limits while it runs."

@@ -31,8 +31,15 @@ from django_jobs.models import MAX_JOB_ID, Job
 from django_jobs.states import JobState
 
 from . import dashboard
-from .display import attempts_of, format_duration, short_name, state_badge
-from .filters import EnqueuedFilter, FinishedFilter, QueueFilter, StateFilter, TaskFilter
+from .display import attempts_of, format_duration, limits_status, short_name, state_badge
+from .filters import (
+    EnqueuedFilter,
+    FinishedFilter,
+    FlowFilter,
+    QueueFilter,
+    StateFilter,
+    TaskFilter,
+)
 from .pagination import EstimatedCountPaginator
 from .readonly import ReadOnlyAdmin
 from .redaction import pretty_json
@@ -80,7 +87,14 @@ class JobAdmin(ReadOnlyAdmin):
     # Only orders an index serves: sorting millions of rows by task or queue is a full
     # scan and a sort. JobChangeList also ignores ?o= for the other columns.
     sortable_by = ("id",)
-    list_filter = (StateFilter, QueueFilter, TaskFilter, FinishedFilter, EnqueuedFilter)
+    list_filter = (
+        StateFilter,
+        QueueFilter,
+        TaskFilter,
+        FlowFilter,
+        FinishedFilter,
+        EnqueuedFilter,
+    )
     search_fields = ("=id", "task_path")
     search_help_text = "A job id, or part of a task's name (declared tasks only)."
     ordering = ("-id",)
@@ -219,6 +233,17 @@ class JobAdmin(ReadOnlyAdmin):
 
     # ── the job's page ──────────────────────────────────────────────────────
 
+    def get_fieldsets(self, request: HttpRequest, obj: Any = None) -> Any:
+        fieldsets = list(super().get_fieldsets(request, obj))
+        if obj is not None and (obj.flow or obj.unique_key):
+            fields = ("limits_status", "unique_key", "concurrency_key", "concurrency_limit")
+            fieldsets.insert(1, ("Limits", {"fields": fields}))
+        return fieldsets
+
+    @admin.display(description="limits")
+    def limits_status(self, job: Job) -> str:
+        return limits_status(job)
+
     def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> list[str]:
         return [
             *(f.name for f in Job._meta.fields),
@@ -229,6 +254,7 @@ class JobAdmin(ReadOnlyAdmin):
             "kwargs_json",
             "return_value_json",
             "attempts_table",
+            "limits_status",
         ]
 
     @admin.display(description="args")
