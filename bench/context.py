@@ -44,6 +44,11 @@ class Sizes:
     s6_after: float = 5.0
     #: Then the worker may finish the rest for at most this long before it is stopped.
     s6_drain_out: float = 30.0
+    #: S7: rate-limited no-op jobs (the task allows 100 a second).
+    s7_jobs: int = 1_500
+    #: S8: no-op jobs spread over this many concurrency keys, one running per key.
+    s8_jobs: int = 20_000
+    s8_keys: int = 100
     rss_checkpoint: int = 10_000
     rss_jobs: int = 1_000_000
     #: The RSS drain is cut to what S1's rate drains in this many seconds, so a slow
@@ -75,6 +80,9 @@ class Sizes:
             s6_hold=15.0,
             s6_after=2.0,
             s6_drain_out=20.0,
+            s7_jobs=200,
+            s8_jobs=2_000,
+            s8_keys=20,
             rss_jobs=100_000,
             rss_budget_s=5.0,
             drain_timeout_s=120.0,

@@ -92,6 +92,10 @@ def evaluate_targets(results: dict[str, Any]) -> list[Target]:
     s5 = _get(results, "S5", "ratio_to_s1")
     s6 = _get(results, "S6", "no_backlog_growth")
     rss = _get(results, "RSS", "growth_pct")
+    declaring = _get(results, "S1", "declaring_limits", "median_jobs_per_s_draining")
+    s7 = _get(results, "S7", "accuracy")
+    s7_peak = _get(results, "S7", "max_starts_in_any_second")
+    s8 = _get(results, "S8", "ratio_to_s1")
 
     def pct(x: float | None) -> str:
         return "n/a" if x is None else f"{x:.0%}"
@@ -141,6 +145,19 @@ def evaluate_targets(results: dict[str, Any]) -> list[Target]:
             rss_text,
             judge(rss, lambda v: v <= 10),
         ),
+        Target(
+            "S1 in a process declaring limits vs S1",
+            ">= 95%",
+            pct(_ratio(declaring, s1)),
+            judge(_ratio(declaring, s1), lambda v: v >= 0.95),
+        ),
+        Target(
+            "S7 rate achieved (100/s limit)",
+            ">= 90%, none above",
+            "n/a" if s7 is None else f"{s7:.0%}, peak {s7_peak}/s",
+            judge(s7, lambda v: v >= 0.9 and s7_peak <= 100),
+        ),
+        Target("S8 drain under keys vs S1", "reported", pct(s8), None if s8 is None else True),
     ]
 
 

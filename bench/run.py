@@ -34,12 +34,14 @@ SCENARIOS: list[tuple[str, str]] = [
     ("S4", "idle latency: LISTEN, open loop, polling"),
     ("S5", "drain with millions of history rows"),
     ("S6", "held REPEATABLE READ transaction under load"),
+    ("S7", "rate-limited drain: the rate achieved, never above it"),
+    ("S8", "drain under concurrency keys, one running per key"),
     ("RSS", "worker memory over a long drain"),
 ]
 
 
 def _runner(key: str) -> Callable[[Any], dict[str, Any]]:
-    from bench import drain, enqueue, held, latency, references
+    from bench import drain, enqueue, flow, held, latency, references
 
     return {
         "R1": references.run_r1,
@@ -51,6 +53,8 @@ def _runner(key: str) -> Callable[[Any], dict[str, Any]]:
         "S4": latency.run_s4,
         "S5": drain.run_s5,
         "S6": held.run_s6,
+        "S7": flow.run_s7,
+        "S8": flow.run_s8,
         "RSS": drain.run_rss,
     }[key]
 

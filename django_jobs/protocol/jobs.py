@@ -456,9 +456,12 @@ def _claim_limited(cursor: Cursor, params: dict[str, Any], limit: int) -> list[C
     jobs: list[ClaimedJob] = []
     found = False
     for _ in range(LIMITED_ROUNDS):
-        cursor.execute(statement, {**params, "limit": limit - len(jobs)})
+        with limits.transaction(cursor):
+            cursor.execute(limits.NO_JIT)
+            cursor.execute(statement, {**params, "limit": limit - len(jobs)})
+            rows = cursor.fetchall()
         progress = 0
-        for row in cursor.fetchall():
+        for row in rows:
             if row[0] == "claimed":
                 jobs.append(_claimed_job(row[1:-2]))
             else:

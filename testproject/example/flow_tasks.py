@@ -51,3 +51,8 @@ def two_at_a_time(n: int) -> int:
 @job(concurrency_key=lambda key: key)
 def keyed_by(key: object) -> None:
     """The concurrency key is the argument itself: anything but a str is refused."""
+
+
+@job(rate_limit="100/s")
+def rated_noop() -> None:
+    """Does nothing, at most 100 a second: the benchmark's rate-limited drain (S7)."""
