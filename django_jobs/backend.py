@@ -301,7 +301,23 @@ class JobsBackend(BaseTaskBackend):
                     id="django_jobs.E003",
                 )
             )
-        return messages or self._check_listen()
+        return messages or [*self._check_listen(), *self._check_queue_limits()]
+
+    def _check_queue_limits(self) -> list[checks.CheckMessage]:
+        # A misspelt queue name in QUEUE_LIMITS limits nothing, silently.
+        unknown = sorted(set(self.jobs_options.QUEUE_LIMITS) - set(self.queues))
+        if not unknown or not self.queues:
+            return []
+        return [
+            checks.Warning(
+                f"TASKS[{self.alias!r}]['OPTIONS']['QUEUE_LIMITS'] limits "
+                f"{', '.join(map(repr, unknown))}, not in this backend's QUEUES "
+                f"({', '.join(map(repr, sorted(self.queues)))}): no task can use "
+                f"{'it' if len(unknown) == 1 else 'them'}, so the limit never applies.",
+                hint="Correct the queue name, or add the queue to QUEUES.",
+                id="django_jobs.W003",
+            )
+        ]
 
     def _check_listen(self) -> list[checks.CheckMessage]:
         options = self.jobs_options

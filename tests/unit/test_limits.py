@@ -183,3 +183,20 @@ def test_using_gives_a_copy_a_unique_key_and_checks_it():
     assert not task.is_unique
     with pytest.raises(ValueError, match=r"unique_key for task '.*limited_example' is"):
         task.using(unique_key="")
+
+
+def test_queue_limits_for_an_unknown_queue_are_flagged():
+    from django.tasks import task_backends
+    from django.test import override_settings
+
+    settings = {
+        "default": {
+            "BACKEND": "django_jobs.backend.JobsBackend",
+            "QUEUES": ["default", "emails"],
+            "OPTIONS": {"QUEUE_LIMITS": {"emials": {"concurrency": 1}}},
+        }
+    }
+    with override_settings(TASKS=settings):
+        messages = task_backends["default"].check()
+    assert [m.id for m in messages] == ["django_jobs.W003"]
+    assert "limits 'emials', not in this backend's QUEUES ('default', 'emails')" in messages[0].msg
