@@ -15,7 +15,8 @@ The functions run on the cursor they are given (the caller's Django cursor for
 enqueue, so the job commits or rolls back with the caller's transaction; the worker's
 own connection for the rest) and neither open transactions nor commit: the caller owns
 that choice. (One exception: the limited claim wraps its statement in a transaction of
-its own, a savepoint inside the caller's, to turn JIT off for it; see limits.py.) Nothing outside this package changes a job's state.
+its own, a savepoint inside the caller's, to turn JIT off for it; see limits.py.)
+Nothing outside this package changes a job's state.
 
 States are SQL literals, never parameters, so the planner can match the partial
 indexes (``WHERE state = 'READY'``) even in prepared plans, and every time comes from

@@ -43,96 +43,77 @@ _RETURNING = ", ".join(
     + [f"jsonb_build_array({', '.join(f'j.{c}' for c in JSON_COLUMNS)})::text"]
 )
 
-# One INSERT, and in the same statement (so in the caller's transaction) one NOTIFY
-# when the job may run at once. Postgres delivers it only on commit, and folds
-# duplicates within a transaction, so a request that enqueues 100 jobs wakes workers once.
-ENQUEUE = f"""
-WITH j AS (
-    INSERT INTO django_jobs_job (
-        task_path, queue_name, priority, state, backend, args, kwargs,
-        run_after, available_at, enqueued_at, attempts, max_attempts, worker_ids, errors
-    )
-    VALUES (
-        %(task_path)s, %(queue_name)s, %(priority)s, 'READY', %(backend)s,
-        %(args_json)s::jsonb, %(kwargs_json)s::jsonb, %(run_after)s::timestamptz,
-        COALESCE(%(run_after)s::timestamptz, now()), now(), 0, %(max_attempts)s, '[]', '[]'
-    )
-    RETURNING id, enqueued_at, available_at, queue_name
+# The row a job starts as; {columns} and {values} add flow control's columns, {conflict}
+# what a taken unique key does.
+_INSERT_ONE = """
+INSERT INTO django_jobs_job (
+    task_path, queue_name, priority, state, backend, args, kwargs,
+    run_after, available_at, enqueued_at, attempts, max_attempts, worker_ids, errors{columns}
 )
+VALUES (
+    %(task_path)s, %(queue_name)s, %(priority)s, 'READY', %(backend)s,
+    %(args_json)s::jsonb, %(kwargs_json)s::jsonb, %(run_after)s::timestamptz,
+    COALESCE(%(run_after)s::timestamptz, now()), now(), 0, %(max_attempts)s, '[]', '[]'{values}
+)
+{conflict}RETURNING id, enqueued_at, available_at, queue_name
+"""
+_INSERT_MANY = """
+INSERT INTO django_jobs_job (
+    task_path, queue_name, priority, state, backend, args, kwargs,
+    run_after, available_at, enqueued_at, attempts, max_attempts, worker_ids, errors{columns}
+)
+SELECT t.task_path, t.queue_name, t.priority, 'READY', t.backend, t.args, t.kwargs,
+       t.run_after, COALESCE(t.run_after, now()), now(), 0, t.max_attempts, '[]', '[]'{t_values}
+FROM unnest(
+    %(task_path)s::text[], %(queue_name)s::text[], %(priority)s::smallint[],
+    %(backend)s::text[], %(args_json)s::jsonb[], %(kwargs_json)s::jsonb[],
+    %(run_after)s::timestamptz[], %(max_attempts)s::int[]{arrays}
+) WITH ORDINALITY AS t(task_path, queue_name, priority, backend, args, kwargs,
+                      run_after, max_attempts{names}, n)
+ORDER BY t.n
+{conflict}RETURNING id, enqueued_at{returning}
+"""
+# The same INSERT ... SELECT, and in the same statement (so in the caller's transaction)
+# one NOTIFY when the job may run at once. Postgres delivers it only on commit, and
+# folds duplicates within a transaction, so a request that enqueues 100 jobs wakes
+# workers once.
+_WAKE = f"""
 SELECT j.id, j.enqueued_at,
        CASE WHEN j.available_at <= now() THEN pg_notify('{NOTIFY_CHANNEL}', j.queue_name) END
 FROM j
 """
+_PLAIN = {"columns": "", "values": "", "conflict": ""}
+
+ENQUEUE = f"WITH j AS ({_INSERT_ONE.format(**_PLAIN)}){_WAKE}"
 
 # Bulk enqueue: one statement for any number of jobs (arrays unnested server-side),
 # then one NOTIFY per distinct queue that got a runnable job.
-ENQUEUE_MANY = """
-INSERT INTO django_jobs_job (
-    task_path, queue_name, priority, state, backend, args, kwargs,
-    run_after, available_at, enqueued_at, attempts, max_attempts, worker_ids, errors
-)
-SELECT t.task_path, t.queue_name, t.priority, 'READY', t.backend, t.args, t.kwargs,
-       t.run_after, COALESCE(t.run_after, now()), now(), 0, t.max_attempts, '[]', '[]'
-FROM unnest(
-    %(task_path)s::text[], %(queue_name)s::text[], %(priority)s::smallint[],
-    %(backend)s::text[], %(args_json)s::jsonb[], %(kwargs_json)s::jsonb[],
-    %(run_after)s::timestamptz[], %(max_attempts)s::int[]
-) WITH ORDINALITY AS t(task_path, queue_name, priority, backend, args, kwargs,
-                      run_after, max_attempts, n)
-ORDER BY t.n
-RETURNING id, enqueued_at
-"""
+ENQUEUE_MANY = _INSERT_MANY.format(t_values="", arrays="", names="", returning="", **_PLAIN)
 
 # Enqueue with flow control: the same row, plus its unique key, concurrency key and flow
 # (limits.py). A unique key another row holds inserts nothing (and returns nothing): the
 # unique index decides, and a holder still being written by another transaction is
 # waited for. What to answer then is protocol/unique.py's.
-INSERT_FLOW = """
-INSERT INTO django_jobs_job (
-    task_path, queue_name, priority, state, backend, args, kwargs,
-    run_after, available_at, enqueued_at, attempts, max_attempts, worker_ids, errors,
-    unique_key, concurrency_key, concurrency_limit, flow
-)
-VALUES (
-    %(task_path)s, %(queue_name)s, %(priority)s, 'READY', %(backend)s,
-    %(args_json)s::jsonb, %(kwargs_json)s::jsonb, %(run_after)s::timestamptz,
-    COALESCE(%(run_after)s::timestamptz, now()), now(), 0, %(max_attempts)s, '[]', '[]',
-    %(unique_key)s, %(concurrency_key)s, %(concurrency_limit)s, %(flow)s
-)
-ON CONFLICT (backend, task_path, unique_key) WHERE unique_key IS NOT NULL DO NOTHING
-RETURNING id, enqueued_at, available_at, queue_name
-"""
-ENQUEUE_FLOW = f"""
-WITH j AS ({INSERT_FLOW})
-SELECT j.id, j.enqueued_at,
-       CASE WHEN j.available_at <= now() THEN pg_notify('{NOTIFY_CHANNEL}', j.queue_name) END
-FROM j
-"""
+_FLOW_COLUMNS = ("unique_key", "concurrency_key", "concurrency_limit", "flow")
+_FLOW = {
+    "columns": "".join(f", {c}" for c in _FLOW_COLUMNS),
+    "conflict": "ON CONFLICT (backend, task_path, unique_key) WHERE unique_key IS NOT NULL "
+    "DO NOTHING\n",
+}
+INSERT_FLOW = _INSERT_ONE.format(values="".join(f", %({c})s" for c in _FLOW_COLUMNS), **_FLOW)
+ENQUEUE_FLOW = f"WITH j AS ({INSERT_FLOW}){_WAKE}"
 
 # Bulk enqueue with flow control. RETURNING keeps the input order (the rows are
-# inserted in `n` order), minus the rows whose unique key was taken; `unique_key` says
-# which came back.
-ENQUEUE_MANY_FLOW = """
-INSERT INTO django_jobs_job (
-    task_path, queue_name, priority, state, backend, args, kwargs,
-    run_after, available_at, enqueued_at, attempts, max_attempts, worker_ids, errors,
-    unique_key, concurrency_key, concurrency_limit, flow
+# inserted in `n` order), minus the rows whose unique key was taken, and says which
+# came back.
+ENQUEUE_MANY_FLOW = _INSERT_MANY.format(
+    t_values="".join(f", t.{c}" for c in _FLOW_COLUMNS),
+    arrays=", %(unique_key)s::text[], %(concurrency_key)s::text[], "
+    "%(concurrency_limit)s::int[], %(flow)s::text[]",
+    names="".join(f", {c}" for c in _FLOW_COLUMNS),
+    returning=", backend, task_path, unique_key",
+    **_FLOW,
 )
-SELECT t.task_path, t.queue_name, t.priority, 'READY', t.backend, t.args, t.kwargs,
-       t.run_after, COALESCE(t.run_after, now()), now(), 0, t.max_attempts, '[]', '[]',
-       t.unique_key, t.concurrency_key, t.concurrency_limit, t.flow
-FROM unnest(
-    %(task_path)s::text[], %(queue_name)s::text[], %(priority)s::smallint[],
-    %(backend)s::text[], %(args_json)s::jsonb[], %(kwargs_json)s::jsonb[],
-    %(run_after)s::timestamptz[], %(max_attempts)s::int[], %(unique_key)s::text[],
-    %(concurrency_key)s::text[], %(concurrency_limit)s::int[], %(flow)s::text[]
-) WITH ORDINALITY AS t(task_path, queue_name, priority, backend, args, kwargs,
-                      run_after, max_attempts, unique_key, concurrency_key,
-                      concurrency_limit, flow, n)
-ORDER BY t.n
-ON CONFLICT (backend, task_path, unique_key) WHERE unique_key IS NOT NULL DO NOTHING
-RETURNING id, enqueued_at, backend, task_path, unique_key
-"""
 
 NOTIFY_QUEUES = f"""
 SELECT pg_notify('{NOTIFY_CHANNEL}', q) FROM unnest(%(queues)s::text[]) AS q

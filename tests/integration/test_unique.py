@@ -202,36 +202,45 @@ def test_a_key_that_cannot_be_one_fails_the_enqueue_and_writes_nothing():
     assert not rows(bad_key)
 
 
-@pytest.mark.django_db(transaction=True)
-def test_eight_threads_enqueueing_one_key_a_thousand_times_make_one_job():
-    start = threading.Barrier(8)
-    ids: list[set[str]] = []
+def in_threads(count: int, work, timeout: float = 120) -> list:
+    """Run ``work()`` on ``count`` threads started together; return what each returned."""
+    start = threading.Barrier(count)
+    results: list = []
     errors: list[BaseException] = []
 
-    def enqueue() -> None:
-        seen = set()
+    def run() -> None:
         try:
             start.wait(timeout=30)
-            for n in range(1000):
-                # Half in transactions that stay open a moment, half in autocommit.
-                if n % 2:
-                    with transaction.atomic():
-                        seen.add(flow_tasks.refresh_feed.enqueue(42, reason=str(n)).id)
-                else:
-                    seen.add(flow_tasks.refresh_feed.enqueue(42, reason=str(n)).id)
+            results.append(work())
         except BaseException as exc:
             errors.append(exc)
         finally:
-            ids.append(seen)
             connections.close_all()
 
-    threads = [threading.Thread(target=enqueue) for _ in range(8)]
+    threads = [threading.Thread(target=run) for _ in range(count)]
     for t in threads:
         t.start()
     for t in threads:
-        t.join(timeout=120)
+        t.join(timeout=timeout)
     assert not any(t.is_alive() for t in threads)
     assert not errors, errors
+    return results
+
+
+@pytest.mark.django_db(transaction=True)
+def test_eight_threads_enqueueing_one_key_a_thousand_times_make_one_job():
+    def enqueue() -> set[str]:
+        seen = set()
+        for n in range(1000):
+            # Half in transactions that stay open a moment, half in autocommit.
+            if n % 2:
+                with transaction.atomic():
+                    seen.add(flow_tasks.refresh_feed.enqueue(42, reason=str(n)).id)
+            else:
+                seen.add(flow_tasks.refresh_feed.enqueue(42, reason=str(n)).id)
+        return seen
+
+    ids = in_threads(8, enqueue)
     assert len(rows(flow_tasks.refresh_feed)) == 1
     assert set().union(*ids) == {str(rows(flow_tasks.refresh_feed)[0].pk)}
 
@@ -268,21 +277,7 @@ def test_a_second_transaction_waits_for_the_first_and_sees_its_job():
 def test_an_expired_key_is_taken_over_once_by_concurrent_enqueues():
     old = flow_tasks.refresh_feed.enqueue(3)
     finish(int(old.id), "SUCCESSFUL", timedelta(hours=1))
-    start = threading.Barrier(8)
-    results: list = []
-
-    def enqueue() -> None:
-        try:
-            start.wait(timeout=30)
-            results.append(flow_tasks.refresh_feed.enqueue(3))
-        finally:
-            connections.close_all()
-
-    threads = [threading.Thread(target=enqueue) for _ in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=60)
+    results = in_threads(8, lambda: flow_tasks.refresh_feed.enqueue(3), timeout=60)
     new = {r.id for r in results}
     assert len(results) == 8
     assert len(new) == 1
