@@ -94,6 +94,7 @@ def evaluate_targets(results: dict[str, Any]) -> list[Target]:
     rss = _get(results, "RSS", "growth_pct")
     declaring = _get(results, "S1", "declaring_limits", "median_jobs_per_s_draining")
     s7 = _get(results, "S7", "accuracy")
+    s7_default = _get(results, "S7", "accuracy_default_poll")
     s7_peak = _get(results, "S7", "max_starts_in_any_second")
     s8 = _get(results, "S8", "ratio_to_s1")
 
@@ -152,9 +153,9 @@ def evaluate_targets(results: dict[str, Any]) -> list[Target]:
             judge(_ratio(declaring, s1), lambda v: v >= 0.95),
         ),
         Target(
-            "S7 rate achieved (100/s limit)",
+            "S7 rate achieved (100/s, --poll-interval 0.2)",
             ">= 90%, none above",
-            "n/a" if s7 is None else f"{s7:.0%}, peak {s7_peak}/s",
+            "n/a" if s7 is None else f"{s7:.0%} ({pct(s7_default)} at 1 s), peak {s7_peak}/s",
             judge(s7, lambda v: v >= 0.9 and s7_peak <= 100),
         ),
         Target("S8 drain under keys vs S1", "reported", pct(s8), None if s8 is None else True),
