@@ -2,8 +2,8 @@
 
 Pure definitions, no database: the task declaration (``task.py``), the options
 (``conf.py``), the enqueue path (``backend.py``) and the SQL (``protocol/limits.py``,
-``protocol/unique.py``) all take their rules from here, so a limit is parsed, a key
-checked and a limiter named the same way everywhere.
+``protocol/limiters.py``, ``protocol/unique.py``) all take their rules from here, so a
+limit is parsed, a key checked and a limiter named the same way everywhere.
 
 A *limiter* is a row of ``django_jobs_limiter`` shared by every worker: ``task:<path>``
 (a task's rate and concurrency limit), ``queue:<name>`` (``OPTIONS["QUEUE_LIMITS"]``) or

@@ -13,7 +13,7 @@ from urllib.parse import quote
 import pytest
 from django.db import connection
 
-from django_jobs.protocol import limits
+from django_jobs.protocol import limiters
 from django_jobs.worker.supervisor import Supervisor
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -45,9 +45,9 @@ def run_worker(**options: Any) -> Supervisor:
 @pytest.fixture(autouse=True)
 def _fresh_limits() -> Iterator[None]:
     """Each test reads the declarations afresh: the limits its tasks declare, or none."""
-    limits.activation.forget()
+    limiters.activation.forget()
     yield
-    limits.activation.forget()
+    limiters.activation.forget()
 
 
 @pytest.fixture

@@ -9,7 +9,8 @@ thin function per statement:
 - ``operator``: an operator's moves: retry, cancel, run now, delete, prune;
 - ``schedules``: firing and keeping periodic schedules;
 - ``unique``: which job holds a unique key, and giving up a key that no longer counts;
-- ``limits``: the limited claim, giving slots back, the limiters and their upkeep.
+- ``limits``: the limited claim, and giving slots back when an attempt ends;
+- ``limiters``: the limiters' definitions, which processes claim with limits, upkeep.
 
 The functions run on the cursor they are given (the caller's Django cursor for
 enqueue, so the job commits or rolls back with the caller's transaction; the worker's

@@ -14,7 +14,7 @@ from datetime import datetime
 from operator import attrgetter, itemgetter
 from typing import Any
 
-from . import NOTIFY_CHANNEL, Cursor, execute_many, limits
+from . import NOTIFY_CHANNEL, Cursor, execute_many, limiters, limits
 
 #: Columns a worker needs to run a job and to build its TaskResult, in this order.
 JOB_COLUMNS = (
@@ -400,7 +400,7 @@ def claim(
     """Mark up to ``limit`` runnable jobs RUNNING for ``worker_id``, highest priority first.
 
     Jobs with limits are claimed only within them, and only by a process that declares
-    limits or has found limited jobs waiting (``limits.activation``); any other process
+    limits or has found limited jobs waiting (``limiters.activation``); any other process
     runs the plain claim, unchanged.
     """
     if limit <= 0:
@@ -408,7 +408,7 @@ def claim(
     params: dict[str, Any] = {"worker_id": worker_id, "backend": backend, "limit": limit}
     if queues is not None:
         params["queues"] = list(queues)
-    activation = limits.activation
+    activation = limiters.activation
     if not activation.active(cursor, backend):
         jobs = _claim_plain(cursor, params)
     elif activation.merge_due(backend):
@@ -450,7 +450,7 @@ def _claim_limited(cursor: Cursor, params: dict[str, Any], limit: int) -> list[C
                 found = found or bool(progress or started)
         if not progress or len(jobs) >= limit:
             break
-    limits.activation.merged(params["backend"], found=found)
+    limiters.activation.merged(params["backend"], found=found)
     return jobs
 
 

@@ -1,18 +1,18 @@
 """Keep the limiters honest: recount them from the jobs, and forget keys nobody uses.
 
 The claim and the statements that end an attempt keep every limiter's counts exact
-between them (protocol/limits.py). This is the safety net, run by the maintenance
-leader each round: a statement written elsewhere that moves a limited job out of
-RUNNING without giving its slot back, or an operator who cancels or deletes a parked
-job, would otherwise leave a count off for good. A count found off is logged and set
-right. Key rows unused for an hour are deleted, so a key per customer does not grow
-the table for ever.
+between them (protocol/limits.py; the recount is protocol/limiters.py). This is the
+safety net, run by the maintenance leader each round: a statement written elsewhere
+that moves a limited job out of RUNNING without giving its slot back, or an operator
+who cancels or deletes a parked job, would otherwise leave a count off for good. A
+count found off is logged and set right. Key rows unused for an hour are deleted, so a
+key per customer does not grow the table for ever.
 """
 
 import logging
 
 from ..protocol import Cursor
-from ..protocol import limits as protocol
+from ..protocol import limiters as protocol
 
 logger = logging.getLogger(__name__)
 

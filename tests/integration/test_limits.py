@@ -16,7 +16,7 @@ from django.utils import timezone
 from django_jobs.limits import FLOW_LIMITED, FLOW_PARKED, RATE_BUCKETS
 from django_jobs.models import Job, Limiter
 from django_jobs.protocol import jobs as protocol
-from django_jobs.protocol import limits
+from django_jobs.protocol import limiters
 from django_jobs.services.limits import LimitKeeper
 from django_jobs.services.rescuer import Rescuer
 from django_jobs.worker import dbconn
@@ -199,7 +199,7 @@ def test_a_task_wide_concurrency_limit():
     }
 )
 def test_queue_limits_apply_to_every_task_of_the_queue():
-    limits.activation.forget()
+    limiters.activation.forget()
     for n in range(4):
         tasks.add.using(queue_name="emails").enqueue(n, n)
         tasks.send_welcome_email.enqueue(f"{n}@example.com")
@@ -261,7 +261,7 @@ class Recording:
 
 
 def test_a_process_that_declares_no_limit_claims_and_finishes_as_before(monkeypatch):
-    monkeypatch.setattr(limits, "activation", limits.Activation(lambda b: ([], [], False)))
+    monkeypatch.setattr(limiters, "activation", limiters.Activation(lambda b: ([], [], False)))
     tasks.add.enqueue(1, 1)
     with connection.cursor() as cur:
         rec = Recording(cur)
@@ -270,8 +270,8 @@ def test_a_process_that_declares_no_limit_claims_and_finishes_as_before(monkeypa
     # Once per process: limits no longer declared are deleted. Once per RECHECK: a look
     # for limited jobs waiting anyway. Then the plain claim and the plain success.
     assert rec.statements == [
-        limits.DELETE_UNDECLARED,
-        limits.LIMITED_WORK_EXISTS,
+        limiters.DELETE_UNDECLARED,
+        limiters.LIMITED_WORK_EXISTS,
         protocol.CLAIM_ANY_QUEUE,
         protocol.COMPLETE_MANY,
     ]
@@ -294,10 +294,10 @@ def test_a_job_with_no_limit_has_no_entry_in_the_flow_indexes():
 
 def test_a_process_that_declares_none_still_claims_limited_jobs_it_finds():
     flow_tasks.rate_limited.enqueue(1)
-    limits.activation.forget()
+    limiters.activation.forget()
     claim(limit=1)  # a declaring process wrote the definitions
     flow_tasks.rate_limited.enqueue(2)
-    bare = limits.Activation(lambda b: ([], [], False))
+    bare = limiters.Activation(lambda b: ([], [], False))
     with connection.cursor() as cur:
         assert bare.active(cur, "default")  # limited jobs wait
     Job.objects.filter(flow__isnull=False).delete()

@@ -14,7 +14,7 @@ from django.db import connection
 from django.utils import timezone
 
 from django_jobs.models import Job
-from django_jobs.protocol import jobs, limits, operator
+from django_jobs.protocol import jobs, limiters, operator
 from django_jobs.services.rescuer import Rescuer
 from django_jobs.states import TRANSITIONS, JobState, can_move
 from testproject.example import tasks
@@ -26,12 +26,12 @@ WORKER = "transitions-test-worker"
 
 def limited_claim(cur):
     """The claim of a process that declares limits (jobs with none go through it too)."""
-    saved = limits.activation
-    limits.activation = limits.Activation(lambda backend: ([], [], True))
+    saved = limiters.activation
+    limiters.activation = limiters.Activation(lambda backend: ([], [], True))
     try:
         return jobs.claim(cur, worker_id="another", backend="default", queues=None, limit=10)
     finally:
-        limits.activation = saved
+        limiters.activation = saved
 
 
 #: name -> the call, given a cursor and the job's id. Each names the job's attempt 1,
