@@ -16,7 +16,7 @@ them exact without ever costing a job that uses no limit anything:
 - **What ends an attempt gives its slots back** (``give_back``): the success, failure
   (retry, final, rescue), snooze and release statements return, for each limited job
   they moved, the limiters it counts in, and one more statement counts those down,
-  locking the rows in id order so two of them never deadlock. Jobs with no limit add a
+  locking the rows in name order so two of them never deadlock. Jobs with no limit add a
   NULL column to those statements, and nothing else.
 
 A job whose concurrency key is full when a claim reaches it is *parked* (``flow =
