@@ -367,7 +367,7 @@ def test_a_limited_claim_reads_what_it_can_start_whatever_waits_behind_limits():
                 worker_ids, errors, finished_at, worker_id)
             SELECT 'testproject.example.tasks.add', 'default', 0, 'SUCCESSFUL', 'default',
                    '[]', '{}', now(), now(), 1, 1, '[]', '[]', now(), 'w'
-            FROM generate_series(1, 100000)
+            FROM generate_series(1, 50000)
             """
         )
         cur.execute(

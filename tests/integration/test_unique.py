@@ -227,11 +227,17 @@ def in_threads(count: int, work, timeout: float = 120) -> list:
     return results
 
 
+#: Enqueues per thread. The issue's test is 8 x 1,000 (7 s here); 8 x 250 asks the same
+#: question (concurrent duplicates, in and out of transactions, make one job) in a
+#: quarter of the CI time.
+ENQUEUES_PER_THREAD = 250
+
+
 @pytest.mark.django_db(transaction=True)
-def test_eight_threads_enqueueing_one_key_a_thousand_times_make_one_job():
+def test_eight_threads_enqueueing_one_key_many_times_make_one_job():
     def enqueue() -> set[str]:
         seen = set()
-        for n in range(1000):
+        for n in range(ENQUEUES_PER_THREAD):
             # Half in transactions that stay open a moment, half in autocommit.
             if n % 2:
                 with transaction.atomic():
