@@ -352,13 +352,14 @@ NO_JIT = "SELECT set_config('jit', 'off', true)"
 @contextmanager
 def transaction(cursor: Cursor) -> Iterator[None]:
     """A transaction (or a savepoint inside one) on ``cursor``'s connection, for a few
-    statements that belong together: a psycopg cursor's, or a Django cursor's."""
-    connection = getattr(cursor, "connection", None)
-    if connection is not None and hasattr(connection, "transaction"):
-        with connection.transaction():
+    statements that belong together: a Django cursor's (through Django, which then
+    knows of it), or a psycopg cursor's."""
+    database = getattr(cursor, "db", None)
+    if database is not None:
+        with django_transaction.atomic(using=database.alias):
             yield
     else:
-        with django_transaction.atomic(using=cursor.db.alias):  # type: ignore[attr-defined]
+        with cursor.connection.transaction():  # type: ignore[attr-defined]
             yield
 
 
