@@ -46,6 +46,11 @@ class Sizes:
     s6_drain_out: float = 30.0
     #: Members of W1's chord (the issue's figure; cheap enough for the quick run too).
     w1_members: int = 10_000
+    #: F1: rate-limited no-op jobs (the task allows 100 a second).
+    f1_jobs: int = 1_500
+    #: F2: no-op jobs spread over this many concurrency keys, one running per key.
+    f2_jobs: int = 20_000
+    f2_keys: int = 100
     rss_checkpoint: int = 10_000
     rss_jobs: int = 1_000_000
     #: The RSS drain is cut to what S1's rate drains in this many seconds, so a slow
@@ -77,6 +82,9 @@ class Sizes:
             s6_hold=15.0,
             s6_after=2.0,
             s6_drain_out=20.0,
+            f1_jobs=150,
+            f2_jobs=1_000,
+            f2_keys=20,
             rss_jobs=100_000,
             rss_budget_s=5.0,
             drain_timeout_s=120.0,

@@ -56,10 +56,12 @@ def fetchone(statement: str, params: Any = None) -> tuple:
 
 
 def reset_jobs() -> None:
-    """Empty the job table (TRUNCATE: no dead rows left behind) and forget old workers."""
+    """Empty the job tables (TRUNCATE: no dead rows left behind), forget old workers and
+    limiters."""
     execute("TRUNCATE django_jobs_job, django_jobs_workflow CASCADE")
     execute("DELETE FROM django_jobs_worker")
     execute("DELETE FROM django_jobs_lease")
+    execute("DELETE FROM django_jobs_limiter")
 
 
 def enqueue_noop(count: int, *, batch: int = 5_000) -> tuple[int, int]:

@@ -19,6 +19,11 @@ from django_jobs.protocol import jobs as sql
 
 PROCESSES = ["--concurrency", "2"]
 THREADS = ["--pool", "threads", "--concurrency", "2"]
+#: The worker's environment for a drain of jobs with no limit in a process that declares
+#: none (the test project's flow-control examples left out): the plain claim, as the
+#: scenarios measured before limits existed. DECLARING leaves them in.
+NO_LIMITS = {"JOBS_TASK_MODULES": ""}
+DECLARING: dict[str, str] = {}
 
 
 def drain(
@@ -31,6 +36,8 @@ def drain(
     generated: bool = False,
     before_start: Callable[[], None] | None = None,
     sample_interval: float = 0.25,
+    env: dict[str, str] | None = None,
+    seed: Callable[[int], tuple[int, int]] | None = None,
 ) -> tuple[dict[str, Any], measure.ProcessTreeSampler, tuple[int, int]]:
     """Drain ``jobs`` fresh no-op jobs with one ``runjobs --burst``; check exactly-once.
 
@@ -40,7 +47,9 @@ def drain(
     """
     if reset:
         db.reset_jobs()
-    if generated:
+    if seed is not None:
+        low, high = seed(jobs)
+    elif generated:
         (floor,) = db.fetchone("SELECT coalesce(max(id), 0) FROM django_jobs_job")
         db.insert_generated(ready=jobs)
         low, high = db.fetchone(
@@ -56,7 +65,9 @@ def drain(
         pg_cpu_before = measure.postgres_cpu_seconds(ctx.postmaster_pid)
         cpu_before = measure.rusage_children_cpu()
         log = ctx.log_dir / f"{label.replace(' ', '_')}.log"
-        with WorkerProcess(["--burst", *worker_args], log) as worker:
+        with WorkerProcess(
+            ["--burst", *worker_args], log, NO_LIMITS if env is None else env
+        ) as worker:
             sampler = measure.ProcessTreeSampler(worker.pid, sample_interval).start()
             try:
                 code = worker.wait(ctx.sizes.drain_timeout_s)
@@ -88,6 +99,11 @@ def drain(
         if after.statement_calls is not None and before.statement_calls is not None
         else None
     )
+    active = (
+        after.active_ms - before.active_ms
+        if after.active_ms is not None and before.active_ms is not None
+        else None
+    )
     result = {
         "jobs": jobs,
         "worker_args": ["--burst", *worker_args],
@@ -108,6 +124,8 @@ def drain(
         ),
         "rusage_covers_children": worker_cpu >= 0.9 * sampled_cpu,
         "postgres_cpu_s_per_1000": None if pg_cpu is None else round(pg_cpu / done * 1000, 4),
+        # This database only, statements running: the figure a shared server leaves clean.
+        "postgres_active_ms_per_1000": None if active is None else round(active / done * 1000, 2),
         "wal_bytes_per_job": round(wal / done, 1),
         "xacts_per_job": round((after.xact_commit - before.xact_commit) / done, 4),
         "statements_per_job": None if statements is None else round(statements / done, 4),
@@ -117,7 +135,7 @@ def drain(
     return result, sampler, (low, high)
 
 
-def _drain_rows(runs: list[dict[str, Any]], name: str) -> list[list[Any]]:
+def drain_rows(runs: list[dict[str, Any]], name: str) -> list[list[Any]]:
     return [
         [
             f"{name} #{n + 1}",
@@ -128,6 +146,7 @@ def _drain_rows(runs: list[dict[str, Any]], name: str) -> list[list[Any]]:
             r["shutdown_s"],
             r["worker_cpu_s_per_1000"],
             r["postgres_cpu_s_per_1000"],
+            r.get("postgres_active_ms_per_1000"),
             r["wal_bytes_per_job"],
             r["xacts_per_job"],
         ]
@@ -135,7 +154,7 @@ def _drain_rows(runs: list[dict[str, Any]], name: str) -> list[list[Any]]:
     ]
 
 
-_DRAIN_HEADERS = [
+DRAIN_HEADERS = [
     "run",
     "jobs",
     "jobs/s draining",
@@ -144,6 +163,7 @@ _DRAIN_HEADERS = [
     "shutdown s",
     "worker CPU s/1000",
     "PG CPU s/1000",
+    "PG active ms/1000",
     "WAL B/job",
     "xacts/job",
 ]
@@ -155,10 +175,16 @@ def run_s1(ctx: Context) -> dict[str, Any]:
     --concurrency 2``: the same supervisor, jobs on its own threads).
     """
     jobs = ctx.sizes.s1_jobs
-    processes = [
-        drain(ctx, f"S1 processes run {n + 1}", jobs, PROCESSES)[0]
-        for n in range(ctx.sizes.repeats)
-    ]
+    processes = []
+    declaring = []
+    # The full run alternates with a process that declares limits (the limited claim
+    # then runs now and then), so both see the same load on a shared machine.
+    for n in range(ctx.sizes.repeats):
+        processes.append(drain(ctx, f"S1 processes run {n + 1}", jobs, PROCESSES)[0])
+        if not ctx.sizes.quick:
+            declaring.append(
+                drain(ctx, f"S1 declaring limits run {n + 1}", jobs, PROCESSES, env=DECLARING)[0]
+            )
     threads = [drain(ctx, "S1 threads", jobs, THREADS)[0]]
     db.reset_jobs()
     for r in processes + threads:
@@ -166,19 +192,40 @@ def run_s1(ctx: Context) -> dict[str, Any]:
             ctx.note("RUSAGE_CHILDREN covered less than the sampled worker tree's CPU")
     print_table(
         "S1 drain no-op jobs (runjobs --burst)",
-        _DRAIN_HEADERS,
-        _drain_rows(processes, "processes") + _drain_rows(threads, "threads"),
+        DRAIN_HEADERS,
+        drain_rows(processes, "processes")
+        + drain_rows(declaring, "declaring limits")
+        + drain_rows(threads, "threads"),
     )
     rates = [r["jobs_per_s_draining"] for r in processes if r["jobs_per_s_draining"]]
     startups = [r["startup_s"] for r in processes if r["startup_s"] is not None]
+    with_limits = [r["jobs_per_s_draining"] for r in declaring if r["jobs_per_s_draining"]]
     return {
         "processes": {"runs": processes, "median_jobs_per_s_draining": measure.median(rates)},
+        "declaring_limits": {
+            "runs": declaring,
+            "median_jobs_per_s_draining": measure.median(with_limits),
+            "median_worker_cpu_s_per_1000": measure.median(
+                [r["worker_cpu_s_per_1000"] for r in declaring]
+            ),
+            "median_postgres_active_ms_per_1000": _median_of(
+                declaring, "postgres_active_ms_per_1000"
+            ),
+        },
+        "median_worker_cpu_s_per_1000": measure.median(
+            [r["worker_cpu_s_per_1000"] for r in processes]
+        ),
+        "median_postgres_active_ms_per_1000": _median_of(processes, "postgres_active_ms_per_1000"),
         "threads": {"runs": threads},
         "median_jobs_per_s_draining": measure.median(rates),
         # From starting runjobs to the first job claimed (by the rows' own started_at).
         "median_startup_s": measure.median(startups),
         "counting": "statements (pg_stat_statements)" if ctx.statements_available else "xacts",
     }
+
+
+def _median_of(runs: list[dict[str, Any]], key: str) -> float | None:
+    return measure.median([r[key] for r in runs if r.get(key) is not None])
 
 
 def explain_claim(ctx: Context) -> str:
@@ -236,8 +283,8 @@ def run_s5(ctx: Context) -> dict[str, Any]:
     ratio = rate / s1 if rate and s1 else None
     print_table(
         "S5 drain with history",
-        [*_DRAIN_HEADERS, "ratio to S1"],
-        [[*row, ratio] for row in _drain_rows([result], "history")],
+        [*DRAIN_HEADERS, "ratio to S1"],
+        [[*row, ratio] for row in drain_rows([result], "history")],
     )
     return {
         **result,

@@ -268,6 +268,10 @@ class PgCounters:
     xact_rollback: int
     #: Sum of pg_stat_statements.calls for this database, None without the extension.
     statement_calls: int | None
+    #: Milliseconds this database's backends spent running statements (PostgreSQL 14+'s
+    #: pg_stat_database.active_time): unlike the server's CPU, other databases on a
+    #: shared server do not count. None before PostgreSQL 14.
+    active_ms: float | None = None
 
 
 def statements_available(conn: psycopg.Connection) -> bool:
@@ -298,8 +302,9 @@ def pg_counters(conn: psycopg.Connection, *, with_statements: bool) -> PgCounter
     # One transaction per reading, so the reading itself adds one commit at most.
     with conn.transaction():
         conn.execute("SELECT pg_stat_clear_snapshot()")
-        lsn, commits, rollbacks = conn.execute(
-            "SELECT pg_current_wal_lsn()::text, xact_commit, xact_rollback "
+        active = "active_time" if conn.info.server_version >= 140000 else "NULL::float8"
+        lsn, commits, rollbacks, active_ms = conn.execute(
+            f"SELECT pg_current_wal_lsn()::text, xact_commit, xact_rollback, {active} "
             "FROM pg_stat_database WHERE datname = current_database()"
         ).fetchone()
         calls = None
@@ -308,7 +313,7 @@ def pg_counters(conn: psycopg.Connection, *, with_statements: bool) -> PgCounter
                 "SELECT coalesce(sum(calls), 0)::bigint FROM pg_stat_statements "
                 "WHERE dbid = (SELECT oid FROM pg_database WHERE datname = current_database())"
             ).fetchone()[0]
-    return PgCounters(lsn, commits, rollbacks, calls)
+    return PgCounters(lsn, commits, rollbacks, calls, active_ms)
 
 
 def wal_bytes(conn: psycopg.Connection, before: PgCounters, after: PgCounters) -> int:

@@ -101,6 +101,11 @@ def evaluate_targets(results: dict[str, Any]) -> list[Target]:
     w1_enqueue = _get(results, "W1", "enqueue_s")
     w1_share = _ratio(_get(results, "W1", "members_per_s_draining"), s1)
     w1_wait = _get(results, "W1", "callback_wait_ms")
+    declaring = _get(results, "S1", "declaring_limits", "median_jobs_per_s_draining")
+    f1 = _get(results, "F1", "accuracy")
+    f1_default = _get(results, "F1", "accuracy_default_poll")
+    f1_peak = _get(results, "F1", "max_starts_in_any_second")
+    f2 = _get(results, "F2", "ratio_to_s1")
 
     def pct(x: float | None) -> str:
         return "n/a" if x is None else f"{x:.0%}"
@@ -202,6 +207,19 @@ def evaluate_targets(results: dict[str, Any]) -> list[Target]:
             rss_text,
             judge(rss, lambda v: v <= 10),
         ),
+        Target(
+            "S1 in a process declaring limits vs S1",
+            ">= 95%",
+            pct(_ratio(declaring, s1)),
+            judge(_ratio(declaring, s1), lambda v: v >= 0.95),
+        ),
+        Target(
+            "F1 rate achieved (100/s, --poll-interval 0.2)",
+            ">= 90%, none above",
+            "n/a" if f1 is None else f"{f1:.0%} ({pct(f1_default)} at 1 s), peak {f1_peak}/s",
+            judge(f1, lambda v: v >= 0.9 and f1_peak <= 100),
+        ),
+        Target("F2 drain under keys vs S1", "reported", pct(f2), None if f2 is None else True),
     ]
 
 

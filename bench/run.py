@@ -1,9 +1,9 @@
 """The benchmark suite's entry point: ``scripts/bench`` (full) or ``scripts/bench --quick``.
 
 Runs the references (R1 pgbench, R2 psycopg loop, R3 lean queue, R4 LISTEN/NOTIFY) and
-the scenarios (S1-S7, W1, RSS) against the database in DATABASE_URL, prints a table per
-scenario and a summary of the targets, and writes everything to ``bench/results/<timestamp>.json``
-and ``bench/results/latest.json`` (plus ``summary.svg``).
+the scenarios (S1-S7, W1, F1, F2, RSS) against the database in DATABASE_URL, prints a
+table per scenario and a summary of the targets, and writes everything to
+``bench/results/<timestamp>.json`` and ``bench/results/latest.json`` (plus ``summary.svg``).
 
 The exit status is 1 only when a correctness check fails (a job lost, run twice or
 left behind, a claim plan that scans the table, a scenario that crashed or hung) and
@@ -37,12 +37,14 @@ SCENARIOS: list[tuple[str, str]] = [
     ("S6", "held REPEATABLE READ transaction under load"),
     ("S7", "async tasks on one child with --pool asyncio"),
     ("W1", "chord of 10,000 members: enqueue and completion"),
+    ("F1", "rate-limited drain: the rate achieved, never above it"),
+    ("F2", "drain under concurrency keys, one running per key"),
     ("RSS", "worker memory over a long drain"),
 ]
 
 
 def _runner(key: str) -> Callable[[Any], dict[str, Any]]:
-    from bench import asyncpool, drain, enqueue, held, latency, references, workflow
+    from bench import asyncpool, drain, enqueue, flow, held, latency, references, workflow
 
     return {
         "R1": references.run_r1,
@@ -57,6 +59,8 @@ def _runner(key: str) -> Callable[[Any], dict[str, Any]]:
         "S6": held.run_s6,
         "S7": asyncpool.run_s7,
         "W1": workflow.run_w1,
+        "F1": flow.run_f1,
+        "F2": flow.run_f2,
         "RSS": drain.run_rss,
     }[key]
 

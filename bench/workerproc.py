@@ -21,9 +21,10 @@ from bench.db import ROOT
 class WorkerProcess:
     """Start ``runjobs`` with ``args``; its output goes to ``log_path``."""
 
-    def __init__(self, args: list[str], log_path: Path) -> None:
+    def __init__(self, args: list[str], log_path: Path, env: dict[str, str] | None = None) -> None:
         self.args = ["manage.py", "runjobs", "-v", "0", *args]
         self.log_path = log_path
+        self.env = env or {}
         self.process: subprocess.Popen[bytes] | None = None
         self.started_at: float | None = None
         self._log: IO[bytes] | None = None
@@ -34,7 +35,7 @@ class WorkerProcess:
         return self.process.pid
 
     def __enter__(self) -> "WorkerProcess":
-        env = {**os.environ, "DEBUG": "False"}
+        env = {**os.environ, "DEBUG": "False", **self.env}
         env.setdefault("JOBS_LOG_LEVEL", "WARNING")
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         self._log = self.log_path.open("wb")

@@ -26,6 +26,7 @@ _PUBLIC = {
     "job_info": "control",
     "set_progress": "context",
     "cancel_requested": "context",
+    "was_duplicate": "backend",
 }
 
 __all__ = [
@@ -43,9 +44,11 @@ __all__ = [
     "job_info",
     "set_progress",
     "signature",
+    "was_duplicate",
 ]
 
 if TYPE_CHECKING:
+    from .backend import was_duplicate
     from .context import cancel_requested, set_progress
     from .control import cancel, job_info
     from .task import JobsTask, enqueue_many, job

@@ -5,19 +5,20 @@ enqueues through the caller's connection (so jobs commit or roll back with the
 caller's transaction) and reads results from any process. It never runs jobs.
 """
 
+import hashlib
 import json
 import logging
-from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import replace
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, replace
 from functools import cached_property, lru_cache
 from typing import Any
 
 from django.core import checks
-from django.db import connections, router
+from django.db import connections, router, transaction
 from django.utils import timezone
 
-from . import instrumentation, policy, registry
-from .codec import encode_arguments, encode_calls
+from . import instrumentation, limits, policy, registry
+from .codec import encode_arguments, encode_calls, preview
 from .compat import (
     DEFAULT_TASK_BACKEND_ALIAS,
     BaseTaskBackend,
@@ -33,9 +34,23 @@ from .compat import (
     task_enqueued,
 )
 from .conf import JobsOptions, validate
-from .protocol import jobs
+from .protocol import jobs, unique
 from .states import to_task_status
 from .task import JobsTask, MissingTask
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class JobResult(TaskResult):
+    """The TaskResult ``enqueue()`` returns, which says whether it enqueued anything."""
+
+    #: True when the task is unique and a job with the same key already counted: nothing
+    #: was enqueued, and this is that job's result (see ``was_duplicate``).
+    duplicate: bool = False
+
+
+def was_duplicate(result: TaskResult) -> bool:
+    """Whether ``enqueue()`` returned an existing job's result instead of enqueueing one."""
+    return bool(getattr(result, "duplicate", False))
 
 
 class JobsBackend(BaseTaskBackend):
@@ -78,9 +93,40 @@ class JobsBackend(BaseTaskBackend):
                 self._validated.clear()
             self._validated[id(task)] = task
 
+    def uses_flow(self, task: Task) -> bool:
+        """Whether jobs of ``task`` carry flow control: a unique key, or a limit."""
+        return (
+            getattr(task, "is_unique", False)
+            or getattr(task, "concurrency_key", None) is not None
+            or getattr(task, "is_limited", False)
+            or task.queue_name in self.jobs_options.QUEUE_LIMITS
+        )
+
     def new_job(self, task: Task, args: Sequence[Any], kwargs: Mapping[str, Any]) -> jobs.NewJob:
-        """The row to insert for ``task(*args, **kwargs)``; raise TypeError for non-JSON."""
+        """The row to insert for ``task(*args, **kwargs)``; raise TypeError for non-JSON.
+
+        A unique task's key and a concurrency key are worked out here, from the
+        arguments; a key function that fails, or a key that cannot be one, raises
+        TypeError or ValueError naming the task, and nothing is written.
+        """
         args_json, kwargs_json = encode_arguments(task, args, kwargs)
+        unique_key = concurrency_key = concurrency_limit = flow = None
+        if self.uses_flow(task):
+            if getattr(task, "is_unique", False):
+                unique_key = (
+                    _key_of(task, "unique_key", args, kwargs)
+                    if task.unique_key is not None
+                    else _arguments_digest(args_json, kwargs_json)
+                )
+            if getattr(task, "concurrency_key", None) is not None:
+                concurrency_key = _key_of(task, "concurrency_key", args, kwargs)
+                concurrency_limit = task.concurrency_limit or 1
+            if (
+                concurrency_key is not None
+                or getattr(task, "is_limited", False)
+                or task.queue_name in self.jobs_options.QUEUE_LIMITS
+            ):
+                flow = limits.FLOW_LIMITED
         return jobs.NewJob(
             task_path=task.module_path,
             queue_name=task.queue_name,
@@ -93,6 +139,10 @@ class JobsBackend(BaseTaskBackend):
             callback_url=getattr(task, "callback_url", None),
             # Lets a worker that does not know the task import its module (registry.py).
             task_proof=registry.proof(task.module_path),
+            unique_key=unique_key,
+            concurrency_key=concurrency_key,
+            concurrency_limit=concurrency_limit,
+            flow=flow,
         )
 
     def enqueue(self, task: Task, args: Sequence[Any], kwargs: Mapping[str, Any]) -> TaskResult:
@@ -100,17 +150,44 @@ class JobsBackend(BaseTaskBackend):
         new_job = self.new_job(task, args, kwargs)
         if not instrumentation.enqueue_wrappers:
             with connections[self.database].cursor() as cursor:
-                job_id, enqueued_at = jobs.enqueue(cursor, new_job)
-            return self.enqueued(task, job_id, enqueued_at, args, kwargs)
-        # Inside the integrations' wrappers (a tracing span), storing the trace context
-        # they give with the job.
-        call = self._enqueue_call(task, 1)
-        with instrumentation.enqueueing(call), connections[self.database].cursor() as cursor:
-            if call.trace_context:
-                new_job = replace(new_job, trace_context_json=json.dumps(call.trace_context))
-            job_id, enqueued_at = jobs.enqueue(cursor, new_job)
-            call.job_ids = [job_id]
-        return self.enqueued(task, job_id, enqueued_at, args, kwargs)
+                inserted = self.insert(cursor, task, new_job)
+        else:
+            # Inside the integrations' wrappers (a tracing span), storing the trace
+            # context they give with the job.
+            call = self._enqueue_call(task, 1)
+            with (
+                instrumentation.enqueueing(call),
+                connections[self.database].cursor() as cursor,
+            ):
+                if call.trace_context:
+                    trace = json.dumps(call.trace_context)
+                    new_job = replace(new_job, trace_context_json=trace)
+                inserted = self.insert(cursor, task, new_job)
+                if not isinstance(inserted, dict):
+                    call.job_ids = [inserted[0]]
+        if isinstance(inserted, dict):
+            return self.duplicate_of(inserted)
+        return self.enqueued(task, *inserted, args, kwargs)
+
+    def insert(
+        self, cursor: Any, task: Task, new_job: jobs.NewJob
+    ) -> tuple[int, Any] | dict[str, Any]:
+        """Write ``new_job`` on ``cursor``: (id, enqueued_at), or for a unique task whose
+        key another job holds, that job's row (nothing was written)."""
+        if new_job.unique_key is None:
+            inserted = jobs.enqueue(cursor, new_job)
+            assert inserted is not None  # only a unique key can be taken
+            return inserted
+        (outcome,) = unique.enqueue(
+            cursor, [new_job], [_rule(task)], now=timezone.now(), columns=_HOLDER_FIELDS
+        )
+        return outcome
+
+    def duplicate_of(self, row: Mapping[str, Any]) -> "JobResult":
+        """The result of the job a unique enqueue found in its place (no signal is sent)."""
+        result = self.result_from_row(row, result_class=JobResult)
+        object.__setattr__(result, "duplicate", True)
+        return result
 
     def _enqueue_call(self, task: Task, count: int) -> instrumentation.Enqueue:
         return instrumentation.Enqueue(
@@ -122,13 +199,21 @@ class JobsBackend(BaseTaskBackend):
 
     def enqueue_many(
         self, calls: Sequence[tuple[Task, Sequence[Any], Mapping[str, Any]]]
-    ) -> "EnqueuedResults":
+    ) -> Sequence[TaskResult]:
         """Insert one job per ``(task, args, kwargs)`` with a single statement.
 
         The arguments of the whole batch travel as one JSON document, and the
         TaskResults are built when they are read (``task_enqueued`` is still sent for
         each job when anyone listens), so a batch costs a few microseconds per job.
+        A batch with flow control (a unique task, a limit) goes row by row through one
+        statement instead, and is written whole or not at all.
         """
+        flow: dict[int, bool] = {}
+        for task, _, _ in calls:
+            if id(task) not in flow:
+                flow[id(task)] = self.uses_flow(task)
+        if any(flow.values()):
+            return self._enqueue_many_flow(calls)
         specs: list[jobs.JobSpec] = []
         spec_numbers: dict[jobs.JobSpec, int] = {}
         by_task: dict[int, int] = {}
@@ -178,6 +263,32 @@ class JobsBackend(BaseTaskBackend):
         with connections[self.database].cursor() as cursor:
             return jobs.enqueue_batch(cursor, specs, calls_json, now=timezone.now())
 
+    def _enqueue_many_flow(
+        self, calls: Sequence[tuple[Task, Sequence[Any], Mapping[str, Any]]]
+    ) -> list[TaskResult]:
+        new_jobs = []
+        for task, args, kwargs in calls:
+            self._validate_once(task)
+            new_jobs.append(self.new_job(task, args, kwargs))
+        rules = [
+            _rule(task) if j.unique_key else None
+            for (task, _, _), j in zip(calls, new_jobs, strict=True)
+        ]
+        # One savepoint: a batch is written whole or not at all.
+        with transaction.atomic(using=self.database), connections[self.database].cursor() as cur:
+            if any(rules):
+                rows: list[Any] = unique.enqueue(
+                    cur, new_jobs, rules, now=timezone.now(), columns=_HOLDER_FIELDS
+                )
+            else:
+                rows = jobs.enqueue_many(cur, new_jobs, now=timezone.now())
+        return [
+            self.duplicate_of(row)
+            if isinstance(row, dict)
+            else self.enqueued(task, *row, args, kwargs)
+            for (task, args, kwargs), row in zip(calls, rows, strict=True)
+        ]
+
     def enqueued(
         self,
         task: Task,
@@ -189,7 +300,7 @@ class JobsBackend(BaseTaskBackend):
         signal: bool = True,
     ) -> TaskResult:
         """The TaskResult of a job just written; sends ``task_enqueued`` for it."""
-        result = TaskResult(
+        result = JobResult(
             task=task,
             id=str(job_id),
             status=TaskResultStatus.READY,
@@ -226,10 +337,12 @@ class JobsBackend(BaseTaskBackend):
             raise TaskResultDoesNotExist(result_id)
         return self.result_from_row(row)
 
-    def result_from_row(self, row: Mapping[str, Any]) -> TaskResult:
+    def result_from_row(
+        self, row: Mapping[str, Any], result_class: type[TaskResult] = TaskResult
+    ) -> TaskResult:
         """Build the TaskResult for a job row (a dict, or a ClaimedJob's fields)."""
         task = self.task_for(row["task_path"], row)
-        result = TaskResult(
+        result = result_class(
             task=task,
             id=str(row["id"]),
             status=to_task_status(row.get("state", "RUNNING")),
@@ -298,7 +411,23 @@ class JobsBackend(BaseTaskBackend):
                     id="django_jobs.E003",
                 )
             )
-        return messages or self._check_listen()
+        return messages or [*self._check_listen(), *self._check_queue_limits()]
+
+    def _check_queue_limits(self) -> list[checks.CheckMessage]:
+        # A misspelt queue name in QUEUE_LIMITS limits nothing, silently.
+        unknown = sorted(set(self.jobs_options.QUEUE_LIMITS) - set(self.queues))
+        if not unknown or not self.queues:
+            return []
+        return [
+            checks.Warning(
+                f"TASKS[{self.alias!r}]['OPTIONS']['QUEUE_LIMITS'] limits "
+                f"{', '.join(map(repr, unknown))}, not in this backend's QUEUES "
+                f"({', '.join(map(repr, sorted(self.queues)))}): no task can use "
+                f"{'it' if len(unknown) == 1 else 'them'}, so the limit never applies.",
+                hint="Correct the queue name, or add the queue to QUEUES.",
+                id="django_jobs.W004",
+            )
+        ]
 
     def _check_listen(self) -> list[checks.CheckMessage]:
         options = self.jobs_options
@@ -372,6 +501,24 @@ class EnqueuedResults(Sequence[TaskResult]):
     def __iter__(self) -> Iterator[TaskResult]:
         return (self._result(i) for i in range(len(self)))
 
+    def __add__(self, other: Any) -> list[TaskResult]:
+        # Code written for the list enqueue_many() once returned (results + more).
+        if not isinstance(other, Sequence) or isinstance(other, str):
+            return NotImplemented
+        return [*self, *other]
+
+    def __radd__(self, other: Any) -> list[TaskResult]:
+        if not isinstance(other, Sequence) or isinstance(other, str):
+            return NotImplemented
+        return [*other, *self]
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, EnqueuedResults | list | tuple):
+            return list(self) == list(other)
+        return NotImplemented
+
+    __hash__ = None  # type: ignore[assignment]  # compared by content, like a list
+
     def __repr__(self) -> str:
         return f"<EnqueuedResults: {len(self)} job(s)>"
 
@@ -379,6 +526,39 @@ class EnqueuedResults(Sequence[TaskResult]):
 #: The columns a TaskResult is built from: what a worker holds of a claimed job, and the
 #: state, return value and end a stored row adds.
 RESULT_FIELDS = (*jobs.JOB_COLUMNS, "state", "return_value", "finished_at")
+#: What a unique enqueue reads of the job holding the key.
+_HOLDER_FIELDS = (*RESULT_FIELDS, "unique_key")
+
+
+def _rule(task: Task) -> unique.Rule:
+    return unique.Rule(counted=task.counted_states, unique_for=task.unique_seconds)
+
+
+def _arguments_digest(args_json: str, kwargs_json: str) -> str:
+    """The key of a unique task that names none: its arguments, in a canonical form."""
+    canonical = json.dumps(
+        [json.loads(args_json), json.loads(kwargs_json)],
+        sort_keys=True,
+        ensure_ascii=False,
+        separators=(",", ":"),
+    )
+    return "args:" + hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def _key_of(task: Task, option: str, args: Sequence[Any], kwargs: Mapping[str, Any]) -> str:
+    """``task``'s ``option`` (a str, or a function of the arguments) as a checked key."""
+    spec: str | Callable[..., Any] = getattr(task, option)
+    what = f"{option} of task {task.module_path!r}"
+    if not callable(spec):
+        return limits.check_key(spec, what)
+    try:
+        value = spec(*args, **kwargs)
+    except Exception as exc:
+        raise ValueError(
+            f"{what} raised {type(exc).__name__}: {exc} for args {preview(list(args))} and "
+            f"kwargs {preview(dict(kwargs))}; nothing was enqueued."
+        ) from exc
+    return limits.check_key(value, f"{what} (returned for args {preview(list(args))})")
 
 
 @lru_cache(maxsize=4096)

@@ -1,9 +1,10 @@
 """System checks, and where each one lives. Every id is documented in the backend reference.
 
 Each backend checks its own ``OPTIONS`` (``JobsBackend.check`` in backend.py):
-django_jobs.E001 a bad OPTIONS value, E002 an unknown DATABASE alias, E003 a database
-that is not PostgreSQL, E004 an unknown LISTEN_DATABASE alias, W002 LISTEN through what
-looks like a transaction-mode pooler.
+django_jobs.E001 a bad OPTIONS value (QUEUE_LIMITS included), E002 an unknown DATABASE
+alias, E003 a database that is not PostgreSQL, E004 an unknown LISTEN_DATABASE alias,
+W002 LISTEN through what looks like a transaction-mode pooler, W004 QUEUE_LIMITS for a
+queue the backend does not have.
 
 Here: W001 another app's ``runjobs`` command shadows ours; W003 (a database check, run
 by ``runjobs`` at start, ``migrate`` and ``check --database``) a task with recent jobs

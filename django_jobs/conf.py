@@ -12,6 +12,8 @@ from typing import Any
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 
+from .limits import QueueLimit, parse_queue_limits, queue_limits_problems
+
 #: The task every webhook delivery job runs (declared in django_jobs/tasks.py). The
 #: protocol enqueues it and the admin's deliveries list filters on it, so the path lives
 #: here, below both.
@@ -66,6 +68,9 @@ class JobsOptions:
     #: forever). The maintenance leader deletes older ones in bounded batches. States
     #: left out keep their default.
     RETENTION: dict[str, float | None] = field(default_factory=lambda: dict(DEFAULT_RETENTION))
+    #: Limits per queue, shared by every worker: {"emails": {"rate_limit": "20/s",
+    #: "concurrency": 5}} (see limits.py and the flow control how-to).
+    QUEUE_LIMITS: dict[str, QueueLimit] = field(default_factory=dict)
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any] | None) -> "JobsOptions":
@@ -81,6 +86,8 @@ class JobsOptions:
                 **DEFAULT_RETENTION,
                 **{state: _seconds(keep) for state, keep in values["RETENTION"].items()},
             }
+        if "QUEUE_LIMITS" in values:
+            values["QUEUE_LIMITS"] = parse_queue_limits(values["QUEUE_LIMITS"])
         return cls(**values)
 
 
@@ -161,6 +168,8 @@ def validate(raw: dict[str, Any]) -> list[str]:
                     f"RETENTION[{state!r}] must be None (keep forever) or a number of seconds "
                     f"or a timedelta > 0, got {keep!r}"
                 )
+    if "QUEUE_LIMITS" in raw:
+        problems.extend(queue_limits_problems(raw["QUEUE_LIMITS"]))
     schedules = raw.get("SCHEDULES", {})
     if not isinstance(schedules, dict):
         problems.append(f"SCHEDULES must be a dict of name -> schedule, got {schedules!r}")

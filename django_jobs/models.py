@@ -13,6 +13,7 @@ from django.db import models
 from django.db.models.functions import Now
 
 from .conf import DELIVERY_TASK
+from .limits import FLOW_LIMITED, FLOW_PARKED, FLOWS
 from .states import FINISHED, JobState, Receives
 
 #: The largest id a job can have (the column is a bigint); a larger "id" names no job.
@@ -184,6 +185,23 @@ class Job(models.Model):
     cancel_requested_at = models.DateTimeField(null=True, blank=True)
     cancelled_by = models.CharField(max_length=255, blank=True, default="", db_default="")
 
+    # Flow control (limits.py). All NULL (not "") for a job that uses none of it: the
+    # partial indexes below leave NULLs out, so such a job has no entry in any of them.
+    unique_key = models.TextField(  # noqa: DJ001
+        null=True, blank=True, help_text="Held while the job counts as a duplicate."
+    )
+    concurrency_key = models.TextField(null=True, blank=True)  # noqa: DJ001
+    concurrency_limit = models.PositiveIntegerField(
+        null=True, blank=True, help_text="Most jobs of its concurrency key running at once."
+    )
+    flow = models.CharField(  # noqa: DJ001
+        max_length=16,
+        null=True,
+        blank=True,
+        choices=[(FLOW_LIMITED, "limited"), (FLOW_PARKED, "waiting for a slot of its key")],
+        help_text="How a claim reaches the job; empty when no limit applies.",
+    )
+
     class Meta:
         ordering = ["-id"]
         # Operations have their own permissions: staff who may view jobs may not
@@ -195,11 +213,26 @@ class Job(models.Model):
         ]
         indexes = [
             # The claim path. Partial on READY so finished history never slows claiming,
-            # and ordered exactly as the claim query sorts so LIMIT stops early.
+            # and ordered exactly as the claim query sorts so LIMIT stops early. Limited
+            # jobs are kept out, so a backlog held back by a limit is never walked over.
             models.Index(
                 fields=["backend", "-priority", "available_at", "id"],
                 name="django_jobs_job_claim",
-                condition=models.Q(state="READY"),
+                condition=models.Q(state="READY", flow__isnull=True),
+            ),
+            # The limited claim: one range per (queue, task), the unit its limiters
+            # apply to, so a claim reads only the ranges whose limiters have room.
+            models.Index(
+                fields=["backend", "queue_name", "task_path", "-priority", "available_at", "id"],
+                name="django_jobs_job_limited",
+                condition=models.Q(state="READY", flow=FLOW_LIMITED),
+            ),
+            # Jobs parked behind a full concurrency key, in claim order per key: a freed
+            # slot takes the next one from here.
+            models.Index(
+                fields=["backend", "concurrency_key", "-priority", "available_at", "id"],
+                name="django_jobs_job_parked",
+                condition=models.Q(state="READY", flow=FLOW_PARKED),
             ),
             # History by age, for pruning in bounded batches and "finished since" filters.
             models.Index(
@@ -264,10 +297,66 @@ class Job(models.Model):
                 condition=models.Q(receives__in=Receives.values),
                 name="django_jobs_job_receives_valid",
             ),
+            models.CheckConstraint(
+                condition=models.Q(flow__isnull=True) | models.Q(flow__in=FLOWS),
+                name="django_jobs_job_flow_valid",
+            ),
+            # Unique jobs: one row holds a key at a time. The insert that finds the key
+            # taken waits for the holder's transaction, then sees its row (ON CONFLICT).
+            models.UniqueConstraint(
+                fields=["backend", "task_path", "unique_key"],
+                name="django_jobs_job_unique_key",
+                condition=models.Q(unique_key__isnull=False),
+            ),
         ]
 
     def __str__(self) -> str:
         return f"{self.task_path} #{self.pk} ({self.state})"
+
+
+class Limiter(models.Model):
+    """A limit shared by every worker: ``task:<path>``, ``queue:<name>`` or ``key:<key>``.
+
+    Task and queue rows are written from the declarations when a worker first claims;
+    key rows when a claim first meets a key. Claims lock the rows of the limits they
+    take from (skipping rows another claim holds) and count in them; the statements
+    that end a limited job's attempt give its slots back. See protocol/limits.py.
+    """
+
+    id = models.BigAutoField(primary_key=True)
+    backend = models.CharField(max_length=255, default="default")
+    name = models.TextField()
+    rate_limit = models.PositiveIntegerField(null=True, blank=True)
+    rate_period = models.FloatField(null=True, blank=True, help_text="Seconds.")
+    rate_text = models.CharField(max_length=50, blank=True, default="", db_default="")
+    concurrency = models.PositiveIntegerField(
+        null=True, blank=True, help_text="Most jobs running at once; empty: no such limit."
+    )
+    running = models.IntegerField(default=0, db_default=0)
+    parked = models.IntegerField(default=0, db_default=0, help_text="Jobs waiting for a slot.")
+    wake = models.BooleanField(
+        default=False, db_default=False, help_text="A slot freed while jobs were parked."
+    )
+    #: Starts per sub-window of the rate's period, {sub-window number: count}.
+    starts = models.JSONField(default=dict, db_default=models.Value({}, models.JSONField()))
+    updated_at = models.DateTimeField(db_default=Now())
+
+    class Meta:
+        ordering = ["backend", "name"]
+        constraints = [
+            models.UniqueConstraint(fields=["backend", "name"], name="django_jobs_limiter_name"),
+        ]
+        indexes = [
+            # Keys whose parked jobs may start: every limited claim looks here first.
+            models.Index(
+                fields=["backend", "name"],
+                name="django_jobs_limiter_woken",
+                condition=models.Q(wake=True),
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return self.name
 
 
 class Dashboard(Job):

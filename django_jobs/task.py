@@ -8,10 +8,12 @@
 import types
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
+from datetime import timedelta
 from functools import lru_cache
 from typing import Any, NoReturn
 from urllib.parse import urlsplit
 
+from . import limits
 from .compat import (
     DEFAULT_TASK_BACKEND_ALIAS,
     DEFAULT_TASK_PRIORITY,
@@ -45,6 +47,22 @@ class JobsTask(Task):
     #: Seconds a running job has to stop by itself once someone cancels it, before the
     #: process running it is killed.
     cancel_grace: float = 10.0
+    #: Enqueue nothing while a job with the same key waits or runs (see limits.py): the
+    #: key is ``unique_key`` (a str, or a function of the arguments), else the arguments.
+    unique: bool = False
+    #: A finished job still counts as a duplicate for this long (a timedelta or seconds).
+    unique_for: timedelta | float | None = None
+    #: The states that count; READY, BLOCKED and RUNNING always do. None: those and
+    #: SUCCESSFUL (within ``unique_for``).
+    unique_states: tuple[str, ...] | None = None
+    unique_key: str | Callable[..., str] | None = None
+    #: At most this many starts per period across all workers: "100/m", "5/s", "1000/h".
+    rate_limit: str | None = None
+    #: At most ``concurrency_limit`` jobs with the same key RUNNING at once, cluster-wide.
+    #: A str, or a function of the job's arguments returning one. Without it,
+    #: ``concurrency_limit`` applies to the task as a whole.
+    concurrency_key: str | Callable[..., str] | None = None
+    concurrency_limit: int | None = None
 
     def __post_init__(self) -> None:
         # Django's @task passes our options through as given: accept one class, or a list.
@@ -52,7 +70,10 @@ class JobsTask(Task):
             object.__setattr__(self, "retry_on", (self.retry_on,))
         elif isinstance(self.retry_on, list):
             object.__setattr__(self, "retry_on", tuple(self.retry_on))
+        if isinstance(self.unique_states, list | set | frozenset):
+            object.__setattr__(self, "unique_states", tuple(self.unique_states))
         _check_options(self)
+        _check_flow_options(self)
         # Not super(): slots dataclasses are rebuilt classes, so the zero-argument form
         # cannot find its cell on Python < 3.14.
         Task.__post_init__(self)
@@ -66,21 +87,52 @@ class JobsTask(Task):
         backend: str | None = None,
         max_attempts: int | None = None,
         callback_url: str | None = None,
+        unique_key: str | None = None,
     ) -> "JobsTask":
         """Return a copy with some defaults changed, including ``max_attempts`` and
         ``callback_url``.
 
-        The other options of ours (time limits, retry policy, atomic) belong to the
-        task's code and are read from its declaration when the job runs.
+        ``unique_key`` makes the jobs of the copy unique under that key (with the task's
+        ``unique_for`` and ``unique_states``). The other options of ours (time limits,
+        retry policy, atomic, limits) belong to the task's code and are read from its
+        declaration.
         """
         task = Task.using(
             self, priority=priority, queue_name=queue_name, run_after=run_after, backend=backend
         )
+        changes: dict[str, Any] = {}
         if max_attempts is not None:
-            task = replace(task, max_attempts=max_attempts)
+            changes["max_attempts"] = max_attempts
+        if unique_key is not None:
+            limits.check_key(unique_key, f"unique_key for task {self.module_path!r}")
+            changes["unique_key"] = unique_key
+            changes["unique"] = True
         if callback_url is not None:
-            task = replace(task, callback_url=callback_url)
-        return task
+            changes["callback_url"] = callback_url
+        return replace(task, **changes) if changes else task
+
+    @property
+    def is_unique(self) -> bool:
+        return self.unique or self.unique_for is not None or self.unique_key is not None
+
+    @property
+    def unique_seconds(self) -> float | None:
+        """``unique_for`` in seconds, or None: finished jobs do not count."""
+        value = self.unique_for
+        return value.total_seconds() if isinstance(value, timedelta) else value
+
+    @property
+    def counted_states(self) -> tuple[str, ...]:
+        """The states in which a job of this task holds its unique key."""
+        states = self.unique_states or limits.DEFAULT_UNIQUE_STATES
+        return tuple(str(s) for s in states)
+
+    @property
+    def is_limited(self) -> bool:
+        """Whether a task-wide limit applies (a rate, or a limit without a key)."""
+        return self.rate_limit is not None or (
+            self.concurrency_limit is not None and self.concurrency_key is None
+        )
 
     # ── workflows (names and semantics from Celery's canvas) ──────────────────
 
@@ -256,6 +308,44 @@ def callback_url_problem(url: Any) -> str | None:
     return None
 
 
+def _check_flow_options(task: JobsTask) -> None:
+    where = f"for task {task.module_path!r}"
+    if not isinstance(task.unique, bool):
+        raise InvalidTask(f"unique must be True or False, got {task.unique!r} {where}.")
+    span = task.unique_for
+    if span is not None and not (
+        (isinstance(span, timedelta) and span > timedelta(0))
+        or (isinstance(span, int | float) and not isinstance(span, bool) and 0 < span < 1e10)
+    ):
+        raise InvalidTask(
+            f"unique_for must be a timedelta or a number of seconds > 0, got "
+            f"{task.unique_for!r} {where}."
+        )
+    if task.unique_states is not None:
+        problem = limits.unique_states_problem(task.unique_states)
+        if problem:
+            raise InvalidTask(f"unique_states {problem} {where}.")
+    for name in ("unique_key", "concurrency_key"):
+        value = getattr(task, name)
+        if value is None or callable(value):
+            continue
+        try:
+            limits.check_key(value, name)
+        except (TypeError, ValueError) as exc:
+            raise InvalidTask(f"{exc} ({where}; a str, or a function returning one)") from None
+    if task.rate_limit is not None:
+        try:
+            limits.parse_rate(task.rate_limit)
+        except ValueError as exc:
+            raise InvalidTask(f"rate_limit {where}: {exc}.") from None
+    limit = task.concurrency_limit
+    if limit is not None and not (limits.whole(limit) and 1 <= limit <= limits.MAX_CONCURRENCY):
+        raise InvalidTask(
+            f"concurrency_limit must be a whole number from 1 to {limits.MAX_CONCURRENCY:,}, "
+            f"got {limit!r} {where}."
+        )
+
+
 def job(
     function: Callable[..., Any] | None = None,
     *,
@@ -273,8 +363,17 @@ def job(
     atomic: bool = False,
     callback_url: str | None = None,
     cancel_grace: float = 10.0,
+    unique: bool = False,
+    unique_for: timedelta | float | None = None,
+    unique_states: Iterable[str] | None = None,
+    unique_key: str | Callable[..., str] | None = None,
+    rate_limit: str | None = None,
+    concurrency_key: str | Callable[..., str] | None = None,
+    concurrency_limit: int | None = None,
 ) -> Any:
     """Declare a task, like ``django.tasks.task``, with this backend's extra options."""
+    if unique_states is not None and not isinstance(unique_states, str):
+        unique_states = tuple(unique_states)
     if isinstance(retry_on, type):
         retry_on = (retry_on,)
     elif isinstance(retry_on, list):
@@ -299,6 +398,13 @@ def job(
             atomic=atomic,
             callback_url=callback_url,
             cancel_grace=cancel_grace,
+            unique=unique,
+            unique_for=unique_for,
+            unique_states=unique_states,
+            unique_key=unique_key,
+            rate_limit=rate_limit,
+            concurrency_key=concurrency_key,
+            concurrency_limit=concurrency_limit,
         )
 
     if function is not None:

@@ -50,6 +50,10 @@ TASKS = {
             "WORKER_TIMEOUT": env.float("JOBS_WORKER_TIMEOUT", default=30.0),
             "MAINTENANCE_INTERVAL": env.float("JOBS_MAINTENANCE_INTERVAL", default=5.0),
             "RETRY_BASE_DELAY": env.float("JOBS_RETRY_BASE_DELAY", default=1.0),
+            # The flow control examples; JOBS_TASK_MODULES= (empty) leaves them out.
+            "TASK_MODULES": env.list(
+                "JOBS_TASK_MODULES", default=["testproject.example.flow_tasks"]
+            ),
         },
     }
 }

@@ -15,6 +15,7 @@ import pytest
 from django.db import connection
 
 from django_jobs.protocol import jobs as protocol
+from django_jobs.protocol import limiters
 from django_jobs.worker import dbconn
 from django_jobs.worker.supervisor import Supervisor
 
@@ -62,6 +63,14 @@ def run_worker(**options: Any) -> Supervisor:
     worker = Supervisor(**options)
     worker.run()
     return worker
+
+
+@pytest.fixture(autouse=True)
+def _fresh_limits() -> Iterator[None]:
+    """Each test reads the declarations afresh: the limits its tasks declare, or none."""
+    limiters.activation.forget()
+    yield
+    limiters.activation.forget()
 
 
 @pytest.fixture

@@ -17,7 +17,7 @@ from django.urls import reverse
 from django.utils import timezone
 
 from django_jobs.backend import jobs_backends, jobs_database
-from django_jobs.console import stats
+from django_jobs.console import flow, stats
 
 from .readonly import ReadOnlyAdmin
 from .workers import is_stale
@@ -40,6 +40,7 @@ def context(model_admin: Any) -> dict[str, Any]:
         "workers": workers,
         "live_workers": sum(1 for w in workers if not w.stale),  # type: ignore[attr-defined]
         "now": now,
+        "max_keys": flow.MAX_KEYS,
     }
 
 

@@ -10,7 +10,8 @@ from django.utils.html import format_html
 from django.utils.timezone import template_localtime
 
 from django_jobs.context import Progress
-from django_jobs.models import Job
+from django_jobs.limits import FLOW_PARKED, KEY_PREFIX
+from django_jobs.models import Job, Limiter
 from django_jobs.states import JobState
 
 
@@ -136,3 +137,24 @@ def progress_bar(progress: Progress | None) -> str:
             '<progress class="jobs-progress" title="{}"></progress>', progress.message
         )
     return format_html('{}<span class="jobs-progress-text">{}</span>', bar, text)
+
+
+def limits_status(job: Job) -> str:
+    """What the limits do to ``job`` now, in a sentence."""
+    if not job.flow:
+        return "No limit applies." if not job.unique_key else "Unique; no limit applies."
+    if job.state == JobState.READY and job.flow == FLOW_PARKED:
+        key = (
+            Limiter.objects.using(job._state.db)
+            .filter(backend=job.backend, name=KEY_PREFIX + (job.concurrency_key or ""))
+            .values_list("running", flat=True)
+            .first()
+        )
+        running = "?" if key is None else key
+        return (
+            f"Waiting for a slot of key {job.concurrency_key!r} ({running} of "
+            f"{job.concurrency_limit} running); it starts when one frees."
+        )
+    if job.state == JobState.READY:
+        return "Under a limit: it starts when its task's, queue's or key's limits have room."
+    return "Counted by its task's, queue's or key's limits while it runs."

@@ -8,13 +8,14 @@ from datetime import timedelta
 from typing import Any
 
 from django.contrib import admin
-from django.db.models import QuerySet
+from django.db.models import Q, QuerySet
 from django.http import HttpRequest
 from django.utils import timezone
 
 from django_jobs import registry
 from django_jobs.backend import jobs_backends
 from django_jobs.console import stats
+from django_jobs.limits import FLOW_LIMITED, FLOW_PARKED
 from django_jobs.states import FINISHED, JobState
 
 from .display import short_name
@@ -37,6 +38,29 @@ class StateFilter(admin.SimpleListFilter):
         if self.value() not in JobState.values:
             return queryset.none()  # no job has it (and no scan to find that out)
         return queryset.filter(state=self.value())
+
+
+class FlowFilter(admin.SimpleListFilter):
+    """READY jobs under a limit: each choice is one or two of the partial indexes on them."""
+
+    title = "limits"
+    parameter_name = "flow"
+
+    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
+        return [
+            ("limited", "Ready, under a limit"),
+            ("parked", "Waiting for a slot of its key"),
+        ]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet) -> QuerySet:
+        if self.value() == "limited":
+            return queryset.filter(
+                Q(state=JobState.READY, flow=FLOW_LIMITED)
+                | Q(state=JobState.READY, flow=FLOW_PARKED)
+            )
+        if self.value() == "parked":
+            return queryset.filter(state=JobState.READY, flow=FLOW_PARKED)
+        return queryset if not self.value() else queryset.none()
 
 
 class QueueFilter(admin.SimpleListFilter):

@@ -29,10 +29,12 @@ from django_jobs.models import MAX_JOB_ID, Job
 from django_jobs.states import JobState
 
 from . import dashboard
+from .display import limits_status
 from .fields import JobFields
 from .filters import (
     EnqueuedFilter,
     FinishedFilter,
+    FlowFilter,
     QueueFilter,
     StateFilter,
     TaskFilter,
@@ -102,6 +104,7 @@ class JobAdmin(JobFields, ReadOnlyAdmin):
         StateFilter,
         QueueFilter,
         TaskFilter,
+        FlowFilter,
         FinishedFilter,
         EnqueuedFilter,
         WorkflowFilter,
@@ -225,7 +228,14 @@ class JobAdmin(JobFields, ReadOnlyAdmin):
             fieldsets.insert(1, self.workflow_fieldset)
         if obj is not None and (obj.progress or obj.cancelled_by or obj.cancel_requested_at):
             fieldsets.insert(1, self.running_fieldset)
+        if obj is not None and (obj.flow or obj.unique_key):
+            fields = ("limits_status", "unique_key", "concurrency_key", "concurrency_limit")
+            fieldsets.insert(1, ("Limits", {"fields": fields}))
         return fieldsets
+
+    @admin.display(description="limits")
+    def limits_status(self, job: Job) -> str:
+        return limits_status(job)
 
     def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> list[str]:
         return [
@@ -241,6 +251,7 @@ class JobAdmin(JobFields, ReadOnlyAdmin):
             "workflow_link",
             "receives_display",
             "parents_display",
+            "limits_status",
         ]
 
     def change_view(

@@ -32,15 +32,17 @@ from django.utils import timezone
 from ..backend import jobs_database
 from ..models import Job, Worker
 from ..states import FINISHED, FINISHED_SQL, JobState
+from . import flow
 
 TABLE = Job._meta.db_table
 
+# Jobs with no limit (the plain claim index); limited ones are counted by flow.py.
 READY_BY_QUEUE = f"""
 SELECT queue_name,
        count(*) FILTER (WHERE available_at <= now()),
        count(*) FILTER (WHERE available_at > now()),
        min(available_at) FILTER (WHERE available_at <= now())
-FROM {TABLE} WHERE state = 'READY'
+FROM {TABLE} WHERE state = 'READY' AND flow IS NULL
 GROUP BY queue_name
 """
 
@@ -240,6 +242,8 @@ class QueueStats:
     runnable: int = 0
     delayed: int = 0
     running: int = 0
+    #: READY and due, but held back by a limit (flow.py): not waiting for a worker.
+    limited: int = 0
     oldest_runnable: datetime | None = None
     #: Finished in the window (``Overview.window``), by state.
     finished: dict[str, int] = field(default_factory=lambda: defaultdict(int))
@@ -255,6 +259,7 @@ class QueueStats:
             "queue": self.name,
             "ready": self.runnable,
             "delayed": self.delayed,
+            "waiting_on_limit": self.limited,
             "running": self.running,
             "oldest_ready_age_seconds": self.oldest_runnable_age,
             "finished_in_window": {s: self.finished.get(s, 0) for s in FINISHED},
@@ -286,12 +291,15 @@ class Overview:
     ready_estimated: bool = False
     #: The finished counts are the planner's estimates.
     finished_estimated: bool = False
+    #: Every task and queue limit, and the busiest concurrency keys.
+    limits: list[flow.LimiterStats] = field(default_factory=list)
 
     @property
     def totals(self) -> QueueStats:
         total = QueueStats("all")
         for q in self.queues:
             total.runnable += q.runnable
+            total.limited += q.limited
             total.delayed += q.delayed
             total.running += q.running
             for state, n in q.finished.items():
@@ -310,6 +318,7 @@ class Overview:
             "ready_estimated": self.ready_estimated,
             "finished_estimated": self.finished_estimated,
             "queues": [q.as_dict() for q in self.queues],
+            "limits": [limit.as_dict() for limit in self.limits],
         }
 
 
@@ -363,6 +372,20 @@ def overview(
         q.runnable, q.delayed, q.oldest_runnable = runnable, delayed, oldest
     for name, n in running:
         queue(name).running = n
+    with _cursor(using) as cur:
+        limits = flow.limiters(cur)
+    # Limited jobs, split by what they wait for: exact, like the ready counts, or none.
+    ranges = exact(ready_planned, flow.LIMITED_BY_RANGE)
+    parked = exact(ready_planned, flow.PARKED_BY_QUEUE)
+    for name, f in flow.by_queue(ranges, parked, limits).items():
+        q = queue(name)
+        q.runnable += f.runnable
+        q.limited += f.waiting_on_limit
+        q.delayed += f.delayed
+        if f.oldest_runnable and (
+            q.oldest_runnable is None or f.oldest_runnable < q.oldest_runnable
+        ):
+            q.oldest_runnable = f.oldest_runnable
     for name, state, _bucket, n in day_rows or []:
         queue(name).finished[state] += n
     if ready is None or day_rows is None:
@@ -376,6 +399,7 @@ def overview(
         estimated_total=estimated_total(using),
         ready_estimated=ready is None,
         finished_estimated=day_rows is None,
+        limits=limits,
     )
 
 

@@ -11,12 +11,17 @@ thin function per statement:
 - ``workflows``: writing a workflow and its steps at once; cancelling, retrying one;
 - ``workers``: registration, heartbeats, leases, and the rescue of lost workers' jobs;
 - ``operator``: an operator's moves: retry, cancel, run now, delete, prune;
-- ``schedules``: firing and keeping periodic schedules.
+- ``schedules``: firing and keeping periodic schedules;
+- ``unique``: which job holds a unique key, and giving up a key that no longer counts;
+- ``limits``: the limited claim, and giving slots back when an attempt ends;
+- ``limiters``: the limiters' definitions, which processes claim with limits, upkeep.
 
 The functions run on the cursor they are given (the caller's Django cursor for
 enqueue, so the job commits or rolls back with the caller's transaction; the worker's
 own connection for the rest) and neither open transactions nor commit: the caller owns
-that choice. Nothing outside this package changes a job's state.
+that choice. (One exception: the limited claim wraps its statement in a transaction of
+its own, a savepoint inside the caller's, to turn JIT off for it; see limits.py.)
+Nothing outside this package changes a job's state.
 
 States are SQL literals, never parameters, so the planner can match the partial
 indexes (``WHERE state = 'READY'``) even in prepared plans, and every time comes from

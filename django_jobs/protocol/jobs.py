@@ -18,7 +18,7 @@ from datetime import datetime
 from operator import attrgetter, itemgetter
 from typing import Any
 
-from . import NOTIFY_CHANNEL, Cursor, execute_many, webhooks
+from . import NOTIFY_CHANNEL, Cursor, execute_many, limiters, limits, webhooks
 from .steps import ON_FIRST_FAILURE, UNBLOCK, cancel_after
 
 #: Columns a worker needs to run a job and to build its TaskResult, in this order.
@@ -108,6 +108,67 @@ RETURNING id
 SELECT array_agg(id ORDER BY id), now() FROM inserted
 """
 
+# Flow control's columns (limits.py): all NULL for a job that uses none of it, which
+# then goes through ENQUEUE or ENQUEUE_BATCH above.
+_FLOW_COLUMNS = ("unique_key", "concurrency_key", "concurrency_limit", "flow")
+
+# Enqueue with flow control: the row ENQUEUE writes, plus its unique key, concurrency
+# key and flow. A unique key another row holds inserts nothing (and returns nothing):
+# the unique index decides, and a holder still being written by another transaction is
+# waited for. What to answer then is protocol/unique.py's.
+INSERT_FLOW = """
+INSERT INTO django_jobs_job (
+    task_path, queue_name, priority, state, backend, args, kwargs,
+    run_after, available_at, enqueued_at, attempts, max_attempts, worker_ids, errors,
+    trace_context, callback_url, task_proof,
+    unique_key, concurrency_key, concurrency_limit, flow
+)
+VALUES (
+    %(task_path)s, %(queue_name)s, %(priority)s, 'READY', %(backend)s,
+    %(args_json)s::jsonb, %(kwargs_json)s::jsonb, %(run_after)s::timestamptz,
+    COALESCE(%(run_after)s::timestamptz, now()), now(), 0, %(max_attempts)s, '[]', '[]',
+    %(trace_context_json)s::jsonb, %(callback_url)s, %(task_proof)s,
+    %(unique_key)s, %(concurrency_key)s, %(concurrency_limit)s, %(flow)s
+)
+ON CONFLICT (backend, task_path, unique_key) WHERE unique_key IS NOT NULL DO NOTHING
+RETURNING id, enqueued_at, available_at, queue_name
+"""
+ENQUEUE_FLOW = f"""
+WITH j AS ({INSERT_FLOW})
+SELECT j.id, j.enqueued_at,
+       CASE WHEN j.available_at <= now() THEN pg_notify('{NOTIFY_CHANNEL}', j.queue_name) END
+FROM j
+"""
+
+# Bulk enqueue with flow control, one array per column. RETURNING keeps the input order
+# (the rows are inserted in `n` order), minus the rows whose unique key was taken, and
+# says which came back.
+ENQUEUE_MANY_FLOW = """
+INSERT INTO django_jobs_job (
+    task_path, queue_name, priority, state, backend, args, kwargs,
+    run_after, available_at, enqueued_at, attempts, max_attempts, worker_ids, errors,
+    trace_context, callback_url, task_proof,
+    unique_key, concurrency_key, concurrency_limit, flow
+)
+SELECT t.task_path, t.queue_name, t.priority, 'READY', t.backend, t.args, t.kwargs,
+       t.run_after, COALESCE(t.run_after, now()), now(), 0, t.max_attempts, '[]', '[]',
+       t.trace_context, t.callback_url, t.task_proof,
+       t.unique_key, t.concurrency_key, t.concurrency_limit, t.flow
+FROM unnest(
+    %(task_path)s::text[], %(queue_name)s::text[], %(priority)s::smallint[],
+    %(backend)s::text[], %(args_json)s::jsonb[], %(kwargs_json)s::jsonb[],
+    %(run_after)s::timestamptz[], %(max_attempts)s::int[],
+    %(trace_context_json)s::jsonb[], %(callback_url)s::text[], %(task_proof)s::text[],
+    %(unique_key)s::text[], %(concurrency_key)s::text[], %(concurrency_limit)s::int[],
+    %(flow)s::text[]
+) WITH ORDINALITY AS t(task_path, queue_name, priority, backend, args, kwargs,
+                      run_after, max_attempts, trace_context, callback_url, task_proof,
+                      unique_key, concurrency_key, concurrency_limit, flow, n)
+ORDER BY t.n
+ON CONFLICT (backend, task_path, unique_key) WHERE unique_key IS NOT NULL DO NOTHING
+RETURNING id, enqueued_at, backend, task_path, unique_key
+"""
+
 NOTIFY_QUEUES = f"""
 SELECT pg_notify('{NOTIFY_CHANNEL}', q) FROM unnest(%(queues)s::text[]) AS q
 """
@@ -126,14 +187,17 @@ SELECT pg_notify('{NOTIFY_CHANNEL}', q) FROM unnest(%(queues)s::text[]) AS q
 # each level the due jobs are a range of the index that stops at the first job due
 # later. A nested loop takes the levels in that order and stops once `limit` rows came.
 # The distinct priorities of the backend's READY jobs, highest first: one index probe each.
+# ({flow} is `AND flow IS NULL`, the claim index's predicate, where the index must serve:
+# limited jobs are claimed by CLAIM_LIMITED, within their limits.)
 _LEVELS = """
 WITH RECURSIVE levels(priority) AS (
     (SELECT priority FROM django_jobs_job
-     WHERE state = 'READY' AND backend = %(backend)s
+     WHERE state = 'READY' AND backend = %(backend)s {flow}
      ORDER BY priority DESC LIMIT 1)
     UNION ALL
     SELECT (SELECT j.priority FROM django_jobs_job AS j
             WHERE j.state = 'READY' AND j.backend = %(backend)s AND j.priority < levels.priority
+                  {flow}
             ORDER BY j.priority DESC LIMIT 1)
     FROM levels WHERE levels.priority IS NOT NULL
 )"""
@@ -146,7 +210,7 @@ due AS (
     CROSS JOIN LATERAL (
         SELECT id FROM django_jobs_job
         WHERE state = 'READY' AND backend = %(backend)s AND priority = levels.priority
-          AND available_at <= {{due}} {{queue_filter}}
+          AND available_at <= {{due}} {{flow}} {{queue_filter}}
         ORDER BY available_at, id
         LIMIT %(limit)s
         FOR UPDATE SKIP LOCKED
@@ -165,16 +229,27 @@ FROM due
 WHERE j.id = due.id
 RETURNING {_RETURNING}
 """
-CLAIM = _CLAIM.format(due="now()", queue_filter="AND queue_name = ANY(%(queues)s::text[])")
-CLAIM_ANY_QUEUE = _CLAIM.format(due="now()", queue_filter="")
+_PLAIN_ONLY = "AND flow IS NULL"
+CLAIM = _CLAIM.format(
+    due="now()", flow=_PLAIN_ONLY, queue_filter="AND queue_name = ANY(%(queues)s::text[])"
+)
+CLAIM_ANY_QUEUE = _CLAIM.format(due="now()", flow=_PLAIN_ONLY, queue_filter="")
+
+# The claim of a process that declares limits, or finds limited jobs waiting: the plain
+# claim's jobs and the limited ones in one priority order, within the limits
+# (protocol/limits.py). `flow IS NULL` above keeps the plain claim off limited jobs.
+CLAIM_LIMITED = limits.claim_statement(_RETURNING, queue_filter=True)
+CLAIM_LIMITED_ANY_QUEUE = limits.claim_statement(_RETURNING, queue_filter=False)
 
 # The claim for django_jobs.testing, run inside a test's transaction, where now() stands
 # still at the transaction's start: it may also take jobs due up to a later time (a
 # retry's, a run_after), and only some jobs (immediate mode runs the one just enqueued).
-# Each filter is off when its parameter is NULL (GREATEST ignores a NULL). Workers never
-# run it: its plan is not the hot claim's.
+# Each filter is off when its parameter is NULL (GREATEST ignores a NULL). Limits do not
+# apply: a test runs the jobs it enqueued. Workers never run it: its plan is not the hot
+# claim's.
 CLAIM_IN_TEST = _CLAIM.format(
     due="GREATEST(now(), %(due_by)s::timestamptz)",
+    flow="",
     queue_filter="AND (%(queues)s::text[] IS NULL OR queue_name = ANY(%(queues)s::text[])) "
     "AND (%(ids)s::bigint[] IS NULL OR id = ANY(%(ids)s::bigint[]))",
 )
@@ -189,14 +264,19 @@ FROM levels
 CROSS JOIN LATERAL (
     SELECT available_at FROM django_jobs_job
     WHERE state = 'READY' AND backend = %(backend)s AND priority = levels.priority
-          {{queue_filter}}
+          {{flow}} {{queue_filter}}
     ORDER BY available_at, id
     LIMIT 1
 ) AS d
 WHERE levels.priority IS NOT NULL
 """
-NEXT_DUE = _NEXT_DUE.format(queue_filter="AND queue_name = ANY(%(queues)s::text[])")
-NEXT_DUE_ANY_QUEUE = _NEXT_DUE.format(queue_filter="")
+NEXT_DUE = _NEXT_DUE.format(
+    flow=_PLAIN_ONLY, queue_filter="AND queue_name = ANY(%(queues)s::text[])"
+)
+NEXT_DUE_ANY_QUEUE = _NEXT_DUE.format(flow=_PLAIN_ONLY, queue_filter="")
+
+# Every statement that ends an attempt also returns, last, for limited jobs the limiters
+# they counted in (limits.SLOTS), which the functions below give back (_ended).
 
 # Fenced success: only the attempt that claimed the job may finish it. A row that was
 # rescued (and maybe re-claimed) since then no longer matches and is left alone. Only
@@ -212,9 +292,9 @@ WITH done AS (
          AS o(id, attempt, return_value)
     WHERE j.id = o.id AND j.state = 'RUNNING' AND j.attempts = o.attempt
       AND j.dependents IS NULL
-    RETURNING j.id, j.finished_at, {webhooks.RETURNING}
+    RETURNING j.id, j.finished_at, {webhooks.RETURNING}, {limits.SLOTS} AS slots
 ), {webhooks.deliveries("done", "job.finished")}
-SELECT id, finished_at FROM done
+SELECT id, finished_at, slots FROM done
 """
 
 # Fenced success of workflow steps: the same statement counts each step off its
@@ -229,29 +309,13 @@ WITH done AS (
     FROM unnest(%(job_id)s::bigint[], %(attempt)s::int[], %(return_json)s::jsonb[])
          AS o(id, attempt, return_value)
     WHERE j.id = o.id AND j.state = 'RUNNING' AND j.attempts = o.attempt
-    RETURNING j.id, j.finished_at, j.dependents, {webhooks.RETURNING}
+    RETURNING j.id, j.finished_at, j.dependents, {webhooks.RETURNING},
+              {limits.SLOTS} AS slots
 ),
 {UNBLOCK},
 {webhooks.deliveries("done", "job.finished")}
-SELECT done.id, done.finished_at FROM done WHERE (SELECT count(*) FROM woken) >= 0
-"""
-
-# Fenced success of workflow steps: the same statement counts each step off its
-# dependents and makes those whose last parent it was READY (workflows.UNBLOCK), so
-# no step is left BLOCKED by a worker that died between two statements. Kept apart
-# from COMPLETE_MANY because its extra nodes cost every statement a little, even
-# empty. The one-time filter runs the notification CTE.
-COMPLETE_STEPS = f"""
-WITH done AS (
-    UPDATE django_jobs_job AS j
-    SET state = 'SUCCESSFUL', finished_at = now(), return_value = o.return_value
-    FROM unnest(%(job_id)s::bigint[], %(attempt)s::int[], %(return_json)s::jsonb[])
-         AS o(id, attempt, return_value)
-    WHERE j.id = o.id AND j.state = 'RUNNING' AND j.attempts = o.attempt
-    RETURNING j.id, j.finished_at, j.dependents
-),
-{UNBLOCK}
-SELECT done.id, done.finished_at FROM done WHERE (SELECT count(*) FROM woken) >= 0
+SELECT done.id, done.finished_at, done.slots FROM done
+WHERE (SELECT count(*) FROM woken) >= 0
 """
 
 
@@ -282,12 +346,12 @@ WITH RECURSIVE failed AS (
                 %(retry_in)s::float8[]) AS o(id, attempt, error, retry_in)
     WHERE j.id = o.id AND j.state = 'RUNNING' AND j.attempts = o.attempt
     RETURNING j.id, j.state, j.finished_at, j.workflow_id, j.dependents, j.task_path, o.error,
-              {webhooks.RETURNING}
+              {webhooks.RETURNING}, {limits.SLOTS} AS slots
 ),
 {cancel_after("failed")},
 {ON_FIRST_FAILURE},
 {webhooks.deliveries("failed", "job.finished")}
-SELECT failed.id, failed.state, failed.finished_at FROM failed
+SELECT failed.id, failed.state, failed.finished_at, failed.slots FROM failed
 WHERE (SELECT count(*) FROM handler_woken) >= 0
 """
 
@@ -306,11 +370,12 @@ WITH RECURSIVE stopped AS (
     FROM unnest(%(job_id)s::bigint[], %(attempt)s::int[], %(error_json)s::jsonb[])
          AS o(id, attempt, error)
     WHERE j.id = o.id AND j.state = 'RUNNING' AND j.attempts = o.attempt
-    RETURNING j.id, j.state, j.finished_at, j.dependents, j.task_path, {webhooks.RETURNING}
+    RETURNING j.id, j.state, j.finished_at, j.dependents, j.task_path, {webhooks.RETURNING},
+              {limits.SLOTS} AS slots
 ),
 {cancel_after("stopped")},
 {webhooks.deliveries("stopped", "job.cancelled")}
-SELECT stopped.id, stopped.finished_at FROM stopped
+SELECT stopped.id, stopped.finished_at, stopped.slots FROM stopped
 """
 
 # Snooze: the job asked to run later. The attempt is not an error: the policy gives it
@@ -326,10 +391,10 @@ WITH RECURSIVE snoozed AS (
     FROM unnest(%(job_id)s::bigint[], %(attempt)s::int[], %(snooze_for)s::float8[],
                 %(max_attempts)s::int[]) AS o(id, attempt, snooze_for, max_attempts)
     WHERE j.id = o.id AND j.state = 'RUNNING' AND j.attempts = o.attempt
-    RETURNING j.id, j.state, j.dependents, j.task_path
+    RETURNING j.id, j.state, j.dependents, j.task_path, {limits.SLOTS} AS slots
 ),
 {cancel_after("snoozed")}
-SELECT snoozed.id, snoozed.state FROM snoozed
+SELECT snoozed.id, snoozed.state, snoozed.slots FROM snoozed
 """
 
 # Undo a claim: back to READY, and the attempt, its worker entry and its times go too.
@@ -351,10 +416,10 @@ WITH RECURSIVE released AS (
     {_UNCLAIM}
     FROM unnest(%(job_id)s::bigint[], %(attempt)s::int[]) AS o(id, attempt)
     WHERE j.id = o.id AND j.state = 'RUNNING' AND j.attempts = o.attempt
-    RETURNING j.id, j.state, j.dependents, j.task_path
+    RETURNING j.id, j.state, j.dependents, j.task_path, {limits.SLOTS} AS slots
 ),
 {cancel_after("released")}
-SELECT released.id, released.state FROM released
+SELECT released.id, released.state, released.slots FROM released
 """
 
 # After a reconnect: RUNNING rows under this worker's id that it does not hold (a claim
@@ -365,10 +430,10 @@ WITH RECURSIVE released AS (
     {_UNCLAIM}
     WHERE j.worker_id = %(worker_id)s AND j.state = 'RUNNING'
       AND NOT (j.id = ANY(%(held)s::bigint[]))
-    RETURNING j.id, j.state, j.dependents, j.task_path
+    RETURNING j.id, j.state, j.dependents, j.task_path, {limits.SLOTS} AS slots
 ),
 {cancel_after("released")}
-SELECT released.id FROM released
+SELECT released.id, released.slots FROM released
 """
 
 # The progress a running job reported, fenced like an outcome: a late report never
@@ -401,6 +466,15 @@ class NewJob:
     callback_url: str | None = None
     #: registry.proof(task_path), or "" for a row that proves nothing.
     task_proof: str = ""
+    #: Flow control (limits.py); all None for a job that uses none of it.
+    unique_key: str | None = None
+    concurrency_key: str | None = None
+    concurrency_limit: int | None = None
+    flow: str | None = None
+
+    @property
+    def uses_flow(self) -> bool:
+        return self.unique_key is not None or self.flow is not None
 
 
 @dataclass(frozen=True, slots=True)
@@ -524,15 +598,72 @@ class JobSpec:
     task_proof: str = ""
 
 
-_NEW_JOB_FIELDS = tuple(f.name for f in fields(NewJob))
-_new_job_values = attrgetter(*_NEW_JOB_FIELDS)
+NEW_JOB_FIELDS = tuple(f.name for f in fields(NewJob))
+#: The columns of a job that uses no flow control: ENQUEUE takes only these.
+_PLAIN_FIELDS = NEW_JOB_FIELDS[: NEW_JOB_FIELDS.index(_FLOW_COLUMNS[0])]
+new_job_values = attrgetter(*NEW_JOB_FIELDS)
+_plain_values = attrgetter(*_PLAIN_FIELDS)
 
 
-def enqueue(cursor: Cursor, job: NewJob) -> tuple[int, datetime]:
-    """Insert one job (and wake workers if it can run now); return its id and enqueued_at."""
-    cursor.execute(ENQUEUE, dict(zip(_NEW_JOB_FIELDS, _new_job_values(job), strict=True)))
-    job_id, enqueued_at, _ = cursor.fetchone()
-    return job_id, enqueued_at
+def enqueue(cursor: Cursor, job: NewJob) -> tuple[int, datetime] | None:
+    """Insert one job (and wake workers if it can run now); return its id and enqueued_at.
+
+    None when the job's unique key is held by another job (nothing was inserted).
+    """
+    if not job.uses_flow:
+        cursor.execute(ENQUEUE, dict(zip(_PLAIN_FIELDS, _plain_values(job), strict=True)))
+    else:
+        cursor.execute(ENQUEUE_FLOW, dict(zip(NEW_JOB_FIELDS, new_job_values(job), strict=True)))
+    row = cursor.fetchone()
+    return None if row is None else (row[0], row[1])
+
+
+def enqueue_many(
+    cursor: Cursor, jobs: Sequence[NewJob], *, now: datetime
+) -> list[tuple[int, datetime] | None]:
+    """Insert jobs with flow control in one statement; (id, enqueued_at) in input order.
+
+    None for a job whose unique key another job holds, or an earlier one of the batch.
+    (Batches with no flow control go through :func:`enqueue_batch`.)
+    """
+    rows = _inserted(jobs, execute_many(cursor, ENQUEUE_MANY_FLOW, jobs))
+    # The wake-up is a hint, so the caller's clock is good enough to skip it for
+    # jobs that are plainly in the future; the claim itself uses the database clock.
+    runnable = sorted(
+        {
+            j.queue_name
+            for j, row in zip(jobs, rows, strict=True)
+            if row is not None and (j.run_after is None or j.run_after <= now)
+        }
+    )
+    if runnable:
+        cursor.execute(NOTIFY_QUEUES, {"queues": runnable})
+    return rows
+
+
+def _inserted(jobs: Sequence[NewJob], rows: list[Any]) -> list[tuple[int, datetime] | None]:
+    """Line up the rows a bulk insert returned with its input (some keys were taken)."""
+    returned = iter(rows)
+    taken: set[tuple[str, str, str]] = set()
+    result: list[tuple[int, datetime] | None] = []
+    pending = next(returned, None)
+    for job in jobs:
+        key = (job.backend, job.task_path, job.unique_key) if job.unique_key else None
+        if key is not None and key in taken:
+            result.append(None)  # a duplicate within the batch: the first one holds it
+            continue
+        if pending is not None and tuple(pending[2:]) == (
+            job.backend,
+            job.task_path,
+            job.unique_key,
+        ):
+            result.append((pending[0], pending[1]))
+            pending = next(returned, None)
+        else:
+            result.append(None)
+        if key is not None:
+            taken.add(key)
+    return result
 
 
 def enqueue_batch(
@@ -554,17 +685,60 @@ def enqueue_batch(
 def claim(
     cursor: Cursor, *, worker_id: str, backend: str, queues: Sequence[str] | None, limit: int
 ) -> list[ClaimedJob]:
-    """Mark up to ``limit`` runnable jobs RUNNING for ``worker_id``, highest priority first."""
+    """Mark up to ``limit`` runnable jobs RUNNING for ``worker_id``, highest priority first.
+
+    Jobs with limits are claimed only within them, and only by a process that declares
+    limits or has found limited jobs waiting (``limiters.activation``); any other process
+    runs the plain claim, unchanged.
+    """
     if limit <= 0:
         return []
-    params = {"worker_id": worker_id, "backend": backend, "limit": limit}
-    if queues is None:
-        cursor.execute(CLAIM_ANY_QUEUE, params)
+    params: dict[str, Any] = {"worker_id": worker_id, "backend": backend, "limit": limit}
+    if queues is not None:
+        params["queues"] = list(queues)
+    activation = limiters.activation
+    if not activation.active(cursor, backend):
+        jobs = _claim_plain(cursor, params)
+    elif activation.merge_due(backend):
+        jobs = _claim_limited(cursor, params, limit)
     else:
-        cursor.execute(CLAIM, {**params, "queues": list(queues)})
-    jobs = [_claimed_job(row) for row in cursor.fetchall()]
+        jobs = _claim_plain(cursor, params)
+        if len(jobs) < limit:
+            jobs += _claim_limited(cursor, params, limit - len(jobs))
     # RETURNING does not keep the sub-select's order.
     jobs.sort(key=lambda j: (-j.priority, j.available_at, j.id))
+    return jobs
+
+
+def _claim_plain(cursor: Cursor, params: dict[str, Any]) -> list[ClaimedJob]:
+    cursor.execute(CLAIM if "queues" in params else CLAIM_ANY_QUEUE, params)
+    return [_claimed_job(row) for row in cursor.fetchall()]
+
+
+#: Most limited claim statements one claim() runs, while each parks jobs or meets new
+#: keys (which frees the way for the next candidates) without filling ``limit``.
+LIMITED_ROUNDS = 8
+
+
+def _claim_limited(cursor: Cursor, params: dict[str, Any], limit: int) -> list[ClaimedJob]:
+    statement = CLAIM_LIMITED if "queues" in params else CLAIM_LIMITED_ANY_QUEUE
+    jobs: list[ClaimedJob] = []
+    found = False
+    for _ in range(LIMITED_ROUNDS):
+        with limits.transaction(cursor):
+            cursor.execute(limits.NO_JIT)
+            cursor.execute(statement, {**params, "limit": limit - len(jobs)})
+            rows = cursor.fetchall()
+        progress = 0
+        for row in rows:
+            if row[0] == "claimed":
+                jobs.append(_claimed_job(row[1:-2]))
+            else:
+                progress, started = row[-2], row[-1]
+                found = found or bool(progress or started)
+        if not progress or len(jobs) >= limit:
+            break
+    limiters.activation.merged(params["backend"], found=found)
     return jobs
 
 
@@ -613,22 +787,24 @@ def complete(cursor: Cursor, successes: Iterable[Success]) -> dict[int, datetime
     """
     batch = list(successes)
     plain = [success for success in batch if not success.has_dependents]
-    done = dict(execute_many(cursor, COMPLETE_MANY, plain))
+    done = {row[0]: row[1] for row in _ended(cursor, execute_many(cursor, COMPLETE_MANY, plain))}
     rest = [success for success in batch if success.job_id not in done]
     if rest:
-        done.update(execute_many(cursor, COMPLETE_STEPS, rest))
+        rows = _ended(cursor, execute_many(cursor, COMPLETE_STEPS, rest))
+        done.update((row[0], row[1]) for row in rows)
     return done
 
 
 def fail(cursor: Cursor, failures: Iterable[Failure]) -> dict[int, tuple[str, datetime | None]]:
     """Record failed attempts (retry or final); return (state, finished_at) per recorded id."""
-    rows = execute_many(cursor, FAIL_MANY, list(failures))
+    rows = _ended(cursor, execute_many(cursor, FAIL_MANY, list(failures)))
     return {row[0]: (row[1], row[2]) for row in rows}
 
 
 def cancelled(cursor: Cursor, stopped: Iterable[Cancelled]) -> dict[int, datetime]:
     """Record attempts stopped by a cancel request; return finished_at per recorded id."""
-    return dict(execute_many(cursor, CANCEL_RUNNING_MANY, list(stopped)))
+    rows = _ended(cursor, execute_many(cursor, CANCEL_RUNNING_MANY, list(stopped)))
+    return {row[0]: row[1] for row in rows}
 
 
 def snooze(cursor: Cursor, snoozed: Iterable[Snoozed]) -> dict[int, str]:
@@ -636,7 +812,8 @@ def snooze(cursor: Cursor, snoozed: Iterable[Snoozed]) -> dict[int, str]:
 
     Return the new state per recorded id (CANCELLED for a job someone asked to cancel).
     """
-    return dict(execute_many(cursor, SNOOZE_MANY, list(snoozed)))
+    rows = _ended(cursor, execute_many(cursor, SNOOZE_MANY, list(snoozed)))
+    return {row[0]: row[1] for row in rows}
 
 
 def release(cursor: Cursor, jobs: Iterable[ClaimedJob]) -> set[int]:
@@ -645,7 +822,7 @@ def release(cursor: Cursor, jobs: Iterable[ClaimedJob]) -> set[int]:
     Return the ids released (a job someone asked to cancel ends CANCELLED instead).
     """
     attempts = [Attempt(job.id, job.attempts) for job in jobs]
-    return {row[0] for row in execute_many(cursor, RELEASE_MANY, attempts)}
+    return {row[0] for row in _ended(cursor, execute_many(cursor, RELEASE_MANY, attempts))}
 
 
 def record_progress(cursor: Cursor, reports: Iterable[Progressed]) -> set[int]:
@@ -656,4 +833,12 @@ def record_progress(cursor: Cursor, reports: Iterable[Progressed]) -> set[int]:
 def release_orphans(cursor: Cursor, *, worker_id: str, held: Iterable[int]) -> list[int]:
     """Release RUNNING jobs claimed under ``worker_id`` that the worker does not hold."""
     cursor.execute(RELEASE_ORPHANS, {"worker_id": worker_id, "held": list(held)})
-    return [row[0] for row in cursor.fetchall()]
+    return [row[0] for row in _ended(cursor, cursor.fetchall())]
+
+
+def _ended(cursor: Cursor, rows: list[Any]) -> list[Any]:
+    """Give back the slots of the limited jobs among ``rows`` (their last column)."""
+    slots = [row[-1] for row in rows if row[-1] is not None]
+    if slots:
+        limits.give_back(cursor, slots)
+    return rows

@@ -46,23 +46,25 @@ j AS (
         id, task_path, queue_name, priority, state, backend, args, kwargs,
         run_after, available_at, enqueued_at, attempts, max_attempts, worker_ids, errors,
         workflow_id, parents, dependents, pending_parents, receives,
-        trace_context, callback_url, task_proof
+        trace_context, callback_url, task_proof, concurrency_key, concurrency_limit, flow
     )
     SELECT t.id, t.task_path, t.queue_name, t.priority,
            CASE WHEN t.pending > 0 THEN 'BLOCKED' ELSE 'READY' END,
            t.backend, t.args, t.kwargs, t.run_after, COALESCE(t.run_after, now()), now(),
            0, t.max_attempts, '[]', '[]',
            (SELECT id FROM w), t.parents::bigint[], t.dependents::bigint[], t.pending,
-           t.receives, t.trace_context, t.callback_url, t.task_proof
+           t.receives, t.trace_context, t.callback_url, t.task_proof, t.concurrency_key,
+           t.concurrency_limit, t.flow
     FROM unnest(
         %(id)s::bigint[], %(task_path)s::text[], %(queue_name)s::text[],
         %(priority)s::smallint[], %(backend)s::text[], %(args_json)s::jsonb[],
         %(kwargs_json)s::jsonb[], %(run_after)s::timestamptz[], %(max_attempts)s::int[],
         %(parents)s::text[], %(dependents)s::text[], %(pending)s::int[], %(receives)s::text[],
-        %(trace_context_json)s::jsonb[], %(callback_url)s::text[], %(task_proof)s::text[]
+        %(trace_context_json)s::jsonb[], %(callback_url)s::text[], %(task_proof)s::text[],
+        %(concurrency_key)s::text[], %(concurrency_limit)s::int[], %(flow)s::text[]
     ) AS t(id, task_path, queue_name, priority, backend, args, kwargs, run_after,
            max_attempts, parents, dependents, pending, receives, trace_context, callback_url,
-           task_proof)
+           task_proof, concurrency_key, concurrency_limit, flow)
     RETURNING id, enqueued_at, state, available_at, queue_name
 )
 SELECT j.id, j.enqueued_at FROM j

@@ -85,7 +85,7 @@ def fire_due(cursor: Cursor, backend: JobsBackend, row: ScheduleRow) -> list[Fir
     if p.fire_times:
         task, job = new_job(backend, row)
         for fire_at in p.fire_times:
-            one = _enqueue_run(cursor, row, task, job, fire_at)
+            one = _enqueue_run(cursor, backend, row, task, job, fire_at)
             if one is not None:
                 fired.append(one)
     _record(cursor, row, fired)
@@ -102,6 +102,7 @@ def fire_due(cursor: Cursor, backend: JobsBackend, row: ScheduleRow) -> list[Fir
 
 def _enqueue_run(
     cursor: Cursor,
+    backend: JobsBackend,
     row: ScheduleRow,
     task: Task,
     job: job_protocol.NewJob,
@@ -116,8 +117,24 @@ def _enqueue_run(
             extra={"action": "schedule_duplicate", "schedule": row.name},
         )  # fmt: skip
         return None
+    manual = fire_at is None
     run_id, fire_at = run
-    job_id, enqueued_at = job_protocol.enqueue(cursor, job)
+    inserted = backend.insert(cursor, task, job)
+    if isinstance(inserted, dict):
+        if manual:  # "run now" (in a transaction): the operator is told, nothing is kept
+            raise ScheduleError(
+                f"Task {row.task_path} is unique and job {inserted['id']} with its key is "
+                f"{inserted['state']}: nothing was enqueued."
+            )
+        # A unique task whose key is held: this fire time is spent, and nothing runs
+        # twice at once (the way to keep a slow schedule from overlapping itself).
+        logger.warning(
+            "Schedule %r: task %s is unique and job %s with its key is %s; the run for "
+            "%s was skipped", row.name, row.task_path, inserted["id"], inserted["state"],
+            fire_at, extra={"action": "schedule_duplicate", "schedule": row.name},
+        )  # fmt: skip
+        return None
+    job_id, enqueued_at = inserted
     protocol.set_schedule_run_job(cursor, run_id=run_id, job_id=job_id)
     return Fired(row.name, fire_at, job_id, enqueued_at, task, job)
 
@@ -157,7 +174,7 @@ def run_now(schedule_id: int) -> Fired:
         if row is None:
             raise ScheduleError("The schedule was deleted.")
         task, job = new_job(backend, row)
-        fired = _enqueue_run(cursor, row, task, job, None)
+        fired = _enqueue_run(cursor, backend, row, task, job, None)
         if fired is None:
             raise ScheduleError("A run for this instant exists already.")
         _record(cursor, row, [fired])

@@ -38,6 +38,7 @@ from ..policy import Policy
 from ..protocol import jobs as job_protocol
 from ..protocol import workers as worker_protocol
 from ..services.leader import Leader
+from ..services.limits import LimitKeeper
 from ..services.pruner import Pruner
 from ..services.rescuer import Rescuer, failed_attempt
 from ..services.scheduler import Scheduler
@@ -130,6 +131,7 @@ class Supervisor:
             services=[
                 Rescuer(worker_timeout=options.WORKER_TIMEOUT),
                 Pruner(retention=options.RETENTION),
+                LimitKeeper(),
             ],
         )
         self.scheduler = Scheduler(jobs_backend, self.worker_id)

@@ -254,6 +254,14 @@ def enqueue(canvas: Canvas) -> WorkflowResult:
         for step in built.steps
     ]
     on_error = _on_error_json(built.on_error, backend)
+    # A step of a task under limits is claimed within them, as any of its jobs (a unique
+    # key would make no sense for one step of a workflow: it is not used).
+    flows = [
+        backend.new_job(item.task, step.signature.args, step.signature.kwargs)
+        if backend.uses_flow(item.task)
+        else None
+        for step, item in zip(built.steps, checked, strict=True)
+    ]
     with connections[backend.database].cursor() as cursor:
         workflow_id, ids = protocol.reserve_ids(cursor, len(built.steps))
         steps = [
@@ -278,8 +286,13 @@ def enqueue(canvas: Canvas) -> WorkflowResult:
                 callback_url=getattr(item.task, "callback_url", None),
                 # Lets a worker that does not know the task import its module.
                 task_proof=registry.proof(item.task.module_path),
+                concurrency_key=flow and flow.concurrency_key,
+                concurrency_limit=flow and flow.concurrency_limit,
+                flow=flow and flow.flow,
             )
-            for index, (step, item) in enumerate(zip(built.steps, checked, strict=True))
+            for index, (step, item, flow) in enumerate(
+                zip(built.steps, checked, flows, strict=True)
+            )
         ]
         workflow = protocol.NewWorkflow(
             id=workflow_id,

@@ -17,6 +17,10 @@ class Execution(models.Model):
 
     key = models.CharField(max_length=100, db_index=True)
     pid = models.PositiveIntegerField()
+    #: When the run began and ended (time.time() in the process that ran it), for tests
+    #: that look for runs overlapping.
+    started = models.FloatField(null=True, blank=True)
+    finished = models.FloatField(null=True, blank=True)
 
     def __str__(self) -> str:
         return f"{self.key} in {self.pid}"

@@ -11,7 +11,7 @@ from django.urls import reverse
 from django.utils import timezone
 
 from django_jobs.admin.pagination import EstimatedCountPaginator
-from django_jobs.console import stats
+from django_jobs.console import flow, stats
 from django_jobs.models import Job, Worker
 from testproject.example import tasks
 
@@ -357,6 +357,8 @@ def test_dashboard_queries_read_indexes_not_the_whole_table():
         cur.execute("SET LOCAL enable_seqscan = off")
         for query, params in (
             (stats.READY_BY_QUEUE, None),
+            (flow.LIMITED_BY_RANGE, None),
+            (flow.PARKED_BY_QUEUE, None),
             (stats.RUNNING_BY_QUEUE, None),
             (stats.FINISHED_SINCE, {"unit": "minute", "since": since}),
         ):

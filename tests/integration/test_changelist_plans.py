@@ -89,6 +89,8 @@ def rows_read(sql: str, params) -> int:
         ({"task": RARE}, 5),
         ({"q": "always_f"}, 5),
         ({"queue": "slow", "state__exact": "FAILED"}, 5),
+        ({"flow": "limited"}, 0),
+        ({"flow": "parked"}, 0),
         ({"enqueued": "1h"}, 0),
         ({"enqueued": "24h"}, 50),
         ({"finished": "1h"}, 0),

@@ -44,7 +44,7 @@ def test_status_counts_per_queue():
     assert by_queue["default"]["finished_in_window"]["FAILED"] == 1
     assert by_queue["slow"]["ready"] == 0  # configured queues show even when empty
     text = jobs("status")
-    assert text.splitlines()[0].split()[:4] == ["queue", "ready", "delayed", "running"]
+    assert text.splitlines()[0].split()[:5] == ["queue", "ready", "delayed", "limited", "running"]
 
 
 def test_list_filters_like_the_changelist():

@@ -14,7 +14,7 @@ from django.db import connection
 from django.utils import timezone
 
 from django_jobs.models import Job, Workflow
-from django_jobs.protocol import jobs, operator, workflows
+from django_jobs.protocol import jobs, limiters, operator, workflows
 from django_jobs.services.rescuer import Rescuer
 from django_jobs.states import TRANSITIONS, JobState, can_move
 from testproject.example import tasks
@@ -41,6 +41,16 @@ def retry_its_workflow(cur, job_id: int) -> None:
     workflows.retry_steps(cur, [workflow.pk], grant=1)
 
 
+def limited_claim(cur):
+    """The claim of a process that declares limits (jobs with none go through it too)."""
+    saved = limiters.activation
+    limiters.activation = limiters.Activation(lambda backend: ([], [], True))
+    try:
+        return jobs.claim(cur, worker_id="another", backend="default", queues=None, limit=10)
+    finally:
+        limiters.activation = saved
+
+
 #: name -> the call, given a cursor and the job's id. Each names the job's attempt 1,
 #: which is what a job in the table holds after one claim.
 MOVES = {
@@ -55,6 +65,7 @@ MOVES = {
         ids=[job_id],
         due_by=timezone.now() + timedelta(hours=2),
     ),
+    "claim, limited": lambda cur, job_id: limited_claim(cur),
     "complete": lambda cur, job_id: jobs.complete(cur, [jobs.Success(job_id, 1, "1")]),
     "fail, retry": lambda cur, job_id: jobs.fail(cur, [jobs.Failure(job_id, 1, "{}", 5.0)]),
     "fail, final": lambda cur, job_id: jobs.fail(cur, [jobs.Failure(job_id, 1, "{}", None)]),
@@ -79,6 +90,7 @@ MOVES = {
 EXPECTED = {
     ("claim", "READY", "RUNNING"),
     ("claim in test", "READY", "RUNNING"),
+    ("claim, limited", "READY", "RUNNING"),
     ("complete", "RUNNING", "SUCCESSFUL"),
     ("fail, retry", "RUNNING", "READY"),
     ("fail, final", "RUNNING", "FAILED"),
@@ -124,7 +136,7 @@ def moves_seen() -> set[tuple[str, str, str]]:
             with connection.cursor() as cur:
                 cur.execute("SAVEPOINT move")
                 job_id = job_in(state)
-                if name == "claim":
+                if name.startswith("claim"):
                     # Due before the transaction began: now() is its start.
                     past = timezone.now() - timedelta(hours=1)
                     Job.objects.filter(pk=job_id).update(available_at=past)

@@ -6,6 +6,7 @@ do with them (kills, cancels, progress) is in tests/process/test_workflows.py.
 
 import asyncio
 from concurrent.futures import ThreadPoolExecutor
+from itertools import pairwise
 
 import pytest
 from asgiref.sync import sync_to_async
@@ -18,7 +19,8 @@ from django_jobs.exceptions import InvalidWorkflow
 from django_jobs.models import Job, Workflow
 from django_jobs.workflows import plan
 from django_jobs.workflows.canvas import Chain
-from testproject.example import tasks
+from testproject.example import flow_tasks, tasks
+from testproject.example.models import Execution
 
 from ..conftest import run_worker
 
@@ -40,6 +42,22 @@ def test_a_chain_passes_each_return_value_to_the_next_step():
     assert [r.return_value for r in result.results] == [4, 8, 80]
     # The step's own arguments stay what was enqueued; the received value comes first.
     assert result.results[2].args == [10]
+
+
+def test_steps_of_a_limited_task_are_claimed_within_its_limits():
+    result = chord([flow_tasks.per_account.s(7, n) for n in range(3)], tasks.collect.s()).enqueue()
+    members = Job.objects.filter(workflow_id=int(result.id), task_path__endswith="per_account")
+    assert {(j.flow, j.concurrency_key, j.concurrency_limit) for j in members} == {
+        ("limited", "acct-7", 1)
+    }
+    run_worker()
+    result.refresh()
+    assert (result.status, result.return_value) == ("SUCCESSFUL", [0, 1, 2])
+    spans = sorted(
+        Execution.objects.filter(key__startswith="acct-7").values_list("started", "finished")
+    )
+    # One at a time for the account, as for jobs of the task enqueued alone.
+    assert all(earlier[1] <= later[0] for earlier, later in pairwise(spans))
 
 
 def test_a_group_and_map_return_their_values_in_order():

@@ -39,6 +39,8 @@ LAYERS = {
         "instrumentation",
         "tally",
         "redaction",
+        # Flow control's definitions: rates, keys, limits (no SQL, no models).
+        "limits",
     },
     "protocol": {"protocol", "policy", "registry"},
     "contract": {"task", "backend", "context", "control", "workflows"},
@@ -72,6 +74,7 @@ ALLOWED_LATE_IMPORTS = {
     ("django_jobs.testing", "django_jobs.testing.assertions"): "lazy public names",
     # pytest loads the plugin before Django is configured.
     ("django_jobs.testing.pytest_plugin", "django_jobs.testing"): "before django.setup()",
+    ("django_jobs", "django_jobs.backend"): "lazy public names",
     # Django's idiom: system checks register when the app is ready.
     ("django_jobs.apps", "django_jobs.checks"): "registered in ready()",
     # Optional integrations: imported only when their DJANGO_JOBS key is on.

@@ -1,6 +1,6 @@
 """``manage.py jobs``: look at the queue and operate on jobs from a shell.
 
-    jobs status                      per-queue counts and the age of the oldest ready job
+    jobs status                      per-queue counts, the age of the oldest ready job, limits
     jobs list [--state S] [--queue Q] [--task T] [--since 1h] [--limit N]
     jobs retry ID...                 re-queue failed or cancelled jobs
     jobs cancel ID...                cancel jobs; running ones are asked to stop
@@ -327,6 +327,7 @@ class Command(BaseCommand):
             "queue",
             "ready",
             "delayed",
+            "limited",
             "running",
             "oldest ready",
             "ok 24h",
@@ -340,6 +341,7 @@ class Command(BaseCommand):
                 q.name,
                 f"{ready}{q.runnable}",
                 f"{ready}{q.delayed}",
+                "-" if ready else q.limited,
                 q.running,
                 _age(q.oldest_runnable_age),
                 f"{done}{q.finished.get('SUCCESSFUL', 0)}",
@@ -349,6 +351,25 @@ class Command(BaseCommand):
             for q in [*overview.queues, overview.totals]
         ]
         self._table(header, rows)
+        if overview.limits:
+            self.stdout.write("\nLimits (shared by every worker):")
+            self._table(
+                ("limit", "rate", "started", "running", "room", "waiting", "next start"),
+                [
+                    (
+                        limit.name,
+                        limit.rate_text or "-",
+                        "-" if limit.started is None else limit.started,
+                        f"{limit.running}/{limit.concurrency}"
+                        if limit.concurrency
+                        else limit.running,
+                        "-" if limit.room is None else limit.room,
+                        limit.waiting,
+                        "-" if limit.next_start_in is None else f"in {limit.next_start_in:.1f}s",
+                    )
+                    for limit in overview.limits
+                ],
+            )
         total = overview.estimated_total
         history = (
             f"about {total} rows (planner estimate)"
