@@ -33,6 +33,10 @@ def _psycopg_enqueue(ctx: Context, total: int, threads: int) -> float:
         "kwargs_json": "{}",
         "run_after": None,
         "max_attempts": 1,
+        "trace_context_json": None,
+        "callback_url": None,
+        # The proof of declaration our enqueue writes: a 32-digit hex text.
+        "task_proof": "0" * 32,
     }
     shares = [total // threads + (1 if n < total % threads else 0) for n in range(threads)]
     barrier = threading.Barrier(threads + 1)

@@ -1,8 +1,9 @@
 """R2: the hand-written psycopg loop, our worker's statements with no framework around them.
 
 Run as its own process (``python -m bench.rawloop --shape children``) so nothing of
-Django is loaded: it imports the SQL text from ``django_jobs.sql``, a module with no
-imports (the output says whether Django got imported anyway). Shapes:
+Django is loaded: the SQL text comes from the parent (``BENCH_SQL``, our statements as
+``django_jobs.protocol.jobs`` has them), and nothing of django_jobs is imported (the
+output says whether Django got imported anyway). Shapes:
 
 * ``children``: the shape of ``runjobs``: one supervisor with one autocommit
   connection claims ``--batch`` jobs at a time (keeping at most two batches in flight),
@@ -30,8 +31,15 @@ from typing import Any
 
 import psycopg
 
-from django_jobs.protocol import jobs as sql
 
+class _Statements:
+    """Our statements as the parent process passed them (BENCH_SQL)."""
+
+    def __init__(self, text: str) -> None:
+        self.__dict__.update(json.loads(text))
+
+
+sql = _Statements(os.environ.get("BENCH_SQL", "{}"))
 WORKER_ID = "bench-rawloop"
 BACKEND = "default"
 #: A claimed row is the plain columns of sql.JOB_COLUMNS, then (when the claim returns

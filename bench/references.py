@@ -70,6 +70,8 @@ def pgbench_scripts(batch: int) -> dict[str, str]:
             "max_attempts": "1",
             # The proof of declaration our enqueue writes: a 32-digit hex text.
             "task_proof": _literal("0" * 32),
+            "trace_context_json": "NULL",
+            "callback_url": "NULL",
         },
     )
     claim = _fill(
@@ -199,7 +201,20 @@ def run_r1(ctx: Context) -> dict[str, Any]:
 
 
 def _rawloop(ctx: Context, args: list[str], timeout: float) -> dict[str, Any]:
-    env = {**os.environ, "BENCH_CONN_PARAMS": json.dumps(ctx.conn_params, default=str)}
+    env = {
+        **os.environ,
+        "BENCH_CONN_PARAMS": json.dumps(ctx.conn_params, default=str),
+        # The statements as text: the loop's process imports nothing of django_jobs (whose
+        # modules import Django), so it runs them with no framework around them.
+        "BENCH_SQL": json.dumps(
+            {
+                "CLAIM_ANY_QUEUE": sql.CLAIM_ANY_QUEUE,
+                "COMPLETE_MANY": sql.COMPLETE_MANY,
+                "JOB_COLUMNS": sql.JOB_COLUMNS,
+                "JSON_COLUMNS": sql.JSON_COLUMNS,
+            }
+        ),
+    }
     done = subprocess.run(
         [sys.executable, "-m", "bench.rawloop", *args],
         cwd=db.ROOT,
