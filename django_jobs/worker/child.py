@@ -32,7 +32,7 @@ from ..protocol import workers
 from ..tally import TALLY
 from . import logs
 from .control import Controls
-from .runner import Runner
+from .runner import Runner, receive_from
 from .slots import Slots
 
 #: With metrics on, a child hands its counts to the supervisor this often (seconds).
@@ -109,15 +109,7 @@ class ChildControl(PipeControl):
         threading.Thread(target=self._read, name="django_jobs-control", daemon=True).start()
 
     def receive(self, timeout: float) -> list[tuple]:
-        messages: list[tuple] = []
-        try:
-            messages.append(
-                self._inbox.get(timeout=timeout) if timeout > 0 else self._inbox.get_nowait()
-            )
-            while True:
-                messages.append(self._inbox.get_nowait())
-        except queue.Empty:
-            return messages
+        return receive_from(self._inbox, timeout)
 
     def _read(self) -> None:
         while True:

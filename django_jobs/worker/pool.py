@@ -33,7 +33,7 @@ from ..tally import TALLY
 from .child import ChildConfig, PipeControl, child_worker_id
 from .child import main as child_main
 from .outcomes import STAT_NAMES
-from .runner import Runner
+from .runner import Runner, receive_from
 from .slots import Running, Slots
 
 logger = logging.getLogger(__name__)
@@ -504,15 +504,7 @@ class QueueControl:
         self._inbox.put(message)
 
     def receive(self, timeout: float) -> list[tuple]:
-        messages = []
-        try:
-            messages.append(
-                self._inbox.get(timeout=timeout) if timeout > 0 else self._inbox.get_nowait()
-            )
-            while True:
-                messages.append(self._inbox.get_nowait())
-        except queue.Empty:
-            return messages
+        return receive_from(self._inbox, timeout)
 
     def send(self, message: tuple) -> None:
         if message[0] == "stats":

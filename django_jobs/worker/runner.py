@@ -39,6 +39,17 @@ from .slots import Slots
 logger = logging.getLogger(__name__)
 
 
+def receive_from(inbox: queue.SimpleQueue, timeout: float) -> list[tuple]:
+    """The messages in ``inbox``, waiting up to ``timeout`` for the first one."""
+    messages = []
+    try:
+        messages.append(inbox.get(timeout=timeout) if timeout > 0 else inbox.get_nowait())
+        while True:
+            messages.append(inbox.get_nowait())
+    except queue.Empty:
+        return messages
+
+
 class Control(Protocol):
     """The runner's line to its supervisor (a pipe for a child, a queue for a thread)."""
 
