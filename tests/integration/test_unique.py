@@ -6,9 +6,9 @@ from datetime import timedelta
 
 import pytest
 from django.db import connection, connections, transaction
-from django.tasks.signals import task_enqueued
 
 from django_jobs import job, was_duplicate
+from django_jobs.compat import task_enqueued
 from django_jobs.models import Job
 from django_jobs.protocol import jobs as protocol
 from testproject.example import flow_tasks

@@ -4,7 +4,7 @@ from datetime import timedelta
 
 import pytest
 from django.core.exceptions import ImproperlyConfigured
-from django.tasks.exceptions import InvalidTask
+from django_jobs.compat import InvalidTask
 
 from django_jobs import job
 from django_jobs.conf import JobsOptions, validate
@@ -186,7 +186,7 @@ def test_using_gives_a_copy_a_unique_key_and_checks_it():
 
 
 def test_queue_limits_for_an_unknown_queue_are_flagged():
-    from django.tasks import task_backends
+    from django_jobs.compat import task_backends
     from django.test import override_settings
 
     settings = {
