@@ -191,8 +191,9 @@ class ProcessTreeSampler:
     """Samples RSS and CPU of a worker process tree every ``interval`` seconds (a thread).
 
     The supervisor is ``root``; its job-running children are the descendants whose
-    command line shows multiprocessing's spawn entry point (helpers such as the
-    resource tracker are counted for CPU but not reported as children). The last CPU
+    command line shows multiprocessing's spawn entry point, or is the supervisor's own
+    (forked) (helpers such as the resource tracker are counted for CPU but not reported
+    as children). The last CPU
     reading of each pid is kept, so the sum approximates the tree's CPU even for
     children that exit before the end.
     """
@@ -233,7 +234,11 @@ class ProcessTreeSampler:
                 continue
             kind = self._kinds.get(pid)
             if kind is None:
-                kind = "child" if "spawn_main" in cmdline(pid) else "helper"
+                # A spawned child shows multiprocessing's entry point; a forked one (the
+                # first children, see ProcessPool.start) shows its supervisor's command.
+                command = cmdline(pid)
+                forked = command == cmdline(self.root)
+                kind = "child" if "spawn_main" in command or forked else "helper"
                 if "resource_tracker" in cmdline(pid):
                     kind = "helper"
                 self._kinds[pid] = kind
