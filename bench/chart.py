@@ -53,6 +53,11 @@ def bars(results: dict[str, Any]) -> list[tuple[str, list[tuple[str, float | Non
                     True,
                 ),
                 (
+                    "R3 lean queue, 2 processes, batch 50",
+                    _get(results, "R3", "median_jobs_per_s"),
+                    False,
+                ),
+                (
                     "R2 psycopg loop, 2 children, batch 50",
                     _get(results, "R2", "two_children_batch50", "median_jobs_per_s"),
                     False,
