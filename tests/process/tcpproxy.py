@@ -43,6 +43,10 @@ class TcpProxy:
         self._server.close()
         with self._lock:
             for sock in self._sockets:
+                # shutdown first: close() alone leaves the connection up while another
+                # thread still blocks in recv() on it.
+                with suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
                 sock.close()
 
     def _accept(self) -> None:
@@ -58,7 +62,11 @@ class TcpProxy:
             threading.Thread(target=self._connect, args=(client,), daemon=True).start()
 
     def _connect(self, client: socket.socket) -> None:
+        with self._lock:
+            self._sockets.append(client)
         self._wait_open()
+        if self._closed.is_set():
+            return
         try:
             upstream = socket.create_connection(self.target, timeout=10)
         except OSError:
@@ -66,7 +74,10 @@ class TcpProxy:
             return
         upstream.settimeout(None)
         with self._lock:
-            self._sockets += [client, upstream]
+            self._sockets.append(upstream)
+            if self._closed.is_set():
+                upstream.close()
+                return
         threading.Thread(target=self._pump, args=(client, upstream), daemon=True).start()
         threading.Thread(target=self._pump, args=(upstream, client), daemon=True).start()
 

@@ -14,6 +14,7 @@ from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 import pytest
+from django.db import connection
 
 from django_jobs.models import Job
 from testproject.example import tasks
@@ -57,6 +58,15 @@ def assert_no_overlap(spans: dict[int, dict[int, tuple[float, float]]]) -> list[
             )
             gaps.append(start - last)
     return gaps
+
+
+def worker_sessions() -> int:
+    with connection.cursor() as cur:
+        cur.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+            "AND pid <> pg_backend_pid()"
+        )
+        return cur.fetchone()[0]
 
 
 def through(database_url: str, port: int) -> str:
@@ -131,3 +141,31 @@ def test_a_worker_cut_off_stops_its_job_before_the_rescue_runs_it_again(
             f"rescued attempt started {second_started - cut_at:.2f} s after it; gap between "
             f"attempts {min(gaps):.2f} s"
         )
+
+
+def test_with_the_threads_pool_a_cut_off_worker_exits_at_its_fence(
+    start_worker, database_url, tmp_path
+):
+    """A thread cannot be killed: the process goes, with status 75, before the rescue."""
+    log = tmp_path / "attempts.jsonl"
+    db = urlsplit(database_url)
+    with proxy_to(db.hostname or "127.0.0.1", db.port or 5432) as proxy:
+        cut_off = start_worker(
+            "--pool", "threads",
+            env={**TIMINGS, "DATABASE_URL": through(database_url, proxy.port)},
+        )  # fmt: skip
+        result = tasks.timed_attempt.enqueue(seconds=20, log_path=str(log))
+        wait_for(
+            lambda: 1 in attempts_by_job(log).get(int(result.id), {}), 30, "the first attempt"
+        )
+        proxy.hold()
+        cut_at = time.time()
+        assert cut_off.wait(10) == 75
+        exited_after = time.time() - cut_at
+        last_tick = attempts_by_job(log)[int(result.id)][1][1]
+        assert last_tick - cut_at < 3.5
+        assert "Stopping process" in cut_off.output()
+    # Nobody rescued it yet (no other worker): it is still RUNNING, for the next leader.
+    assert Job.objects.get(pk=result.id).state == "RUNNING"
+    wait_for(lambda: not worker_sessions(), 10, "the relayed sessions to end")
+    print(f"\nthreads pool: exited {exited_after:.2f} s after the cut")
