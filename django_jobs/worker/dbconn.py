@@ -53,8 +53,16 @@ class QueueConnection:
     #: jobs rescued (and run twice) just because it was backing off.
     MAX_DELAY = 4.0
 
-    def __init__(self, alias: str, *, purpose: str, on_back: Callable[[], None]) -> None:
+    def __init__(
+        self,
+        alias: str,
+        *,
+        purpose: str,
+        on_back: Callable[[], None],
+        max_delay: float | None = None,
+    ) -> None:
         self.alias = alias
+        self.max_delay = self.MAX_DELAY if max_delay is None else max_delay
         self.purpose = purpose
         self.on_back = on_back
         self.retry_at = 0.0
@@ -91,7 +99,7 @@ class QueueConnection:
                 str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__,
                 self.retry_at - now, extra={"action": "db_unavailable"},
             )  # fmt: skip
-            self._delay = min(self._delay * 2, self.MAX_DELAY)
+            self._delay = min(self._delay * 2, self.max_delay)
             return False, None
         if self.down_since is not None:
             logger.warning(

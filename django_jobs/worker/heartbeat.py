@@ -40,7 +40,11 @@ class Heartbeat:
         self._capacity = capacity
         self._register = register
         self._on_beat = on_beat
-        self._db = dbconn.QueueConnection(database, purpose="heartbeat", on_back=lambda: None)
+        # Back off no longer than a heartbeat interval (the others' cap is 4 s): once the
+        # database is back, the lease must be renewed before the fence kills healthy jobs.
+        self._db = dbconn.QueueConnection(
+            database, purpose="heartbeat", on_back=lambda: None, max_delay=min(interval, 1.0)
+        )
         self._stop = threading.Event()
         self._thread = threading.Thread(
             target=self._run, name="django_jobs-heartbeat", daemon=True
