@@ -23,8 +23,16 @@ def connect(alias: str, *, purpose: str) -> psycopg.Connection:
     # Django's adapter context and cursor class are for its ORM; we speak plain psycopg.
     params.pop("context", None)
     params.pop("cursor_factory", None)
-    # A silently dropped network must not hang the worker's loop on connect.
+    # A silently dropped network must not hang the worker's loop on connect, nor keep a
+    # statement waiting for minutes of TCP retransmissions once the network is back:
+    # unacknowledged data for 15 s (or a peer that stops answering keepalives) breaks
+    # the connection, and QueueConnection reconnects. OPTIONS in DATABASES override these.
     params.setdefault("connect_timeout", 10)
+    params.setdefault("tcp_user_timeout", 15_000)
+    params.setdefault("keepalives", 1)
+    params.setdefault("keepalives_idle", 10)
+    params.setdefault("keepalives_interval", 5)
+    params.setdefault("keepalives_count", 3)
     conn = psycopg.connect(**params, autocommit=True)
     # UTC like Django, and a name that shows up in pg_stat_activity.
     conn.execute("SET TIME ZONE 'UTC'")
@@ -45,8 +53,16 @@ class QueueConnection:
     #: jobs rescued (and run twice) just because it was backing off.
     MAX_DELAY = 4.0
 
-    def __init__(self, alias: str, *, purpose: str, on_back: Callable[[], None]) -> None:
+    def __init__(
+        self,
+        alias: str,
+        *,
+        purpose: str,
+        on_back: Callable[[], None],
+        max_delay: float | None = None,
+    ) -> None:
         self.alias = alias
+        self.max_delay = self.MAX_DELAY if max_delay is None else max_delay
         self.purpose = purpose
         self.on_back = on_back
         self.retry_at = 0.0
@@ -83,7 +99,7 @@ class QueueConnection:
                 str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__,
                 self.retry_at - now, extra={"action": "db_unavailable"},
             )  # fmt: skip
-            self._delay = min(self._delay * 2, self.MAX_DELAY)
+            self._delay = min(self._delay * 2, self.max_delay)
             return False, None
         if self.down_since is not None:
             logger.warning(
