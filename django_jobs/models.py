@@ -412,6 +412,11 @@ class Worker(models.Model):
     #: When the maintenance leader declared it lost (no heartbeat for WORKER_TIMEOUT);
     #: cleared by its next heartbeat. Marks each loss once, for the worker_lost signal.
     lost_at = models.DateTimeField(null=True, blank=True)
+    #: Its WORKER_TIMEOUT: the rescue waits this long after its last heartbeat, as the
+    #: worker's own fence counts on (NULL: the maintenance leader's setting).
+    worker_timeout = models.FloatField(
+        null=True, blank=True, help_text="Seconds of silence before it is declared lost."
+    )
 
     class Meta:
         ordering = ["-started_at"]

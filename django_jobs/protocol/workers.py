@@ -16,12 +16,18 @@ from . import Cursor
 
 REGISTER_WORKER = """
 INSERT INTO django_jobs_worker (id, backend, host, pid, queues, concurrency, version,
-                                started_at, last_heartbeat)
+                                worker_timeout, started_at, last_heartbeat)
 VALUES (%(id)s, %(backend)s, %(host)s, %(pid)s, %(queues)s::jsonb, %(concurrency)s,
-        %(version)s, now(), now())
+        %(version)s, %(worker_timeout)s, now(), now())
 ON CONFLICT (id) DO UPDATE
-    SET last_heartbeat = now(), concurrency = EXCLUDED.concurrency, lost_at = NULL
+    SET last_heartbeat = now(), concurrency = EXCLUDED.concurrency, lost_at = NULL,
+        worker_timeout = EXCLUDED.worker_timeout
 """
+
+# How long a worker may stay silent before it is lost: its own WORKER_TIMEOUT, which it
+# fences itself by (worker/fence.py), so a leader with a shorter setting never rescues
+# it early; the leader's own for rows written before workers stored theirs.
+_TIMEOUT_OF_W = "make_interval(secs => coalesce(w.worker_timeout, %(stale_after)s))"
 
 # One statement for a supervisor and its children, whose ids are "<supervisor id>/<pid>":
 # their rows stay fresh exactly as long as the supervisor is heard from. Returns no row
@@ -59,10 +65,10 @@ RETURNING holder
 # Declare workers lost once per loss: the conditional UPDATE (lost_at IS NULL) moves each
 # row once however many leaders race, so worker_lost fires once. The worker table holds a
 # row per live worker (and the recently dead): a scan of it is cheap.
-MARK_LOST_WORKERS = """
-UPDATE django_jobs_worker SET lost_at = now()
-WHERE lost_at IS NULL AND last_heartbeat < now() - make_interval(secs => %(stale_after)s)
-RETURNING id, backend, host, pid, last_heartbeat
+MARK_LOST_WORKERS = f"""
+UPDATE django_jobs_worker AS w SET lost_at = now()
+WHERE w.lost_at IS NULL AND w.last_heartbeat < now() - {_TIMEOUT_OF_W}
+RETURNING w.id, w.backend, w.host, w.pid, w.last_heartbeat
 """
 # (A child's row, "<supervisor id>/<pid>", goes silent with its supervisor: it is marked
 # lost too, and the rescuer announces the supervisor only.)
@@ -74,7 +80,7 @@ RELEASE_LEASE = "DELETE FROM django_jobs_lease WHERE name = %(name)s AND holder 
 # asked about each before their attempts are failed (jobs.FAIL_MANY, fenced as usual).
 # Reads the partial index on RUNNING rows only; SKIP LOCKED passes over rows a live
 # worker is finishing right now.
-LOCK_LOST_JOBS = """
+LOCK_LOST_JOBS = f"""
 SELECT j.id, j.task_path, j.queue_name, j.backend, j.attempts, j.max_attempts, j.worker_id,
        j.task_proof
 FROM django_jobs_job AS j
@@ -82,7 +88,7 @@ WHERE j.state = 'RUNNING'
   AND NOT EXISTS (
       SELECT 1 FROM django_jobs_worker AS w
       WHERE w.id = j.worker_id
-        AND w.last_heartbeat > now() - make_interval(secs => %(stale_after)s)
+        AND w.last_heartbeat > now() - {_TIMEOUT_OF_W}
   )
 ORDER BY j.id
 LIMIT %(limit)s
@@ -135,8 +141,10 @@ def register_worker(
     queues: Sequence[str] | None,
     concurrency: int,
     version: str,
+    worker_timeout: float | None = None,
 ) -> None:
-    """Announce a worker; its heartbeat then keeps its RUNNING jobs from being rescued."""
+    """Announce a worker; its heartbeat then keeps its RUNNING jobs from being rescued
+    for ``worker_timeout`` seconds after each beat (the leader's setting when None)."""
     cursor.execute(
         REGISTER_WORKER,
         {
@@ -147,6 +155,7 @@ def register_worker(
             "queues": json.dumps(list(queues or [])),
             "concurrency": concurrency,
             "version": version,
+            "worker_timeout": worker_timeout,
         },
     )
 

@@ -32,6 +32,7 @@ from ..protocol import workers
 from ..tally import TALLY
 from . import logs
 from .control import Controls
+from .fence import Fence
 from .runner import Runner, receive_from
 from .slots import Slots
 
@@ -147,7 +148,7 @@ def rss_kib() -> int | None:
     return pages * os.sysconf("SC_PAGE_SIZE") // 1024
 
 
-def main(pipe: Connection, config: ChildConfig, slots: Slots) -> None:
+def main(pipe: Connection, config: ChildConfig, slots: Slots, fence: Fence) -> None:
     """Entry point of a child (spawned, so it starts clean: no inherited connections)."""
     _die_with_parent()
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -183,6 +184,7 @@ def main(pipe: Connection, config: ChildConfig, slots: Slots) -> None:
         memory_kib=rss_kib,
         grace=config.grace,
         event_loop=config.event_loop,
+        fence=fence,
     )
     control.controls = runner.controls
 
@@ -196,6 +198,7 @@ def main(pipe: Connection, config: ChildConfig, slots: Slots) -> None:
             queues=config.queues,
             concurrency=config.threads,
             version=__version__,
+            worker_timeout=backend.jobs_options.WORKER_TIMEOUT,
         )
 
     # The row must exist before the first claim, or the rescue would see its jobs as

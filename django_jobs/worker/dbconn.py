@@ -23,8 +23,16 @@ def connect(alias: str, *, purpose: str) -> psycopg.Connection:
     # Django's adapter context and cursor class are for its ORM; we speak plain psycopg.
     params.pop("context", None)
     params.pop("cursor_factory", None)
-    # A silently dropped network must not hang the worker's loop on connect.
+    # A silently dropped network must not hang the worker's loop on connect, nor keep a
+    # statement waiting for minutes of TCP retransmissions once the network is back:
+    # unacknowledged data for 15 s (or a peer that stops answering keepalives) breaks
+    # the connection, and QueueConnection reconnects. OPTIONS in DATABASES override these.
     params.setdefault("connect_timeout", 10)
+    params.setdefault("tcp_user_timeout", 15_000)
+    params.setdefault("keepalives", 1)
+    params.setdefault("keepalives_idle", 10)
+    params.setdefault("keepalives_interval", 5)
+    params.setdefault("keepalives_count", 3)
     conn = psycopg.connect(**params, autocommit=True)
     # UTC like Django, and a name that shows up in pg_stat_activity.
     conn.execute("SET TIME ZONE 'UTC'")

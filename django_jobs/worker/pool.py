@@ -32,6 +32,7 @@ from ..backend import JobsBackend
 from ..tally import TALLY
 from .child import ChildConfig, PipeControl, child_worker_id
 from .child import main as child_main
+from .fence import Fence, exit_fenced
 from .outcomes import STAT_NAMES
 from .runner import Runner, receive_from
 from .slots import Running, Slots
@@ -58,11 +59,13 @@ class ChildGone:
     shutdown: bool = False
     #: Jobs it was killed for because they did not stop within their cancel grace.
     cancelled: frozenset[int] = frozenset()
+    #: Jobs it was killed for because the worker's heartbeat lease ran out (fence.py).
+    fenced: frozenset[int] = frozenset()
 
     @property
     def killed_for(self) -> frozenset[int]:
         """The jobs it was killed for; the others it held did nothing wrong."""
-        return self.overran | self.cancelled
+        return self.overran | self.cancelled | self.fenced
 
     @property
     def how(self) -> str:
@@ -85,6 +88,8 @@ class _Child:
     killed_for: set[int] = field(default_factory=set)
     #: Jobs killed for not stopping within their cancel grace (part of killed_for).
     killed_for_cancel: set[int] = field(default_factory=set)
+    #: Jobs killed at the fence: the heartbeat lease ran out (part of killed_for).
+    killed_for_fence: set[int] = field(default_factory=set)
     #: Cancel requests sent to it: job id -> (attempt, when to kill it if still running).
     cancels: dict[int, tuple[int, float]] = field(default_factory=dict)
     killed_at_shutdown: bool = False
@@ -129,9 +134,14 @@ class ProcessPool:
         event_loop: bool = False,
         child_setup: tuple[str, ...] = (),
         burst_wait: float = 0.0,
+        fence: Fence | None = None,
     ) -> None:
         self.backend = backend
         self.threads = threads
+        self.fence = fence or Fence(
+            heartbeat_interval=backend.jobs_options.HEARTBEAT_INTERVAL,
+            worker_timeout=backend.jobs_options.WORKER_TIMEOUT,
+        )
         self.target = processes if autoscale is None else autoscale[0]
         self.autoscale = autoscale
         self.burst = burst
@@ -302,7 +312,7 @@ class ProcessPool:
         slots = Slots(self.threads)
         process = context.Process(
             target=child_main,
-            args=(child_end, self._config, slots),
+            args=(child_end, self._config, slots, self.fence),
             name="django_jobs-child",
             daemon=True,
         )
@@ -337,6 +347,7 @@ class ProcessPool:
                     if child.process.sentinel in ready and not child.process.is_alive():
                         self._read(child)  # its last counters
                         self._reap(child)
+                self._enforce_fence()
                 self._enforce_time_limits()
                 self._scale()
 
@@ -406,9 +417,12 @@ class ProcessPool:
                 pid=child.process.pid,
                 exitcode=code,
                 running=running,
-                overran=frozenset(child.killed_for - child.killed_for_cancel),
+                overran=frozenset(
+                    child.killed_for - child.killed_for_cancel - child.killed_for_fence
+                ),
                 shutdown=child.killed_at_shutdown,
                 cancelled=frozenset(child.killed_for_cancel),
+                fenced=frozenset(child.killed_for_fence),
             )
         )
         if self.burst and code == 0 and not child.retiring and not child.stopping:
@@ -423,6 +437,26 @@ class ProcessPool:
         if missing > 0 and time.monotonic() >= self._next_spawn and not self._stopping:
             for _ in range(missing):
                 self._spawn()
+
+    def _enforce_fence(self) -> None:
+        """Kill every child running a job once the heartbeat lease has run out: the
+        rescue may come at any moment after it, and must not find the job still running
+        here. Children that run nothing stay; they claim again after a heartbeat."""
+        if not self.fence.expired():
+            return
+        for child in self._children:
+            if child.killed_for or not child.process.is_alive():
+                continue
+            running = [r.job_id for r in child.slots.running()]
+            if running:
+                child.killed_for.update(running)
+                child.killed_for_fence.update(running)
+                logger.error(
+                    "Killing child %s running job(s) %s: %s", child.process.pid,
+                    ", ".join(map(str, running)), self.fence.describe(),
+                    extra={"action": "child_fenced"},
+                )  # fmt: skip
+                child.process.kill()
 
     def _enforce_time_limits(self) -> None:
         """Kill a child running a job past its hard time limit, or past the grace of a
@@ -528,9 +562,11 @@ class InProcessPool:
         burst_wait: float = 0.0,
         poll_interval: float = 1.0,
         grace: float = 30.0,
+        fence: Fence | None = None,
     ) -> None:
         self.threads = threads
         self.target = 1
+        self.fence = fence
         self.autoscale = None
         self.burst = burst
         self._control = QueueControl(events)
@@ -544,6 +580,7 @@ class InProcessPool:
             burst_wait=burst_wait,
             poll_interval=poll_interval,
             grace=grace,
+            fence=fence,
         )
         self._thread = threading.Thread(target=self._run, name="django_jobs-runner", daemon=True)
 
@@ -567,6 +604,16 @@ class InProcessPool:
 
     def release(self) -> None:
         self._thread.start()
+        if self.fence is not None:
+            threading.Thread(target=self._guard, name="django_jobs-fence", daemon=True).start()
+
+    def _guard(self) -> None:
+        """Threads cannot be killed: past the fence with jobs held, the process goes."""
+        assert self.fence is not None
+        while self._thread.is_alive():
+            if self.runner.running and self.fence.expired():
+                exit_fenced(self.fence, f"holds {self.runner.running} job(s) on its threads")
+            time.sleep(ProcessPool.WATCH_EVERY)
 
     def wake(self) -> None:
         self._control.put(("wake",))

@@ -33,6 +33,7 @@ from ..protocol.jobs import ClaimedJob, Progressed
 from .control import Controls
 from .dbconn import QueueConnection
 from .executor import aexecute, execute, runs_on_event_loop, stopped_by_cancel
+from .fence import Fence, exit_fenced
 from .outcomes import Outcome, OutcomeKind, OutcomeRecorder, WorkerStats
 from .slots import Slots
 
@@ -90,8 +91,11 @@ class Runner:
         memory_kib: Callable[[], int | None] | None = None,
         grace: float = 30.0,
         event_loop: bool = False,
+        fence: Fence | None = None,
     ) -> None:
         self.backend = backend
+        #: The worker's heartbeat lease: no claim when it is old, no start past it.
+        self.fence = fence
         self.worker_id = worker_id
         self.queues = list(queues) if queues else None
         self.threads = threads
@@ -170,7 +174,13 @@ class Runner:
                 return
             if self._idle_since is None:
                 self._idle_since = time.monotonic()
-            if self.burst and self.db.up and not self.held and not self._due_soon():
+            if (
+                self.burst
+                and self.db.up
+                and not self.held
+                and not self._fenced()
+                and not self._due_soon()
+            ):
                 return
             if not self._announced_idle and self.db.up and not self.stopping:
                 # Tell the supervisor we wait for work, then look once more: a job that
@@ -183,8 +193,10 @@ class Runner:
             # jittered so that workers started together do not poll in step.
             jitter = 0.9 + 0.2 * random.random()  # noqa: S311
             wait = self.poll_interval * jitter
-            if self.held or not self.db.up:
-                wait = min(wait, 0.2)  # outcomes still to record, or the database away
+            if self.held or not self.db.up or self._fenced():
+                # Outcomes still to record, the database away, or claims paused until
+                # the next heartbeat gets through.
+                wait = min(wait, 0.2)
             self._handle(self.control.receive(min(wait, self._time_to_stats())))
 
     def _due_soon(self) -> bool:
@@ -258,9 +270,13 @@ class Runner:
 
     # ── claiming ─────────────────────────────────────────────────────────────
 
+    def _fenced(self) -> bool:
+        """The worker's heartbeat is late: claim nothing until it gets through."""
+        return self.fence is not None and not self.fence.may_claim()
+
     def _capacity(self) -> int:
         """How many jobs to claim now: free slots, plus a prefetch for short jobs."""
-        if self.stopping or self.retiring or not self.db.up:
+        if self.stopping or self.retiring or not self.db.up or self._fenced():
             return 0
         in_flight = self.running
         extra = 0
@@ -318,6 +334,7 @@ class Runner:
 
     def run_one(self, job: ClaimedJob, slot: int) -> Outcome:
         """Run one job in ``slot``, telling the supervisor through the slot's memory."""
+        self.check_fence(job)
         control = self.controls.start(job)
         try:
             if self.slots is None:
@@ -332,6 +349,12 @@ class Runner:
                 self.slots.clear(slot)
         finally:
             self.controls.finish(control)
+
+    def check_fence(self, job: ClaimedJob) -> None:
+        """Never start a job past the fence (a claim whose reply the partition held up):
+        the rescue may already have given it to another worker."""
+        if self.fence is not None and self.fence.expired():
+            exit_fenced(self.fence, f"was about to start job {job.id}")
 
     def _report_progress(self, progressed: Progressed) -> None:
         """A running job's progress, due now: the supervisor writes it (any thread)."""
@@ -522,6 +545,7 @@ class _LoopSlots(_Executor):
         started = time.perf_counter()
         try:
             if runs_on_event_loop(job):
+                runner.check_fence(job)
                 policy = Policy.for_task(
                     registry.find(job.task_path, job.task_proof), runner.backend.jobs_options
                 )

@@ -1,7 +1,8 @@
 """The ``runjobs`` process: supervise the runners, keep the worker alive, host the services.
 
-One ``Supervisor`` per ``runjobs`` process. It registers the worker and sends its
-heartbeat (which also keeps its children's rows fresh), LISTENs and wakes idle
+One ``Supervisor`` per ``runjobs`` process. It registers the worker, has its heartbeat
+sent (``heartbeat.py``, which also keeps its children's rows fresh and renews the lease
+they fence themselves by: ``fence.py``), LISTENs and wakes idle
 runners, runs the schedule tick and the maintenance leader, starts and watches the
 pool (``pool.py``), and stops gracefully on SIGTERM/SIGINT. It is off the per-job path:
 runners claim, run and record their own jobs (``runner.py``). When a child dies, the
@@ -33,7 +34,7 @@ import psycopg
 from .. import __version__, registry, signals
 from ..backend import get_backend
 from ..codec import class_path, encode_json, error_record
-from ..exceptions import JobCancelled, TimeLimitExceeded, WorkerProcessDied
+from ..exceptions import JobCancelled, TimeLimitExceeded, WorkerLost, WorkerProcessDied
 from ..policy import Policy
 from ..protocol import jobs as job_protocol
 from ..protocol import workers as worker_protocol
@@ -43,6 +44,8 @@ from ..services.pruner import Pruner
 from ..services.rescuer import Rescuer, failed_attempt
 from ..services.scheduler import Scheduler
 from . import dbconn
+from .fence import Fence
+from .heartbeat import Heartbeat
 from .listener import Listener
 from .outcomes import STAT_NAMES, WorkerStats
 from .pool import ChildGone, InProcessPool, ProcessPool
@@ -51,6 +54,8 @@ logger = logging.getLogger(__name__)
 
 # Put on the event queue to wake the loop (a signal).
 _WAKE = ("wake",)
+# Put on the event queue after each heartbeat the database confirmed.
+_BEAT = ("beat",)
 
 
 class Supervisor:
@@ -93,6 +98,9 @@ class Supervisor:
         )
         self.started_at = time.monotonic()
         self._events: queue.SimpleQueue = queue.SimpleQueue()
+        self.fence = Fence(
+            heartbeat_interval=options.HEARTBEAT_INTERVAL, worker_timeout=options.WORKER_TIMEOUT
+        )
         self.pool: ProcessPool | InProcessPool
         if processes is None:
             self.pool = InProcessPool(
@@ -105,6 +113,7 @@ class Supervisor:
                 burst_wait=burst_wait,
                 poll_interval=poll_interval,
                 grace=grace,
+                fence=self.fence,
             )
         else:
             self.pool = ProcessPool(
@@ -124,6 +133,7 @@ class Supervisor:
                 event_loop=event_loop,
                 child_setup=tuple(child_setup),
                 burst_wait=burst_wait,
+                fence=self.fence,
             )
         self.leader = Leader(
             self.worker_id,
@@ -138,7 +148,15 @@ class Supervisor:
         self._queue_db = dbconn.QueueConnection(
             jobs_backend.database, purpose="worker", on_back=lambda: None
         )
-        self._next_heartbeat = 0.0
+        self.heartbeat = Heartbeat(
+            database=jobs_backend.database,
+            worker_id=self.worker_id,
+            interval=options.HEARTBEAT_INTERVAL,
+            fence=self.fence,
+            capacity=lambda: self.pool.capacity,
+            register=self._register_row,
+            on_beat=lambda: self._events.put(_BEAT),
+        )
         #: Children gone whose jobs still have to be recorded (the database was away).
         self._gone: list[ChildGone] = []
         #: Cancel requests handed to the pool: (job id, attempt), and a reason to look.
@@ -170,6 +188,7 @@ class Supervisor:
             # may then fork its children, which start at once instead of in a second.
             self.pool.start()
             self._register()
+            self.heartbeat.start()
             if self.listen:
                 listen_db = self.options.LISTEN_DATABASE or self.backend.database
                 self.listener = Listener(listen_db, self.queues, self.pool.wake, self.cancel)
@@ -240,23 +259,25 @@ class Supervisor:
             signum: signal.signal(signum, handle) for signum in (signal.SIGTERM, signal.SIGINT)
         }
 
-    def _register(self) -> None:
-        def register(cur: psycopg.Cursor) -> None:
-            worker_protocol.register_worker(
-                cur,
-                worker_id=self.worker_id,
-                backend=self.backend.alias,
-                host=socket.gethostname(),
-                pid=os.getpid(),
-                queues=self.queues,
-                concurrency=self.pool.capacity,
-                version=__version__,
-            )
+    def _register_row(self, cur: psycopg.Cursor) -> None:
+        worker_protocol.register_worker(
+            cur,
+            worker_id=self.worker_id,
+            backend=self.backend.alias,
+            host=socket.gethostname(),
+            pid=os.getpid(),
+            queues=self.queues,
+            concurrency=self.pool.capacity,
+            version=__version__,
+            worker_timeout=self.options.WORKER_TIMEOUT,
+        )
 
+    def _register(self) -> None:
         while not self._stopping:
-            ok, _ = self._db(register)
+            sent_at = time.monotonic()
+            ok, _ = self._db(self._register_row)
             if ok:
-                self._next_heartbeat = time.monotonic() + self.options.HEARTBEAT_INTERVAL
+                self.fence.renew(sent_at)
                 return
             time.sleep(min(1.0, self._queue_db.retry_in()))
 
@@ -283,6 +304,9 @@ class Supervisor:
                 for item in event[1]:
                     self._progress[item.job_id] = item
             elif event[0] == "cancel":
+                self._cancel_heard = True
+            elif event[0] == "beat" and self.pool.running:
+                # The safety net for a cancel notification that never reached us.
                 self._cancel_heard = True
             try:
                 event = self._events.get_nowait()
@@ -334,22 +358,6 @@ class Supervisor:
                     del self._progress[report.job_id]
 
     def _timers(self) -> None:
-        now = time.monotonic()
-        if now >= self._next_heartbeat:
-            self._next_heartbeat = now + self.options.HEARTBEAT_INTERVAL
-            ok, alive = self._db(
-                lambda cur: worker_protocol.heartbeat(
-                    cur, worker_id=self.worker_id, concurrency=self.pool.capacity
-                )
-            )
-            if ok and not alive:
-                logger.warning(
-                    "Worker %s had been declared lost; registering again", self.worker_id
-                )
-                self._register()
-            if ok and self.pool.running:
-                # The safety net for a cancel notification that never reached us.
-                self._pass_on_cancels()
         if self.leader.due():
             self._db(self.leader.tick)
         if self.scheduler.due():
@@ -357,9 +365,7 @@ class Supervisor:
 
     def _time_to_timers(self) -> float:
         now = time.monotonic()
-        return max(
-            0.0, min(self._next_heartbeat, self.leader.next_run, self.scheduler.next_run) - now
-        )
+        return max(0.0, min(self.leader.next_run, self.scheduler.next_run) - now)
 
     # ── children that are gone ──────────────────────────────────────────────
 
@@ -403,7 +409,15 @@ class Supervisor:
         worker_protocol.deregister_worker(cur, worker_id=gone.worker_id)
 
     def _failure(self, job: worker_protocol.LostJob, gone: ChildGone) -> job_protocol.Failure:
-        if job.id in gone.overran:
+        if job.id in gone.fenced:
+            kind = WorkerLost
+            message = (
+                f"worker process {gone.pid} was stopped because its worker could not "
+                f"confirm a heartbeat for {self.fence.fence_after:g} s (WORKER_TIMEOUT "
+                f"{self.fence.worker_timeout:g} s), so that a rescue could not run this "
+                "job twice at the same time"
+            )
+        elif job.id in gone.overran:
             limit = self._policy_timeout(job)
             kind: type[Exception] = TimeLimitExceeded
             message = (
@@ -475,6 +489,7 @@ class Supervisor:
     def _close(self) -> None:
         if self.listener:
             self.listener.stop()
+        self.heartbeat.stop()
         self._db(self.leader.resign)
         self._db(lambda cur: worker_protocol.deregister_worker(cur, worker_id=self.worker_id))
         self._queue_db.close()

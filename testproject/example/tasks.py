@@ -352,6 +352,34 @@ def count_results(values: list) -> int:
     return len(values)
 
 
+@job(atomic=True, max_attempts=3, takes_context=True)
+def timed_attempt(context, seconds: float, log_path: str) -> int:
+    """Log this attempt's start, a tick every 0.1 s and its end to a file every worker
+    shares (one JSON line each, with wall-clock times: one host), and write a ledger row
+    in the job's transaction. The fencing tests read from the file that no two attempts
+    of one job ever ran at the same time, and count the rows: one per job."""
+    import json
+    import os
+
+    from .models import LedgerEntry
+
+    job_id = int(context.task_result.id)
+
+    def log(event: str) -> None:
+        line = {"job": job_id, "attempt": context.attempt, "pid": os.getpid(), "event": event}
+        with open(log_path, "a") as out:
+            out.write(json.dumps({**line, "t": time.time()}) + "\n")
+
+    log("start")
+    LedgerEntry.objects.create(key=f"timed-{job_id}", job_attempt=context.attempt)
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        time.sleep(0.1)
+        log("tick")
+    log("end")
+    return context.attempt
+
+
 # ── several hosts and a partition (tests/process/test_partition.py) ─────────────────
 
 
