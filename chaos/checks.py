@@ -218,6 +218,10 @@ def report(run: Run, journal: Path, workers: list[Worker], drained: bool, elapse
     executions = sum(len(v) for v in execs.values())
     print(f"executions journaled: {executions}; repeated: "
           + (", ".join(f"{k} {n}" for k, n in sorted(dup.items())) or "none"))  # fmt: skip
+    errors = Counter(
+        e["exception_class_path"].rpartition(".")[2] for r in rows.values() for e in r["errors"]
+    )
+    print("errors recorded: " + (", ".join(f"{k} {n}" for k, n in errors.most_common()) or "none"))
     print(f"drain finished: {'yes' if drained else 'NO'}")
     failed = 0
     for name, ok, detail in checks:

@@ -19,6 +19,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -108,6 +109,7 @@ class Run:
     enqueue_errors: int = 0
     schedule_runs: dict[tuple[int, str], int | None] = field(default_factory=dict)
     schedule_conflicts: list[str] = field(default_factory=list)
+    background: list[threading.Thread] = field(default_factory=list)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -275,6 +277,8 @@ def _run(
         time.sleep(0.05)
 
     # The drain: every worker up, no chaos, no new work; bounded.
+    for thread in run.background:
+        thread.join(60)
     for w in workers:
         if not w.alive:
             w.start()
@@ -341,10 +345,10 @@ def _inject(
             w.stop()
         w.start()
     elif kind == "pg_restart":
-        cluster.restart("fast")
-        from django.db import connection
-
-        connection.close()  # the controller's own session went with it
+        # In a thread: the run goes on enqueueing into the outage, as a web site would.
+        restart = threading.Thread(target=cluster.restart, args=("fast",), daemon=True)
+        restart.start()
+        run.background.append(restart)
     elif kind == "pgbouncer_restart":
         bouncer.restart()
     elif kind == "partition":

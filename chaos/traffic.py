@@ -61,7 +61,7 @@ def _one(rng: random.Random, run: Run) -> None:
     choice = rng.choices(
         ["plain", "atomic", "retried", "snoozed", "times_out", "workflow", "rated", "capped",
          "unique_key"],
-        weights=[3, 3, 2, 2, 0.4, 1, 2, 1, 1],
+        weights=[3, 3, 2, 2, 0.4, 1, 2, 2, 1],
     )[0]  # fmt: skip
     if choice == "workflow":
         shape = rng.choice(["chain", "group", "chord"])
@@ -86,7 +86,7 @@ def _one(rng: random.Random, run: Run) -> None:
     elif choice == "rated":
         result = task.enqueue(rng.randint(0, 1000))
     elif choice == "capped":
-        result = task.enqueue(rng.randint(0, 1000), short)
+        result = task.enqueue(rng.randint(0, 1000), 2 * short)
     elif choice == "unique_key":
         result = task.enqueue(rng.choice(UNIQUE_KEYS), short)
     else:
