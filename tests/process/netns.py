@@ -179,10 +179,10 @@ class Host:
             self.root_addr, self.ns_addr = f"{subnet}.1", f"{subnet}.2"
             try:
                 self._create()
+                self.forwarder = Forwarder(self.root_addr, db_target).start()
             except BaseException:
                 self.close()
                 raise
-        self.forwarder = Forwarder(self.root_addr, db_target).start()
 
     def _create(self) -> None:
         _ip("netns", "add", self.name)
