@@ -378,3 +378,44 @@ def timed_attempt(context, seconds: float, log_path: str) -> int:
         log("tick")
     log("end")
     return context.attempt
+
+
+# ── several hosts and a partition (tests/process/test_partition.py) ─────────────────
+
+
+def journal(path: str, **record: object) -> None:
+    """Append one JSON line to ``path``: one write of under 4 KiB with O_APPEND, so lines
+    from processes on different "hosts" (network namespaces share the filesystem) never
+    interleave."""
+    import json
+    import os
+
+    record.update(pid=os.getpid(), host=os.environ.get("JOBS_TEST_HOST", ""), t=time.time())
+    line = (json.dumps(record) + "\n").encode()
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, line)
+    finally:
+        os.close(fd)
+
+
+@job(atomic=True, max_attempts=3, takes_context=True)
+def partition_probe(context, seconds: float, journal_path: str, tick: float = 0.2) -> str:
+    """Run ``seconds``, journaling start, a tick every ``tick`` s, and the end; commit one
+    Execution row with the success (atomic), so a refused or killed attempt leaves none.
+    The journal shows when each attempt really ran, on which host."""
+    import os
+
+    from .models import Execution
+
+    job_id, attempt = int(context.task_result.id), context.attempt
+    began = time.time()
+    journal(journal_path, event="start", job=job_id, attempt=attempt)
+    while (elapsed := time.time() - began) < seconds:
+        time.sleep(min(tick, seconds - elapsed))
+        journal(journal_path, event="tick", job=job_id, attempt=attempt)
+    Execution.objects.create(
+        key=f"probe-{job_id}", pid=os.getpid(), started=began, finished=time.time()
+    )
+    journal(journal_path, event="end", job=job_id, attempt=attempt)
+    return os.environ.get("JOBS_TEST_HOST", "")
