@@ -4,9 +4,9 @@ from datetime import timedelta
 
 import pytest
 from django.core.exceptions import ImproperlyConfigured
-from django_jobs.compat import InvalidTask
 
 from django_jobs import job
+from django_jobs.compat import InvalidTask
 from django_jobs.conf import JobsOptions, validate
 from django_jobs.limits import (
     MAX_KEY_BYTES,
@@ -186,8 +186,9 @@ def test_using_gives_a_copy_a_unique_key_and_checks_it():
 
 
 def test_queue_limits_for_an_unknown_queue_are_flagged():
-    from django_jobs.compat import task_backends
     from django.test import override_settings
+
+    from django_jobs.compat import task_backends
 
     settings = {
         "default": {
