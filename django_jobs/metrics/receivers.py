@@ -58,7 +58,7 @@ def on_started(sender: Any, task_result: Any, **kwargs: Any) -> None:
 
 
 def on_finished(sender: Any, task_result: Any, **kwargs: Any) -> None:
-    # READY: a retry or a snooze, counted by our own signals with their reason.
+    # Only final states come here; retries and snoozes are counted by our own signals.
     if task_result.status == TaskResultStatus.SUCCESSFUL:
         TALLY.add(SUCCEEDED, _labels(task_result))
     elif task_result.status == TaskResultStatus.FAILED:
