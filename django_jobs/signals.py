@@ -46,6 +46,13 @@ job_rescued = Signal()
 #: ``job_id``, ``task_path``, ``queue_name``, ``backend`` (alias).
 job_cancelled = Signal()
 
+#: A maintenance chore failed in the leader: a service (``"Rescuer"``, ``"Pruner"``,
+#: ``"LimitKeeper"``) raised, or the lease statement did (``"the maintenance lease"``).
+#: The worker goes on, and the next round tries again; the error is also logged with its
+#: traceback. Fires in that ``runjobs`` process (the supervisor). Sender: the Leader
+#: class. Arguments: ``worker_id``, ``service`` (the name above), ``exception``.
+maintenance_failed = Signal()
+
 #: A ``runjobs`` process registered and is about to serve. Fires in that process.
 #: Sender: the Supervisor class. Arguments: ``worker_id``, ``backend`` (alias),
 #: ``queues`` (list, or None for all), ``concurrency`` (job slots).

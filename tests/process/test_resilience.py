@@ -11,6 +11,7 @@ from datetime import timedelta
 
 import pytest
 from django.db import connection
+from django.utils import timezone
 
 from django_jobs.models import Job
 from testproject.example import tasks
@@ -200,3 +201,52 @@ def test_database_restart_loses_no_job(start_worker):
         worker.signal(signal.SIGTERM)
         assert worker.wait(timeout=30) == 0, worker.output()
         assert "Database is back" in worker.output()
+
+
+def test_a_worker_whose_maintenance_chore_raises_keeps_running_jobs(start_worker):
+    # The rescue raises every round (the module patches it in the worker's process); the
+    # pruner after it must still delete history, and jobs must still run.
+    old = tasks.add.enqueue(1, 1)
+    Job.objects.filter(pk=int(old.id)).update(
+        state="SUCCESSFUL", finished_at=timezone.now() - timedelta(days=30)
+    )
+    before = tasks.add.enqueue(2, 3)
+    worker = start_worker(
+        "--concurrency",
+        "1",
+        env={
+            **FAST_RESCUE,
+            "JOBS_TASK_MODULES": "testproject.example.broken_maintenance",
+        },
+    )
+    wait_for(
+        lambda: worker.output().count("Maintenance: Rescuer failed") >= 3,
+        timeout=20,
+        what="three failed maintenance rounds",
+    )
+    after = tasks.add.enqueue(4, 5)
+    for result in (before, after):
+        wait_for(
+            lambda r=result: Job.objects.filter(pk=int(r.id), state="SUCCESSFUL").exists(),
+            timeout=15,
+            what=f"job {result.id} to run",
+        )
+    assert not Job.objects.filter(pk=int(old.id)).exists()  # the pruner still ran
+    worker.signal(signal.SIGTERM)
+    assert worker.wait(timeout=20) == 0, worker.output()
+    log = worker.output()
+    assert "Traceback (most recent call last)" in log
+    assert "RuntimeError: the rescue is broken on purpose" in log
+    assert "stopped after" in log
+
+
+def test_a_duration_past_the_calendar_is_refused_before_the_worker_starts(start_worker):
+    # It once passed the checks, then made every worker's lease statement fail with
+    # "timestamp out of range", and the worker exited.
+    worker = start_worker(
+        "--concurrency", "1", env={"JOBS_MAINTENANCE_INTERVAL": "100000000000000"}
+    )
+    assert worker.wait(timeout=30) != 0
+    log = worker.output()
+    assert "MAINTENANCE_INTERVAL is 1e+14 s, longer than the 1 day" in log, log
+    assert "timestamp out of range" not in log
