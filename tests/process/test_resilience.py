@@ -1,5 +1,6 @@
 """What happens to jobs when processes die, overrun, are stopped, or lose the database."""
 
+import contextlib
 import os
 import random
 import shutil
@@ -13,7 +14,7 @@ import pytest
 from django.db import connection
 from django.utils import timezone
 
-from django_jobs.models import Job
+from django_jobs.models import Job, Worker
 from testproject.example import tasks
 from testproject.example.models import Execution
 
@@ -250,3 +251,72 @@ def test_a_duration_past_the_calendar_is_refused_before_the_worker_starts(start_
     log = worker.output()
     assert "MAINTENANCE_INTERVAL is 1e+14 s, longer than the 1 day" in log, log
     assert "timestamp out of range" not in log
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_runjobs_reload_stops_as_cleanly_as_runjobs(start_worker, signum):
+    # As a terminal's Ctrl-C (SIGINT) or a process manager (SIGTERM) would: the signal goes
+    # to the whole process group of `runjobs --reload`.
+    result = tasks.sleep_for.enqueue(60)
+    worker = start_worker("--reload", "--grace", "1", "--concurrency", "1", session=True)
+    try:
+        wait_for(
+            lambda: Job.objects.filter(pk=int(result.id), state="RUNNING").exists(),
+            timeout=30,
+            what="the job to start",
+        )
+        reloaded = children_of(worker.pid)  # the worker the reloader runs
+        assert Worker.objects.exists()
+        time.sleep(0.3)
+        os.killpg(worker.pid, signum)
+        assert worker.wait(timeout=20) == 0, worker.output()
+    finally:
+        for pid in children_of(worker.pid) + locals().get("reloaded", []):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+    row = Job.objects.get(pk=int(result.id))
+    # Released within the grace, no attempt spent; not left RUNNING for a rescue.
+    assert (row.state, row.attempts, row.errors, row.worker_ids) == ("READY", 0, [], [])
+    assert not Worker.objects.exists()  # the worker's row (and its child's) removed
+    log = worker.output()
+    assert "stopped after" in log, log
+    assert log.count("Got SIG") == 1, log  # heard once, not once per process
+
+
+def test_runjobs_reload_restarts_on_a_change_and_gives_the_running_job_back(start_worker):
+    result = tasks.sleep_for.enqueue(60)
+    worker = start_worker("--reload", "--grace", "1", "--concurrency", "1", session=True)
+    try:
+        first = wait_for(
+            lambda: (
+                Job.objects.filter(pk=int(result.id), state="RUNNING")
+                .values_list("worker_ids", flat=True)
+                .first()
+            ),
+            timeout=30,
+            what="the job to start",
+        )
+        time.sleep(1.5)  # the file watcher's first look at the files, once a second
+        now = time.time()
+        os.utime(tasks.__file__, (now, now))  # "edit" a module: same content, new mtime
+        wait_for(
+            lambda: (
+                Job.objects.filter(pk=int(result.id), state="RUNNING")
+                .exclude(worker_ids=first)
+                .exists()
+            ),
+            timeout=30,
+            what="the restarted worker to run the job again",
+        )
+        row = Job.objects.get(pk=int(result.id))
+        assert row.attempts == 1  # given back without spending the first attempt
+        os.killpg(worker.pid, signal.SIGTERM)
+        assert worker.wait(timeout=20) == 0, worker.output()
+    finally:
+        for pid in children_of(worker.pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+    log = worker.output()
+    assert "changed: stopping the worker to restart it" in log, log
+    assert log.count("stopped after") == 2, log  # the first worker, then the second
+    assert not Worker.objects.exists()

@@ -2,17 +2,18 @@
 
 import argparse
 import logging
+import sys
 from collections.abc import Callable
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError
-from django.utils import autoreload
 
 from django_jobs import metrics
 from django_jobs.backend import get_backend
 from django_jobs.compat import InvalidTaskBackend
 from django_jobs.conf import MAX_DURATION, MAX_WORKER_PERIOD, human_duration
 from django_jobs.management.arguments import positive_int
+from django_jobs.management.reload import run_with_reload
 from django_jobs.worker import logs
 from django_jobs.worker.pool import default_processes
 from django_jobs.worker.supervisor import Supervisor
@@ -284,7 +285,9 @@ class Command(BaseCommand):
         if options["metrics_port"] is not None:
             run = _with_metrics(worker, options["metrics_port"], options["metrics_address"])
         if options["reload"]:
-            autoreload.run_with_reloader(run)
+            code = run_with_reload(worker, run)
+            if code:
+                sys.exit(code)
         else:
             run()
 
