@@ -211,6 +211,38 @@ def send_finished(backend: JobsBackend, outcome: Outcome, state: str, finished_a
         )  # fmt: skip
 
 
+def announce_recorded(
+    backend: JobsBackend, job_id: int, state: str, error_json: str, delay: float | None
+) -> None:
+    """Signal an attempt recorded without an :class:`Outcome`, as :func:`send_finished`
+    does for the others: its process died, passed its hard time limit, or was killed
+    after a cancel's grace, and the supervisor recorded it. ``task_finished`` if the job
+    is final now, ``job_retrying`` if it runs again.
+
+    The TaskResult is read back from the table, and only if someone listens: the
+    process that ran the attempt, and the TaskResult it had, are gone.
+    """
+    final = state in FINISHED_STATES
+    if final:
+        failed = to_task_status(state) == TaskResultStatus.FAILED
+        if not signal_wanted(task_finished, logging.ERROR if failed else logging.INFO):
+            return
+    elif state != JobState.READY or not signals.job_retrying.receivers:
+        return
+    try:
+        result = backend.get_result(str(job_id))
+    except Exception:  # gone already (deleted), or the database went away meanwhile
+        logger.warning("Job %s: could not read its result to signal it", job_id, exc_info=True)
+        return
+    if final:
+        signals.send(task_finished, type(backend), task_result=result)
+    else:
+        signals.send(
+            signals.job_retrying, type(backend),
+            task_result=result, error=json.loads(error_json), delay=delay,
+        )  # fmt: skip
+
+
 class OutcomeRecorder:
     """Buffer outcomes for a few milliseconds, then record them in batches."""
 

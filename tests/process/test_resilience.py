@@ -320,3 +320,18 @@ def test_runjobs_reload_restarts_on_a_change_and_gives_the_running_job_back(star
     assert "changed: stopping the worker to restart it" in log, log
     assert log.count("stopped after") == 2, log  # the first worker, then the second
     assert not Worker.objects.exists()
+
+
+def test_task_finished_is_sent_for_a_job_whose_process_died_or_was_killed(start_worker):
+    # Django's own receiver of task_finished logs each finished task ("Task id=...
+    # state=FAILED"): the worker's log shows what a receiver saw, in the process that
+    # recorded it. Sentry's report of these deaths hangs on the same signal.
+    crash = tasks.crash_process.enqueue(3)  # dies twice: retried, then FAILED
+    hang = tasks.hang.enqueue(60)  # killed at its 1 s hard limit: FAILED
+    worker = start_worker("--burst", "--concurrency", "2", env={"JOBS_RETRY_BASE_DELAY": "0.05"})
+    assert worker.wait(timeout=60) == 0, worker.output()
+    log = worker.output()
+    for result, path in ((crash, "crash_process"), (hang, "hang")):
+        line = f"Task id={result.id} path=testproject.example.tasks.{path} state=FAILED"
+        assert log.count(line) == 1, log
+    assert "state=READY" not in log  # the retry is not "finished"
