@@ -5,6 +5,7 @@ sometimes twice during start-up. Bad values are reported by the system checks
 (``checks.py``) with the key, the value and what to do.
 """
 
+import math
 from dataclasses import dataclass, field, fields
 from datetime import timedelta
 from typing import Any
@@ -18,6 +19,54 @@ from .limits import QueueLimit, parse_queue_limits, queue_limits_problems
 #: protocol enqueues it and the admin's deliveries list filters on it, so the path lives
 #: here, below both.
 DELIVERY_TASK = "django_jobs.webhooks.delivery.deliver"
+
+#: Longest duration any option, task declaration or command takes: a hundred years, in
+#: seconds. Durations end up in PostgreSQL's timestamp arithmetic (``now() -
+#: make_interval(secs => ...)``), whose calendar ends in 4713 BC and 294276 AD, and in
+#: Python's datetime, which ends in 9999: a longer one (``timedelta.max`` is 2.7 million
+#: years) fails with "timestamp out of range" each time the statement runs. Keeping
+#: something forever is None where an option allows it.
+MAX_DURATION = 36_500 * 86_400.0
+
+#: Longest POLL_INTERVAL, HEARTBEAT_INTERVAL, MAINTENANCE_INTERVAL and WORKER_TIMEOUT:
+#: a day. A worker waits up to one of these in a single call, and the operating
+#: system's waits end at about 24 days; a worker silent for longer than a day cannot be
+#: told from a dead one either.
+MAX_WORKER_PERIOD = 86_400.0
+
+
+def human_duration(seconds: float) -> str:
+    """``seconds`` in the largest whole unit that reads well: "100 years", "1 day"."""
+    for unit, size in (("year", 365 * 86_400.0), ("day", 86_400.0), ("hour", 3600.0)):
+        if seconds >= size and seconds % size == 0:
+            count = int(seconds // size)
+            return f"{count:,} {unit}{'s' if count != 1 else ''}"
+    return f"{seconds:,g} s"
+
+
+def duration_problem(
+    label: str, value: Any, *, limit: float = MAX_DURATION, hint: str = ""
+) -> str | None:
+    """Why ``value`` (seconds, or a timedelta) cannot be the duration ``label``, or None.
+
+    The message names the value, says what is wrong and what to do: the checks, the
+    task declarations and the commands all show it as it is.
+    """
+    seconds = value.total_seconds() if isinstance(value, timedelta) else value
+    if not isinstance(seconds, int | float) or isinstance(seconds, bool):
+        return f"{label} must be a number of seconds, got {value!r}. {hint}".rstrip()
+    if not seconds > 0 or not math.isfinite(seconds):
+        return f"{label} must be more than 0 seconds and finite, got {value!r}. {hint}".rstrip()
+    if seconds > limit:
+        given = (
+            f"{value!r} ({seconds:,.0f} s)" if isinstance(value, timedelta) else f"{value:,g} s"
+        )
+        return (
+            f"{label} is {given}, longer than the {human_duration(limit)} "
+            f"({limit:,.0f} s) it may be. {hint}"
+        ).rstrip()
+    return None
+
 
 #: Successful jobs are history after a week; failures and cancellations are kept a month
 #: so that someone can look at them (and retry them) after a holiday.
@@ -102,6 +151,16 @@ def _positive_number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool) and value > 0
 
 
+#: The worker's own periods, each with why a longer one is refused.
+_WORKER_PERIODS = {
+    "POLL_INTERVAL": "An idle worker waits this long in one call",
+    "HEARTBEAT_INTERVAL": "A worker waits this long between heartbeats in one call",
+    "MAINTENANCE_INTERVAL": "The leader waits this long between rounds, and holds its "
+    "lease three times as long",
+    "WORKER_TIMEOUT": "The jobs of a worker that died would wait this long to run again",
+}
+
+
 def validate(raw: dict[str, Any]) -> list[str]:
     """Return a readable message for each bad key or value in ``OPTIONS``."""
     problems = []
@@ -114,22 +173,29 @@ def validate(raw: dict[str, Any]) -> list[str]:
     attempts = raw.get("MAX_ATTEMPTS", 1)
     if not isinstance(attempts, int) or isinstance(attempts, bool) or attempts < 1:
         problems.append(f"MAX_ATTEMPTS must be a whole number >= 1, got {attempts!r}")
-    for key in (
-        "RETRY_BASE_DELAY",
-        "RETRY_MAX_DELAY",
-        "POLL_INTERVAL",
-        "HEARTBEAT_INTERVAL",
-        "WORKER_TIMEOUT",
-        "MAINTENANCE_INTERVAL",
-    ):
+    for key in ("RETRY_BASE_DELAY", "RETRY_MAX_DELAY"):
         if key in raw and not _positive_number(raw[key]):
             problems.append(f"{key} must be a number of seconds > 0, got {raw[key]!r}")
+        elif key in raw and (problem := duration_problem(key, raw[key])):
+            problems.append(
+                f"{problem} Retries are never put off further than that; give a shorter delay."
+            )
+    for key, why in _WORKER_PERIODS.items():
+        if key in raw and not _positive_number(raw[key]):
+            problems.append(f"{key} must be a number of seconds > 0, got {raw[key]!r}")
+        elif key in raw and (problem := duration_problem(key, raw[key], limit=MAX_WORKER_PERIOD)):
+            problems.append(
+                f"{problem} {why}; give a number of seconds (the default is "
+                f"{getattr(JobsOptions, key):g})."
+            )
     factor = raw.get("RETRY_FACTOR", 2.0)
     if not isinstance(factor, int | float) or isinstance(factor, bool) or factor < 1:
         problems.append(f"RETRY_FACTOR must be a number >= 1, got {factor!r}")
     for key in ("TIMEOUT", "SOFT_TIMEOUT"):
         if raw.get(key) is not None and not _positive_number(raw[key]):
             problems.append(f"{key} must be None or a number of seconds > 0, got {raw[key]!r}")
+        elif raw.get(key) is not None and (problem := duration_problem(key, raw[key])):
+            problems.append(f"{problem} For no time limit at all, set {key} to None.")
     hard, soft = raw.get("TIMEOUT"), raw.get("SOFT_TIMEOUT")
     if _positive_number(hard) and _positive_number(soft) and soft >= hard:
         problems.append(
@@ -167,6 +233,12 @@ def validate(raw: dict[str, Any]) -> list[str]:
                 problems.append(
                     f"RETENTION[{state!r}] must be None (keep forever) or a number of seconds "
                     f"or a timedelta > 0, got {keep!r}"
+                )
+            elif keep is not None and (problem := duration_problem(f"RETENTION[{state!r}]", keep)):
+                problems.append(
+                    f"{problem} The pruner computes the cut-off date from it, and that far "
+                    f"back is off PostgreSQL's calendar. To keep {state} jobs forever, set "
+                    "it to None."
                 )
     if "QUEUE_LIMITS" in raw:
         problems.extend(queue_limits_problems(raw["QUEUE_LIMITS"]))

@@ -7,6 +7,7 @@ executor (a task raised), the pool (a child died or passed its hard limit), the 
 only carry the answer out. Pure functions: no database, no clock.
 """
 
+import math
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -40,7 +41,11 @@ def backoff_delay(
     upper half of the window. The lower half keeps a floor under the wait, and the
     random half spreads out jobs that failed together (say, during an outage).
     """
-    ceiling = min(cap, base * factor ** max(attempt - 1, 0))
+    try:
+        grown = base * factor ** max(attempt - 1, 0)
+    except OverflowError:  # a float power past 1e308: attempt 1025 of factor 2, say
+        grown = math.inf
+    ceiling = min(cap, grown)
     return ceiling / 2 + rand() * ceiling / 2
 
 

@@ -2,8 +2,10 @@
 
 Django sends ``task_enqueued`` (in the process that enqueues, after the row is written),
 ``task_started`` (where the job runs, before the function is called) and
-``task_finished`` (where the outcome is recorded, after the database took it, also for
-an attempt that will be retried). These add the rest. Every receiver gets ``sender``
+``task_finished`` (where the outcome is recorded, after the database took it, only once
+the job is final: SUCCESSFUL, FAILED, or CANCELLED while it ran). An attempt after which
+the job runs again is not "finished": it is announced by ``job_retrying`` or
+``job_snoozed`` below. These add the rest. Every receiver gets ``sender``
 (the backend class, or the class named below) and keyword arguments; accept
 ``**kwargs`` so that arguments added later do not break you.
 
@@ -20,14 +22,17 @@ from django.dispatch import Signal
 
 logger = logging.getLogger(__name__)
 
-#: A failed attempt was recorded and the job will run again.
+#: A failed attempt was recorded and the job will run again (status READY). Sent
+#: instead of ``task_finished``, which is only for final states.
 #: Fires where outcomes are recorded (the worker), after the database took it.
 #: Arguments: ``task_result`` (status READY), ``error`` (the error record: exception
 #: class path, message, traceback, attempt), ``delay`` (seconds until the next attempt).
 job_retrying = Signal()
 
 #: A job raised ``Snooze``: it runs again after ``delay`` seconds, no error counted.
-#: Fires where outcomes are recorded. Arguments: ``task_result``, ``delay``.
+#: Sent instead of ``task_finished`` (the job is READY, not finished).
+#: Fires where outcomes are recorded. Arguments: ``task_result`` (status READY),
+#: ``delay``.
 job_snoozed = Signal()
 
 #: A RUNNING job of a lost worker was rescued by the maintenance leader.
@@ -40,6 +45,13 @@ job_rescued = Signal()
 #: Fires in that process once the cancel has committed, once per job. Arguments:
 #: ``job_id``, ``task_path``, ``queue_name``, ``backend`` (alias).
 job_cancelled = Signal()
+
+#: A maintenance chore failed in the leader: a service (``"Rescuer"``, ``"Pruner"``,
+#: ``"LimitKeeper"``) raised, or the lease statement did (``"the maintenance lease"``).
+#: The worker goes on, and the next round tries again; the error is also logged with its
+#: traceback. Fires in that ``runjobs`` process (the supervisor). Sender: the Leader
+#: class. Arguments: ``worker_id``, ``service`` (the name above), ``exception``.
+maintenance_failed = Signal()
 
 #: A ``runjobs`` process registered and is about to serve. Fires in that process.
 #: Sender: the Supervisor class. Arguments: ``worker_id``, ``backend`` (alias),

@@ -22,6 +22,7 @@ from .compat import (
     Task,
     TaskResult,
 )
+from .conf import duration_problem
 from .workflows.canvas import Group, Signature
 
 
@@ -97,6 +98,12 @@ class JobsTask(Task):
         retry policy, atomic, limits) belong to the task's code and are read from its
         declaration.
         """
+        if isinstance(run_after, timedelta):
+            # Django's own check fails on it with an AttributeError that names nothing.
+            raise InvalidTask(
+                f"run_after must be an aware datetime, got the timedelta {run_after!r} for "
+                f"task {self.module_path!r}; for a delay, pass timezone.now() + the delay."
+            )
         task = Task.using(
             self, priority=priority, queue_name=queue_name, run_after=run_after, backend=backend
         )
@@ -261,6 +268,11 @@ def _check_options(task: JobsTask) -> None:
             raise InvalidTask(
                 f"{name} must be None or a number of seconds > 0, got {value!r} {where}."
             )
+        if value is not None and (problem := duration_problem(name, value)):
+            raise InvalidTask(
+                f"{problem.removesuffix('.')} {where}. Give a shorter one, or None for the "
+                "backend's default."
+            )
     if task.retry_factor is not None and not (
         seconds(task.retry_factor) and task.retry_factor >= 1
     ):
@@ -290,6 +302,8 @@ def _check_options(task: JobsTask) -> None:
         raise InvalidTask(
             f"cancel_grace must be a number of seconds > 0, got {task.cancel_grace!r} {where}."
         )
+    if problem := duration_problem("cancel_grace", task.cancel_grace):
+        raise InvalidTask(f"{problem.removesuffix('.')} {where}. Give a shorter grace.")
 
 
 #: Longest callback URL stored (the column's size).
@@ -315,11 +329,16 @@ def _check_flow_options(task: JobsTask) -> None:
     span = task.unique_for
     if span is not None and not (
         (isinstance(span, timedelta) and span > timedelta(0))
-        or (isinstance(span, int | float) and not isinstance(span, bool) and 0 < span < 1e10)
+        or (isinstance(span, int | float) and not isinstance(span, bool) and span > 0)
     ):
         raise InvalidTask(
             f"unique_for must be a timedelta or a number of seconds > 0, got "
             f"{task.unique_for!r} {where}."
+        )
+    if span is not None and (problem := duration_problem("unique_for", span)):
+        raise InvalidTask(
+            f"{problem.removesuffix('.')} {where}: enqueue looks that far back for a "
+            "finished duplicate. Give a shorter span."
         )
     if task.unique_states is not None:
         problem = limits.unique_states_problem(task.unique_states)

@@ -146,7 +146,11 @@ def start_worker(database_url: str, tmp_path: Path) -> Iterator[Callable[..., Wo
     """Start ``manage.py runjobs`` subprocesses against the test database."""
     started: list[WorkerProcess] = []
 
-    def start(*args: str, env: dict[str, str] | None = None) -> WorkerProcess:
+    def start(
+        *args: str, env: dict[str, str] | None = None, session: bool = False
+    ) -> WorkerProcess:
+        """``session``: in a session (and process group) of its own, as a command typed
+        at a terminal is, so that a test can signal its whole process group."""
         log = tmp_path / f"worker-{len(started)}.log"
         with log.open("w") as out:
             popen = subprocess.Popen(
@@ -155,6 +159,7 @@ def start_worker(database_url: str, tmp_path: Path) -> Iterator[Callable[..., Wo
                 env={**os.environ, "DATABASE_URL": database_url, **(env or {})},
                 stdout=out,
                 stderr=subprocess.STDOUT,
+                start_new_session=session,
             )
         process = WorkerProcess(popen, log)
         started.append(process)

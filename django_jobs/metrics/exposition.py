@@ -31,7 +31,7 @@ except ImportError as exc:  # pragma: no cover - exercised by the extras test
 from .. import __version__
 from ..tally import TALLY, Tally, cumulative
 from . import gauges
-from .receivers import COUNTERS, HISTOGRAMS, JOB_LABELS, WORKERS_LOST
+from .receivers import COUNTERS, HISTOGRAMS, JOB_LABELS, MAINTENANCE_ERRORS, WORKERS_LOST
 
 logger = logging.getLogger(__name__)
 
@@ -71,6 +71,15 @@ class JobsCollector:
             if metric == WORKERS_LOST:
                 lost.add_metric(labels, value)
         yield lost
+        chores = CounterMetricFamily(
+            PREFIX + MAINTENANCE_ERRORS,
+            "Maintenance rounds in which a chore raised (logged; tried again next round).",
+            labels=["service"],
+        )
+        for (metric, labels), value in sorted(counts.items()):
+            if metric == MAINTENANCE_ERRORS:
+                chores.add_metric(labels, value)
+        yield chores
         for name, help_text in HISTOGRAMS.items():
             family = HistogramMetricFamily(PREFIX + name, help_text, labels=JOB_LABELS)
             for (metric, labels), row in sorted(histograms.items()):

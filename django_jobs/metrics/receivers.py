@@ -24,6 +24,7 @@ SNOOZED = "jobs_snoozed"
 RESCUED = "jobs_rescued"
 CANCELLED = "jobs_cancelled"
 WORKERS_LOST = "workers_lost"
+MAINTENANCE_ERRORS = "maintenance_errors"
 RUN_SECONDS = "job_run_seconds"
 WAIT_SECONDS = "job_queue_wait_seconds"
 
@@ -58,7 +59,7 @@ def on_started(sender: Any, task_result: Any, **kwargs: Any) -> None:
 
 
 def on_finished(sender: Any, task_result: Any, **kwargs: Any) -> None:
-    # READY: a retry or a snooze, counted by our own signals with their reason.
+    # Only final states come here; retries and snoozes are counted by our own signals.
     if task_result.status == TaskResultStatus.SUCCESSFUL:
         TALLY.add(SUCCEEDED, _labels(task_result))
     elif task_result.status == TaskResultStatus.FAILED:
@@ -85,6 +86,10 @@ def on_worker_lost(sender: Any, *, backend: str, **kwargs: Any) -> None:
     TALLY.add(WORKERS_LOST, (backend,))
 
 
+def on_maintenance_failed(sender: Any, *, service: str, **kwargs: Any) -> None:
+    TALLY.add(MAINTENANCE_ERRORS, (service,))
+
+
 @contextmanager
 def time_run(run: instrumentation.JobRun) -> Iterator[None]:
     """Observe the attempt's queue wait now and its run time when it is over."""
@@ -106,6 +111,7 @@ _RECEIVERS = (
     (signals.job_rescued, on_rescued),
     (signals.job_cancelled, on_cancelled),
     (signals.worker_lost, on_worker_lost),
+    (signals.maintenance_failed, on_maintenance_failed),
 )
 
 

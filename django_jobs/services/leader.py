@@ -5,8 +5,14 @@ the holder runs each service's ``run_once`` (rescue, prune). The lease is a row
 (``protocol.workers.ACQUIRE_LEASE``), not a session advisory lock, so leadership also
 works behind PgBouncer in transaction mode. Correctness does not rest on it: the rescue
 locks what it moves, so two leaders at once (a lease that expired mid-round) would
-still move each job once. A service that fails is logged and tried again next round;
-it never stops the worker that leads.
+still move each job once.
+
+No maintenance error stops a worker. A service that raises is logged with its
+traceback, announced (``signals.maintenance_failed``, which the metrics count), and
+tried again next round; the services after it still run. A lost connection is the
+exception that is passed on: the worker's connection handling reconnects, and the next
+round starts over. A lease statement that fails is logged the same way, and the worker
+goes on without leading until the next round.
 """
 
 import logging
@@ -15,6 +21,7 @@ from typing import Any, Protocol
 
 import psycopg
 
+from .. import signals
 from ..protocol import Cursor
 from ..protocol import workers as protocol
 from . import Service
@@ -44,9 +51,17 @@ class Leader(Service):
         """Renew or take the lease; as leader, run one round of every service."""
         self.wait()
         was_leader = self.is_leader
-        self.is_leader = protocol.acquire_lease(
-            cursor, name=LEASE_NAME, holder=self.worker_id, ttl=self.interval * self.LEASE_ROUNDS
-        )
+        try:
+            self.is_leader = protocol.acquire_lease(
+                cursor,
+                name=LEASE_NAME,
+                holder=self.worker_id,
+                ttl=self.interval * self.LEASE_ROUNDS,
+            )
+        except Exception as exc:
+            self._failed("the maintenance lease", exc, cursor)
+            self.is_leader = False
+            return
         if self.is_leader != was_leader:
             logger.info(
                 "Worker %s %s the maintenance lease", self.worker_id,
@@ -57,14 +72,24 @@ class Leader(Service):
         for service in self.services:
             try:
                 service.run_once(cursor)
-            except (psycopg.OperationalError, psycopg.InterfaceError):
-                raise  # an outage: the worker's connection handling takes over
-            except Exception:
-                logger.exception(
-                    "Maintenance: %s failed; the worker goes on, and tries again in %.0f s",
-                    type(service).__name__, self.interval,
-                    extra={"action": "maintenance_error"},
-                )  # fmt: skip
+            except Exception as exc:
+                self._failed(type(service).__name__, exc, cursor)
+
+    def _failed(self, what: str, exc: Exception, cursor: Cursor) -> None:
+        """Log and announce a failed chore; pass on only a lost connection."""
+        if isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError) and (
+            cursor.connection.broken or cursor.connection.closed
+        ):
+            raise exc  # an outage: the worker's connection handling takes over
+        logger.error(
+            "Maintenance: %s failed (%s: %s); the worker goes on, and tries again in %g s",
+            what, type(exc).__name__, str(exc).strip() or "no message", self.interval,
+            exc_info=exc, extra={"action": "maintenance_error"},
+        )  # fmt: skip
+        signals.send(
+            signals.maintenance_failed, Leader,
+            worker_id=self.worker_id, service=what, exception=exc,
+        )  # fmt: skip
 
     def resign(self, cursor: Cursor) -> None:
         """Hand the lease back (at shutdown), so another worker leads at once."""

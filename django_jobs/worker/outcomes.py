@@ -3,10 +3,11 @@
 The pool puts an :class:`Outcome` on the supervisor's inbox for every job it ran (or
 could not run). The supervisor hands them to an :class:`OutcomeRecorder`, which keeps
 them for a few milliseconds and records them with one fenced statement per kind
-(success, failure, snooze, release). Then it sends ``task_finished`` for each outcome
-the database accepted (and ``job_retrying`` or ``job_snoozed`` for a job going back to
-the queue: the metrics count from these, in whichever process records), and counts
-them. This is what lets one process record thousands of short jobs per second.
+(success, failure, snooze, release). Then it signals each outcome the database
+accepted: ``task_finished`` for a job that reached a final state, ``job_retrying`` or
+``job_snoozed`` for a job going back to the queue (the metrics count from these, in
+whichever process records), and counts them. This is what lets one process record
+thousands of short jobs per second.
 """
 
 import json
@@ -27,7 +28,7 @@ from ..codec import encode_json, error_record, storable_text
 from ..compat import TaskError, TaskResult, TaskResultStatus, signal_wanted, task_finished
 from ..protocol import jobs as protocol
 from ..protocol.jobs import ClaimedJob
-from ..states import JobState, to_task_status
+from ..states import FINISHED_STATES, JobState, to_task_status
 from .dbconn import QueueConnection
 
 logger = logging.getLogger(__name__)
@@ -155,15 +156,20 @@ def record(cur: psycopg.Cursor, outcomes: list[Outcome]) -> Recorded:
 
 
 def send_finished(backend: JobsBackend, outcome: Outcome, state: str, finished_at: Any) -> None:
-    """Send ``task_finished`` for a recorded outcome, with the TaskResult as stored, then
-    ``job_retrying`` or ``job_snoozed`` when the job goes back to the queue.
+    """Signal a recorded outcome, with the TaskResult as stored: ``task_finished`` when
+    the job is final (SUCCESSFUL, FAILED, or CANCELLED while it ran), ``job_retrying`` or
+    ``job_snoozed`` when it goes back to the queue instead.
+
+    Django's receivers read ``task_finished`` as "this task is done" (its own logging
+    says "finished"), so it is never sent for a job that will run again: ``READY`` is
+    not a finished status.
 
     The TaskResult is built only if one of them has a receiver that does something (see
     compat.signal_wanted): a worker whose signals nobody listens to pays nothing here.
     """
     status = to_task_status(state)
     level = logging.ERROR if status == TaskResultStatus.FAILED else logging.INFO
-    finished_wanted = signal_wanted(task_finished, level)
+    finished_wanted = state in FINISHED_STATES and signal_wanted(task_finished, level)
     follow_up = None
     if state == JobState.READY:
         follow_up = (
@@ -193,13 +199,47 @@ def send_finished(backend: JobsBackend, outcome: Outcome, state: str, finished_a
             )
         )
     if finished_wanted:
-        task_finished.send(type(backend), task_result=result)
+        # Robustly, like our own signals: the outcome is recorded already, and a receiver
+        # that raises must not take the runner's thread (or the child) down with it.
+        signals.send(task_finished, type(backend), task_result=result)
     if follow_up is signals.job_snoozed:
         signals.send(follow_up, type(backend), task_result=result, delay=outcome.delay)
     elif follow_up is not None:
         signals.send(
             follow_up, type(backend),
             task_result=result, error=outcome.error, delay=outcome.delay,
+        )  # fmt: skip
+
+
+def announce_recorded(
+    backend: JobsBackend, job_id: int, state: str, error_json: str, delay: float | None
+) -> None:
+    """Signal an attempt recorded without an :class:`Outcome`, as :func:`send_finished`
+    does for the others: its process died, passed its hard time limit, or was killed
+    after a cancel's grace, and the supervisor recorded it. ``task_finished`` if the job
+    is final now, ``job_retrying`` if it runs again.
+
+    The TaskResult is read back from the table, and only if someone listens: the
+    process that ran the attempt, and the TaskResult it had, are gone.
+    """
+    final = state in FINISHED_STATES
+    if final:
+        failed = to_task_status(state) == TaskResultStatus.FAILED
+        if not signal_wanted(task_finished, logging.ERROR if failed else logging.INFO):
+            return
+    elif state != JobState.READY or not signals.job_retrying.receivers:
+        return
+    try:
+        result = backend.get_result(str(job_id))
+    except Exception:  # gone already (deleted), or the database went away meanwhile
+        logger.warning("Job %s: could not read its result to signal it", job_id, exc_info=True)
+        return
+    if final:
+        signals.send(task_finished, type(backend), task_result=result)
+    else:
+        signals.send(
+            signals.job_retrying, type(backend),
+            task_result=result, error=json.loads(error_json), delay=delay,
         )  # fmt: skip
 
 

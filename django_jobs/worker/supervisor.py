@@ -47,7 +47,7 @@ from . import dbconn
 from .fence import Fence
 from .heartbeat import Heartbeat
 from .listener import Listener
-from .outcomes import STAT_NAMES, WorkerStats
+from .outcomes import STAT_NAMES, WorkerStats, announce_recorded
 from .pool import ChildGone, InProcessPool, ProcessPool
 
 logger = logging.getLogger(__name__)
@@ -397,9 +397,18 @@ class Supervisor:
                         stopped.append(self._stopped(job, gone))
                     else:
                         failures.append(self._failure(job, gone))
-                job_protocol.fail(cur, failures)
-                job_protocol.cancelled(cur, stopped)
+                failed = job_protocol.fail(cur, failures)
+                ended = job_protocol.cancelled(cur, stopped)
                 released = job_protocol.release_orphans(cur, worker_id=gone.worker_id, held=[])
+            # Once committed, as for any other outcome: task_finished if final.
+            for f in failures:
+                if f.job_id in failed:
+                    announce_recorded(
+                        self.backend, f.job_id, failed[f.job_id][0], f.error_json, f.retry_in
+                    )
+            for s in stopped:
+                if s.job_id in ended:
+                    announce_recorded(self.backend, s.job_id, "CANCELLED", s.error_json, None)
             if released and not gone.shutdown:
                 logger.info(
                     "Child %s ended (%s) holding %d job(s) it had not started: back in the "

@@ -7,10 +7,12 @@ import pytest
 from django.db import connection
 from django.utils import timezone
 
+from django_jobs import signals
 from django_jobs.compat import TaskResultStatus
 from django_jobs.models import Job, Lease, Worker
 from django_jobs.protocol import jobs as protocol
 from django_jobs.protocol import workers
+from django_jobs.services.leader import Leader
 from django_jobs.services.pruner import Pruner
 from django_jobs.services.rescuer import Rescuer
 from django_jobs.worker import dbconn
@@ -197,3 +199,83 @@ def test_the_worker_hands_its_backends_retention_to_maintenance(settings):
     }
     retention = JobsWorker(backend="default").leader.services[1].retention
     assert retention == {"SUCCESSFUL": 2 * 86400.0, "FAILED": 30 * 86400.0, "CANCELLED": None}
+
+
+class _Broken:
+    """A chore that fails every round, as a bad value or a bug in one service would."""
+
+    def run_once(self, cursor) -> None:
+        raise RuntimeError("broken on purpose")
+
+
+class _Counting:
+    def __init__(self) -> None:
+        self.rounds = 0
+
+    def run_once(self, cursor) -> int:
+        self.rounds += 1
+        return self.rounds
+
+
+def test_a_failing_maintenance_chore_is_logged_and_stops_neither_the_others_nor_the_worker(
+    caplog,
+):
+    failures = []
+
+    def on_failed(sender, **kwargs):
+        failures.append((kwargs["service"], type(kwargs["exception"]).__name__))
+
+    counting = _Counting()
+    leader = Leader("w1", interval=0.01, services=[_Broken(), counting])
+    signals.maintenance_failed.connect(on_failed)
+    conn = dbconn.connect("default", purpose="test")
+    try:
+        with conn.cursor() as cur:
+            for _ in range(2):
+                leader.tick(cur)  # raises nothing
+            # The connection is still usable: the failed chore's work was rolled back.
+            cur.execute("SELECT 1")
+    finally:
+        signals.maintenance_failed.disconnect(on_failed)
+        conn.close()
+    assert counting.rounds == 2  # the chore after the broken one ran every round
+    assert failures == [("_Broken", "RuntimeError")] * 2
+    logged = [r for r in caplog.records if "Maintenance: _Broken failed" in r.getMessage()]
+    assert len(logged) == 2
+    assert logged[0].exc_info is not None  # with its traceback
+    assert "RuntimeError: broken on purpose" in logged[0].getMessage()
+
+
+def test_a_lease_statement_that_fails_does_not_stop_the_worker(caplog):
+    # MAINTENANCE_INTERVAL is checked now; this one once passed and made every worker's
+    # lease statement fail with "timestamp out of range", which killed the worker.
+    counting = _Counting()
+    leader = Leader("w1", interval=1e14, services=[counting])
+    conn = dbconn.connect("default", purpose="test")
+    try:
+        with conn.cursor() as cur:
+            leader.tick(cur)
+    finally:
+        conn.close()
+    assert not leader.is_leader
+    assert counting.rounds == 0
+    assert any(
+        "Maintenance: the maintenance lease failed" in r.getMessage() for r in caplog.records
+    )
+
+
+def test_a_pruner_with_a_retention_past_the_calendar_fails_alone():
+    # What the checks now refuse: the cut-off date is off PostgreSQL's calendar.
+    counting = _Counting()
+    leader = Leader(
+        "w1",
+        interval=0.01,
+        services=[Pruner(retention={"SUCCESSFUL": timedelta.max.total_seconds()}), counting],
+    )
+    conn = dbconn.connect("default", purpose="test")
+    try:
+        with conn.cursor() as cur:
+            leader.tick(cur)
+    finally:
+        conn.close()
+    assert counting.rounds == 1

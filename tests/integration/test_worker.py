@@ -1,18 +1,21 @@
 """Running jobs: an in-process worker against committed rows."""
 
+import threading
 from datetime import timedelta
 from pathlib import Path
 
 import pytest
+from django.db import connection
 from django.test import override_settings
 from django.utils import timezone
 
+from django_jobs import control, signals
 from django_jobs.compat import TaskResultStatus, task_finished, task_started
 from django_jobs.models import Job
 from testproject.example import tasks
 from testproject.example.models import LedgerEntry
 
-from ..conftest import insert_raw, run_worker
+from ..conftest import insert_raw, run_worker, wait_for
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -193,3 +196,89 @@ def test_burst_waits_for_a_retry_due_within_burst_wait_and_no_longer():
     run_worker(burst_wait=10)
     row.refresh_from_db()
     assert (row.state, row.attempts) == ("SUCCESSFUL", 2)
+
+
+def test_task_finished_is_sent_only_when_a_job_is_final():
+    # Django's receivers read task_finished as "done": a retry or a snooze is not done, and
+    # is announced by job_retrying / job_snoozed instead.
+    finished, retrying, snoozed = [], [], []
+
+    def on_finished(sender, task_result, **kwargs):
+        finished.append((task_result.id, task_result.status))
+
+    def on_retrying(sender, task_result, **kwargs):
+        retrying.append((task_result.id, task_result.status))
+
+    def on_snoozed(sender, task_result, **kwargs):
+        snoozed.append((task_result.id, task_result.status))
+
+    task_finished.connect(on_finished)
+    signals.job_retrying.connect(on_retrying)
+    signals.job_snoozed.connect(on_snoozed)
+    try:
+        retried = tasks.flaky_reports_attempt.enqueue()  # fails once, succeeds next
+        snooze = tasks.snooze_once.enqueue()  # snoozes once, succeeds next
+        failed = tasks.fails_with.enqueue("ValueError")  # not retryable: FAILED at once
+        run_worker(burst_wait=10)
+    finally:
+        task_finished.disconnect(on_finished)
+        signals.job_retrying.disconnect(on_retrying)
+        signals.job_snoozed.disconnect(on_snoozed)
+    assert sorted(finished) == sorted(
+        [
+            (retried.id, TaskResultStatus.SUCCESSFUL),
+            (snooze.id, TaskResultStatus.SUCCESSFUL),
+            (failed.id, TaskResultStatus.FAILED),
+        ]
+    )
+    assert retrying == [(retried.id, TaskResultStatus.READY)]
+    assert snoozed == [(snooze.id, TaskResultStatus.READY)]
+
+
+def test_task_finished_is_sent_for_a_running_job_that_was_cancelled():
+    finished = []
+
+    def on_finished(sender, task_result, **kwargs):
+        finished.append((task_result.id, task_result.status))
+
+    result = tasks.crunch.enqueue(400, 0.05)  # 20 s unless it stops when cancelled
+
+    def cancel_once_running() -> None:
+        try:
+            wait_for(
+                lambda: Job.objects.filter(pk=int(result.id), state="RUNNING").exists(),
+                timeout=20,
+                what="the job to start",
+            )
+            control.cancel(result.id)
+        finally:
+            connection.close()  # this thread's own; the test database is dropped at the end
+
+    canceller = threading.Thread(target=cancel_once_running)
+    task_finished.connect(on_finished)
+    try:
+        canceller.start()
+        run_worker(listen=True)
+    finally:
+        task_finished.disconnect(on_finished)
+        canceller.join(20)
+    row = Job.objects.get(pk=int(result.id))
+    assert row.state == "CANCELLED"
+    # CANCELLED is final; Django's statuses have no CANCELLED, so it reads FAILED.
+    assert finished == [(result.id, TaskResultStatus.FAILED)]
+
+
+def test_a_task_finished_receiver_that_raises_changes_nothing():
+    def broken(sender, task_result, **kwargs):
+        raise RuntimeError("a broken receiver")
+
+    task_finished.connect(broken)
+    try:
+        first, second = tasks.add.enqueue(1, 2), tasks.add.enqueue(3, 4)
+        worker = run_worker()
+    finally:
+        task_finished.disconnect(broken)
+    assert worker.stats.succeeded == 2
+    for result in (first, second):
+        result.refresh()
+        assert result.status == TaskResultStatus.SUCCESSFUL

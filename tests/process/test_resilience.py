@@ -1,5 +1,6 @@
 """What happens to jobs when processes die, overrun, are stopped, or lose the database."""
 
+import contextlib
 import os
 import random
 import shutil
@@ -11,8 +12,9 @@ from datetime import timedelta
 
 import pytest
 from django.db import connection
+from django.utils import timezone
 
-from django_jobs.models import Job
+from django_jobs.models import Job, Worker
 from testproject.example import tasks
 from testproject.example.models import Execution
 
@@ -200,3 +202,136 @@ def test_database_restart_loses_no_job(start_worker):
         worker.signal(signal.SIGTERM)
         assert worker.wait(timeout=30) == 0, worker.output()
         assert "Database is back" in worker.output()
+
+
+def test_a_worker_whose_maintenance_chore_raises_keeps_running_jobs(start_worker):
+    # The rescue raises every round (the module patches it in the worker's process); the
+    # pruner after it must still delete history, and jobs must still run.
+    old = tasks.add.enqueue(1, 1)
+    Job.objects.filter(pk=int(old.id)).update(
+        state="SUCCESSFUL", finished_at=timezone.now() - timedelta(days=30)
+    )
+    before = tasks.add.enqueue(2, 3)
+    worker = start_worker(
+        "--concurrency",
+        "1",
+        env={
+            **FAST_RESCUE,
+            "JOBS_TASK_MODULES": "testproject.example.broken_maintenance",
+        },
+    )
+    wait_for(
+        lambda: worker.output().count("Maintenance: Rescuer failed") >= 3,
+        timeout=20,
+        what="three failed maintenance rounds",
+    )
+    after = tasks.add.enqueue(4, 5)
+    for result in (before, after):
+        wait_for(
+            lambda r=result: Job.objects.filter(pk=int(r.id), state="SUCCESSFUL").exists(),
+            timeout=15,
+            what=f"job {result.id} to run",
+        )
+    assert not Job.objects.filter(pk=int(old.id)).exists()  # the pruner still ran
+    worker.signal(signal.SIGTERM)
+    assert worker.wait(timeout=20) == 0, worker.output()
+    log = worker.output()
+    assert "Traceback (most recent call last)" in log
+    assert "RuntimeError: the rescue is broken on purpose" in log
+    assert "stopped after" in log
+
+
+def test_a_duration_past_the_calendar_is_refused_before_the_worker_starts(start_worker):
+    # It once passed the checks, then made every worker's lease statement fail with
+    # "timestamp out of range", and the worker exited.
+    worker = start_worker(
+        "--concurrency", "1", env={"JOBS_MAINTENANCE_INTERVAL": "100000000000000"}
+    )
+    assert worker.wait(timeout=30) != 0
+    log = worker.output()
+    assert "MAINTENANCE_INTERVAL is 1e+14 s, longer than the 1 day" in log, log
+    assert "timestamp out of range" not in log
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_runjobs_reload_stops_as_cleanly_as_runjobs(start_worker, signum):
+    # As a terminal's Ctrl-C (SIGINT) or a process manager (SIGTERM) would: the signal goes
+    # to the whole process group of `runjobs --reload`.
+    result = tasks.sleep_for.enqueue(60)
+    worker = start_worker("--reload", "--grace", "1", "--concurrency", "1", session=True)
+    try:
+        wait_for(
+            lambda: Job.objects.filter(pk=int(result.id), state="RUNNING").exists(),
+            timeout=30,
+            what="the job to start",
+        )
+        reloaded = children_of(worker.pid)  # the worker the reloader runs
+        assert Worker.objects.exists()
+        time.sleep(0.3)
+        os.killpg(worker.pid, signum)
+        assert worker.wait(timeout=20) == 0, worker.output()
+    finally:
+        for pid in children_of(worker.pid) + locals().get("reloaded", []):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+    row = Job.objects.get(pk=int(result.id))
+    # Released within the grace, no attempt spent; not left RUNNING for a rescue.
+    assert (row.state, row.attempts, row.errors, row.worker_ids) == ("READY", 0, [], [])
+    assert not Worker.objects.exists()  # the worker's row (and its child's) removed
+    log = worker.output()
+    assert "stopped after" in log, log
+    assert log.count("Got SIG") == 1, log  # heard once, not once per process
+
+
+def test_runjobs_reload_restarts_on_a_change_and_gives_the_running_job_back(start_worker):
+    result = tasks.sleep_for.enqueue(60)
+    worker = start_worker("--reload", "--grace", "1", "--concurrency", "1", session=True)
+    try:
+        first = wait_for(
+            lambda: (
+                Job.objects.filter(pk=int(result.id), state="RUNNING")
+                .values_list("worker_ids", flat=True)
+                .first()
+            ),
+            timeout=30,
+            what="the job to start",
+        )
+        time.sleep(1.5)  # the file watcher's first look at the files, once a second
+        now = time.time()
+        os.utime(tasks.__file__, (now, now))  # "edit" a module: same content, new mtime
+        wait_for(
+            lambda: (
+                Job.objects.filter(pk=int(result.id), state="RUNNING")
+                .exclude(worker_ids=first)
+                .exists()
+            ),
+            timeout=30,
+            what="the restarted worker to run the job again",
+        )
+        row = Job.objects.get(pk=int(result.id))
+        assert row.attempts == 1  # given back without spending the first attempt
+        os.killpg(worker.pid, signal.SIGTERM)
+        assert worker.wait(timeout=20) == 0, worker.output()
+    finally:
+        for pid in children_of(worker.pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+    log = worker.output()
+    assert "changed: stopping the worker to restart it" in log, log
+    assert log.count("stopped after") == 2, log  # the first worker, then the second
+    assert not Worker.objects.exists()
+
+
+def test_task_finished_is_sent_for_a_job_whose_process_died_or_was_killed(start_worker):
+    # Django's own receiver of task_finished logs each finished task ("Task id=...
+    # state=FAILED"): the worker's log shows what a receiver saw, in the process that
+    # recorded it. Sentry's report of these deaths hangs on the same signal.
+    crash = tasks.crash_process.enqueue(3)  # dies twice: retried, then FAILED
+    hang = tasks.hang.enqueue(60)  # killed at its 1 s hard limit: FAILED
+    worker = start_worker("--burst", "--concurrency", "2", env={"JOBS_RETRY_BASE_DELAY": "0.05"})
+    assert worker.wait(timeout=60) == 0, worker.output()
+    log = worker.output()
+    for result, path in ((crash, "crash_process"), (hang, "hang")):
+        line = f"Task id={result.id} path=testproject.example.tasks.{path} state=FAILED"
+        assert log.count(line) == 1, log
+    assert "state=READY" not in log  # the retry is not "finished"

@@ -30,6 +30,7 @@ from django.utils.dateparse import parse_datetime
 
 from django_jobs.backend import jobs_backends, jobs_database
 from django_jobs.compat import TaskResultDoesNotExist
+from django_jobs.conf import MAX_DURATION
 from django_jobs.console import operations, stats
 from django_jobs.management.arguments import positive_int_at_most
 from django_jobs.models import MAX_JOB_ID, Job, Workflow
@@ -38,8 +39,9 @@ from django_jobs.workflows.results import get_workflow
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|min|h|d|w)?\s*$", re.IGNORECASE)
 _UNIT_SECONDS = {"s": 1, "m": 60, "min": 60, "h": 3600, "d": 86400, "w": 604800}
-#: Longest duration taken: a hundred years (past it, dates leave the calendar).
-MAX_DURATION_DAYS = 36_500
+#: Longest duration taken: conf.MAX_DURATION, a hundred years (past it, dates leave the
+#: calendar).
+MAX_DURATION_DAYS = int(MAX_DURATION // 86_400)
 #: Most rows `jobs list` prints.
 MAX_LIST = 100_000
 

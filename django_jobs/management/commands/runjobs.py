@@ -2,28 +2,42 @@
 
 import argparse
 import logging
+import sys
+from collections.abc import Callable
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError
-from django.utils import autoreload
 
 from django_jobs import metrics
 from django_jobs.backend import get_backend
 from django_jobs.compat import InvalidTaskBackend
+from django_jobs.conf import MAX_DURATION, MAX_WORKER_PERIOD, human_duration
 from django_jobs.management.arguments import positive_int
+from django_jobs.management.reload import run_with_reload
 from django_jobs.worker import logs
 from django_jobs.worker.pool import default_processes
 from django_jobs.worker.supervisor import Supervisor
 
 
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be greater than 0, got {text}")
-    return value
+def _seconds_up_to(limit: float) -> Callable[[str], float]:
+    """An argument type: a number of seconds > 0 and at most ``limit``."""
+
+    def seconds(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"expected a number of seconds, got {text!r}"
+            ) from None
+        if not value > 0:
+            raise argparse.ArgumentTypeError(f"must be greater than 0, got {text}")
+        if not value <= limit:
+            raise argparse.ArgumentTypeError(
+                f"must be at most {human_duration(limit)} ({limit:,.0f} s), got {text}"
+            )
+        return value
+
+    return seconds
 
 
 #: --burst waits this long for jobs about to be due: enough for the first four retries
@@ -145,7 +159,7 @@ class Command(BaseCommand):
         )
         parser.add_argument(
             "--grace",
-            type=_positive_float,
+            type=_seconds_up_to(MAX_DURATION),
             default=30.0,
             help="On SIGTERM/SIGINT, seconds to let running jobs finish before they are "
             "stopped and put back in the queue (default: %(default)s).",
@@ -172,7 +186,7 @@ class Command(BaseCommand):
         )
         parser.add_argument(
             "--poll-interval",
-            type=_positive_float,
+            type=_seconds_up_to(MAX_WORKER_PERIOD),
             help="Seconds between polls when no notification arrives "
             "(default: OPTIONS['POLL_INTERVAL'], 1.0).",
         )
@@ -271,7 +285,9 @@ class Command(BaseCommand):
         if options["metrics_port"] is not None:
             run = _with_metrics(worker, options["metrics_port"], options["metrics_address"])
         if options["reload"]:
-            autoreload.run_with_reloader(run)
+            code = run_with_reload(worker, run)
+            if code:
+                sys.exit(code)
         else:
             run()
 
