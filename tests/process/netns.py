@@ -2,11 +2,11 @@
 
 A :class:`Host` is a network namespace joined to the root namespace by a veth pair, each pair
 on a private /24 of its own. PostgreSQL listens on 127.0.0.1 only, which no namespace can
-reach, so a :class:`Forwarder` (a thread in this process, bound to the veth's root-side
+reach, so a relay (``tcpproxy.TcpProxy``, threads in this process, bound to the veth's root-side
 address) relays each connection to the server. A process started with :meth:`Host.popen`
 reaches the database at ``host.db_url(url)``, through its own link: :meth:`Host.cut` takes
-that link down on the namespace's side, so packets are dropped without a reset (what a
-pulled cable or a lost route looks like), and :meth:`Host.restore` brings it back.
+that link down (its root-side end, by default), so packets are dropped without a reset
+(what a pulled cable or a lost route looks like), and :meth:`Host.restore` brings it back.
 
 Everything is named after this process's pid, so parallel runs do not collide, and removed
 on exit, also after a failure; namespaces left by a run that was killed outright are swept
@@ -16,7 +16,6 @@ when the next one starts. Needs root (or CAP_NET_ADMIN and CAP_SYS_ADMIN) and ``
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import os
 import random
@@ -30,6 +29,8 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
+
+from tests.process.tcpproxy import TcpProxy
 
 PREFIX = "djjobs"
 #: Every ``ip`` call and every wait here is bounded.
@@ -88,78 +89,6 @@ def _free_subnet() -> str:
     raise RuntimeError("no free /24 in 10.200.0.0-10.249.255.0")
 
 
-class Forwarder:
-    """Relay TCP connections from ``listen_host`` (any port) to ``target``: an asyncio loop
-    in a daemon thread. Connections in both directions are closed when either side ends."""
-
-    def __init__(self, listen_host: str, target: tuple[str, int]) -> None:
-        self.listen_host = listen_host
-        self.target = target
-        self.port = 0
-        self._loop = asyncio.new_event_loop()
-        self._server: asyncio.Server | None = None
-        self._writers: set[asyncio.StreamWriter] = set()
-        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
-
-    def start(self) -> Forwarder:
-        self._thread.start()
-        future = asyncio.run_coroutine_threadsafe(self._serve(), self._loop)
-        self.port = future.result(timeout=IP_TIMEOUT)
-        return self
-
-    async def _serve(self) -> int:
-        self._server = await asyncio.start_server(self._relay, self.listen_host, 0)
-        return int(self._server.sockets[0].getsockname()[1])
-
-    async def _relay(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            up_reader, up_writer = await asyncio.wait_for(
-                asyncio.open_connection(*self.target), IP_TIMEOUT
-            )
-        except (OSError, TimeoutError):
-            writer.close()
-            return
-        self._writers |= {writer, up_writer}
-        try:
-            await asyncio.gather(self._pump(reader, up_writer), self._pump(up_reader, writer))
-        finally:
-            for w in (writer, up_writer):
-                self._writers.discard(w)
-                w.close()
-
-    @staticmethod
-    async def _pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            while data := await reader.read(65536):
-                writer.write(data)
-                await writer.drain()
-        except (OSError, asyncio.CancelledError):
-            pass
-        finally:
-            # One side ended: end the other, so that PostgreSQL sees the session go (and
-            # rolls back its transaction) when the client's connection goes, and vice versa.
-            writer.close()
-
-    def stop(self) -> None:
-        async def close() -> None:
-            if self._server is not None:
-                self._server.close()
-            for w in list(self._writers):
-                w.transport.abort()
-            relays = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
-            for t in relays:
-                t.cancel()
-            await asyncio.gather(*relays, return_exceptions=True)
-
-        if self._thread.is_alive():
-            with contextlib.suppress(Exception):
-                asyncio.run_coroutine_threadsafe(close(), self._loop).result(IP_TIMEOUT)
-            self._loop.call_soon_threadsafe(self._loop.stop)
-            self._thread.join(IP_TIMEOUT)
-        if not self._thread.is_alive():
-            self._loop.close()
-
-
 class Host:
     """One network namespace, its veth link to the root namespace, and a forwarder to
     PostgreSQL on the link's root-side address. Use as a context manager, or call
@@ -172,14 +101,14 @@ class Host:
         # Interface names are at most 15 characters.
         self.veth_root = f"djr{os.getpid() % 10**7}x{n}"[:15]
         self.veth_ns = f"djn{os.getpid() % 10**7}x{n}"[:15]
-        self.forwarder: Forwarder | None = None
+        self.forwarder: TcpProxy | None = None
         self._processes: list[subprocess.Popen[Any]] = []
         with _lock:  # two hosts made at once must not pick the same /24
             subnet = _free_subnet()
             self.root_addr, self.ns_addr = f"{subnet}.1", f"{subnet}.2"
             try:
                 self._create()
-                self.forwarder = Forwarder(self.root_addr, db_target).start()
+                self.forwarder = TcpProxy(*db_target, listen_host=self.root_addr)
             except BaseException:
                 self.close()
                 raise
@@ -249,7 +178,7 @@ class Host:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 process.wait(IP_TIMEOUT)
         if self.forwarder is not None:
-            self.forwarder.stop()
+            self.forwarder.close()
         # Deleting the namespace destroys its end of the pair, and with it the pair.
         _ip("netns", "del", self.name, check=False)
         _ip("link", "del", self.veth_root, check=False)
@@ -289,4 +218,4 @@ def reachable(host: Host, timeout: float = 5.0) -> bool:
     return done.returncode == 0
 
 
-__all__ = ["Forwarder", "Host", "hosts", "reachable", "skip_reason", "sweep_stale"]
+__all__ = ["Host", "hosts", "reachable", "skip_reason", "sweep_stale"]
