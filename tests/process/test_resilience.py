@@ -335,3 +335,34 @@ def test_task_finished_is_sent_for_a_job_whose_process_died_or_was_killed(start_
         line = f"Task id={result.id} path=testproject.example.tasks.{path} state=FAILED"
         assert log.count(line) == 1, log
     assert "state=READY" not in log  # the retry is not "finished"
+
+
+def test_an_unexpected_loop_error_stops_the_worker_cleanly_and_exits_1(start_worker, tmp_path):
+    # The loop raises while the job runs: the worker stops as on SIGTERM (the job gets
+    # its grace, then goes back to the queue), removes its row and exits with 1.
+    cue = tmp_path / "break-the-loop"
+    result = tasks.sleep_for.enqueue(60)
+    worker = start_worker(
+        "--concurrency",
+        "1",
+        "--grace",
+        "1",
+        env={
+            "JOBS_TASK_MODULES": "testproject.example.broken_loop",
+            "JOBS_BREAK_LOOP_WHEN": str(cue),
+        },
+    )
+    wait_for(
+        lambda: Job.objects.filter(pk=int(result.id), state="RUNNING").exists(),
+        timeout=30,
+        what="the job to start",
+    )
+    cue.touch()
+    assert worker.wait(timeout=20) == 1, worker.output()  # a process manager restarts it
+    log = worker.output()
+    assert "RuntimeError: the supervisor's loop is broken on purpose" in log
+    assert "Grace period of 1 s is over" in log
+    assert "stopped after" in log
+    row = Job.objects.get(pk=int(result.id))
+    assert (row.state, row.attempts, row.errors) == ("READY", 0, [])
+    assert not Worker.objects.exists()
