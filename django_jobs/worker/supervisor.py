@@ -470,8 +470,16 @@ class Supervisor:
         """Let the runners finish what runs (up to the grace), then stop them hard."""
         self.pool.stop()
         deadline = time.monotonic() + self.grace
+        timers = True
         while self.pool.alive and not self._aborting and time.monotonic() < deadline:
-            self._timers()
+            if timers:
+                try:
+                    self._timers()
+                except Exception:
+                    # Maybe what stopped the loop: the children must still be waited for
+                    # (or stopped), or they would run on unwatched after we exit.
+                    logger.exception("Heartbeat or schedules failed while stopping; going on")
+                    timers = False
             self._wait(min(0.2, max(0.0, deadline - time.monotonic())))
         if self.pool.alive:
             held = self.pool.running

@@ -253,25 +253,26 @@ def test_a_duration_past_the_calendar_is_refused_before_the_worker_starts(start_
     assert "timestamp out of range" not in log
 
 
-@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
-def test_runjobs_reload_stops_as_cleanly_as_runjobs(start_worker, signum):
-    # As a terminal's Ctrl-C (SIGINT) or a process manager (SIGTERM) would: the signal goes
-    # to the whole process group of `runjobs --reload`.
+def test_runjobs_reload_stops_on_ctrl_c_as_cleanly_as_runjobs(start_worker):
+    # As a terminal's Ctrl-C does: SIGINT to the whole process group of `runjobs --reload`.
+    # (SIGTERM to the group is the end of the next test.)
+    signum = signal.SIGINT
     result = tasks.sleep_for.enqueue(60)
     worker = start_worker("--reload", "--grace", "1", "--concurrency", "1", session=True)
+    reloaded: list[int] = []  # the worker the reloader runs, in a process group of its own
     try:
         wait_for(
             lambda: Job.objects.filter(pk=int(result.id), state="RUNNING").exists(),
             timeout=30,
             what="the job to start",
         )
-        reloaded = children_of(worker.pid)  # the worker the reloader runs
+        reloaded = children_of(worker.pid)
         assert Worker.objects.exists()
         time.sleep(0.3)
         os.killpg(worker.pid, signum)
         assert worker.wait(timeout=20) == 0, worker.output()
     finally:
-        for pid in children_of(worker.pid) + locals().get("reloaded", []):
+        for pid in children_of(worker.pid) + reloaded:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
     row = Job.objects.get(pk=int(result.id))
@@ -310,6 +311,7 @@ def test_runjobs_reload_restarts_on_a_change_and_gives_the_running_job_back(star
         )
         row = Job.objects.get(pk=int(result.id))
         assert row.attempts == 1  # given back without spending the first attempt
+        # Now SIGTERM to the process group, as a process manager may send it.
         os.killpg(worker.pid, signal.SIGTERM)
         assert worker.wait(timeout=20) == 0, worker.output()
     finally:
@@ -319,6 +321,9 @@ def test_runjobs_reload_restarts_on_a_change_and_gives_the_running_job_back(star
     log = worker.output()
     assert "changed: stopping the worker to restart it" in log, log
     assert log.count("stopped after") == 2, log  # the first worker, then the second
+    assert log.count("Got SIGTERM") == 1, log  # heard once, not once per process
+    row = Job.objects.get(pk=int(result.id))
+    assert (row.state, row.attempts, row.errors, row.worker_ids) == ("READY", 0, [], [])
     assert not Worker.objects.exists()
 
 
@@ -335,3 +340,34 @@ def test_task_finished_is_sent_for_a_job_whose_process_died_or_was_killed(start_
         line = f"Task id={result.id} path=testproject.example.tasks.{path} state=FAILED"
         assert log.count(line) == 1, log
     assert "state=READY" not in log  # the retry is not "finished"
+
+
+def test_an_unexpected_loop_error_stops_the_worker_cleanly_and_exits_1(start_worker, tmp_path):
+    # The loop raises while the job runs: the worker stops as on SIGTERM (the job gets
+    # its grace, then goes back to the queue), removes its row and exits with 1.
+    cue = tmp_path / "break-the-loop"
+    result = tasks.sleep_for.enqueue(60)
+    worker = start_worker(
+        "--concurrency",
+        "1",
+        "--grace",
+        "1",
+        env={
+            "JOBS_TASK_MODULES": "testproject.example.broken_loop",
+            "JOBS_BREAK_LOOP_WHEN": str(cue),
+        },
+    )
+    wait_for(
+        lambda: Job.objects.filter(pk=int(result.id), state="RUNNING").exists(),
+        timeout=30,
+        what="the job to start",
+    )
+    cue.touch()
+    assert worker.wait(timeout=20) == 1, worker.output()  # a process manager restarts it
+    log = worker.output()
+    assert "RuntimeError: the supervisor's loop is broken on purpose" in log
+    assert "Grace period of 1 s is over" in log
+    assert "stopped after" in log
+    row = Job.objects.get(pk=int(result.id))
+    assert (row.state, row.attempts, row.errors) == ("READY", 0, [])
+    assert not Worker.objects.exists()
