@@ -128,8 +128,10 @@ def test_supervisor_sigkill_is_rescued_by_another_worker(start_worker):
 
 def test_chaos_kills_lose_nothing_and_only_killed_work_runs_twice(start_worker):
     rng = random.Random(1234)
+    # 1,000 jobs of 10-60 ms: work for the five kills' 10 s and a little after; the long
+    # chaos run (scripts/chaos) covers more kinds of jobs and faults.
     tasks.chaos_step.enqueue_many(
-        [((rng.randint(10, 100), f"chaos-{n}"), {}) for n in range(2000)]
+        [((rng.randint(10, 60), f"chaos-{n}"), {}) for n in range(1000)]
     )
     args = ("--concurrency", "2")
     workers = [start_worker(*args, env=FAST_RESCUE) for _ in range(2)]
@@ -148,20 +150,23 @@ def test_chaos_kills_lose_nothing_and_only_killed_work_runs_twice(start_worker):
             workers.append(start_worker(*args, env=FAST_RESCUE))
         kills += 1
     wait_for(
-        lambda: states() == Counter({"SUCCESSFUL": 2000}),
+        lambda: states() == Counter({"SUCCESSFUL": 1000}),
         timeout=max(10.0, deadline - time.monotonic()),
         what=f"every job to succeed (now {states()})",
         interval=0.5,
     )
     runs = Counter(Execution.objects.values_list("key", flat=True))
-    assert len(runs) == 2000
+    assert len(runs) == 1000
     twice = [key for key, count in runs.items() if count > 1]
     killed_kinds = {
         "django_jobs.exceptions.WorkerLost",
         "django_jobs.exceptions.WorkerProcessDied",
     }
     for row in Job.objects.filter(args__1__in=twice):
-        assert row.attempts > 1
+        # A second run is either a new attempt after the kill (WorkerLost or
+        # WorkerProcessDied recorded), or a run the killed child finished but had not
+        # recorded yet: its claim was released, the attempt given back, no error written
+        # (docs/explanation/guarantees.md, "what is not promised").
         assert {e["exception_class_path"] for e in row.errors} <= killed_kinds, row.errors
     for worker in workers:
         if worker.popen.poll() is None:
