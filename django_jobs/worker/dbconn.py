@@ -40,6 +40,17 @@ def connect(alias: str, *, purpose: str) -> psycopg.Connection:
     return conn
 
 
+def through_pooler(conn: psycopg.Connection) -> bool:
+    """Whether ``conn`` reaches PostgreSQL through a pooler such as PgBouncer.
+
+    PostgreSQL tells a client its server process id when the connection opens; a
+    pooler answers with an id of its own, and the query then runs in whichever server
+    process the pooler lent. Directly (through any TCP proxy too) the two ids agree.
+    """
+    row = conn.execute("SELECT pg_backend_pid()").fetchone()
+    return row is not None and row[0] != conn.info.backend_pid
+
+
 class QueueConnection:
     """One long-lived connection that rides out outages instead of raising.
 
