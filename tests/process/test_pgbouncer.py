@@ -1,0 +1,175 @@
+"""Workers, a web process and the admin through a real PgBouncer in transaction mode.
+
+PgBouncer 1.18 (Debian 12's) in ``pool_mode = transaction``: a client holds a server
+connection for one transaction only, so session state, prepared statements and LISTEN
+do not carry over. The two supported ways to run behind it are tried: ``--no-listen``
+(polling), and LISTEN on a direct connection (``OPTIONS["LISTEN_DATABASE"]``). The
+fixture (``pgbouncer.py``) skips these tests where PgBouncer is not installed.
+"""
+
+import json
+import signal
+import subprocess
+import sys
+from collections import Counter
+from datetime import timedelta
+from itertools import pairwise
+
+import pytest
+from django.db import connection
+from django.utils import timezone
+
+from django_jobs.models import Job, Schedule, ScheduleRun
+from testproject.example import tasks
+from testproject.example.models import LedgerEntry
+
+from ..conftest import ROOT, wait_for
+from .pgbouncer import PgBouncer
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+FAST_RESCUE = {
+    "JOBS_HEARTBEAT_INTERVAL": "0.5",
+    "JOBS_WORKER_TIMEOUT": "2",
+    "JOBS_MAINTENANCE_INTERVAL": "0.5",
+    "JOBS_RETRY_BASE_DELAY": "0.1",
+}
+
+
+#: What a worker logs when something fails that is not a job's own error.
+TROUBLE = (
+    "Database unavailable",
+    "LISTEN connection lost",
+    "could be recorded",
+    "could not record",
+    "tick failed",
+    "Maintenance:",
+    "prepared statement",
+)
+
+
+def pooled_url(bouncer: PgBouncer, database_url: str) -> str:
+    # What Django's docs ask of a transaction-pooled database (and what W002 looks for).
+    return bouncer.url(database_url) + "?DISABLE_SERVER_SIDE_CURSORS=true"
+
+
+def states() -> Counter:
+    return Counter(Job.objects.values_list("state", flat=True))
+
+
+def listener_sessions() -> int:
+    """LISTEN sessions PostgreSQL holds for workers on the test database."""
+    with connection.cursor() as cur:
+        cur.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+            "AND application_name = 'django_jobs listener' AND query LIKE 'LISTEN %%'"
+        )
+        return cur.fetchone()[0]
+
+
+@pytest.mark.parametrize("listen", ["no-listen", "listen-direct"])
+def test_workers_and_the_admin_behind_pgbouncer(listen, pgbouncer, start_worker, database_url):
+    url = pooled_url(pgbouncer, database_url)
+    env = {**FAST_RESCUE, "DATABASE_URL": url}
+    if listen == "no-listen":
+        args = ["--no-listen", "--poll-interval", "0.2"]
+    else:
+        # The LISTEN connection goes straight to PostgreSQL; all else through PgBouncer.
+        args = []
+        env["JOBS_LISTEN_DATABASE_URL"] = database_url
+
+    # A supervisor killed in the middle of a job: another worker must rescue it.
+    long = tasks.sleep_for.using(max_attempts=2).enqueue(2)
+    doomed = start_worker("--queues", "slow", "--concurrency", "1", *args, env=env)
+    wait_for(
+        lambda: Job.objects.filter(pk=int(long.id), state="RUNNING").exists(),
+        timeout=30,
+        what=f"the long job to start; log:\n{doomed.output()}",
+    )
+    doomed.signal(signal.SIGKILL)
+    doomed.wait(timeout=10)
+
+    tasks.record.enqueue_many([((f"pgb-{n}",), {}) for n in range(1000)])
+    failing = tasks.always_fails.using(max_attempts=1).enqueue("fails behind PgBouncer")
+    schedule = Schedule.objects.create(
+        name="every-second",
+        task_path="testproject.example.tasks.add",
+        args=[40, 2],
+        interval_seconds=1,
+        misfire_policy="all",
+        max_catchup=100,
+        next_run_at=timezone.now() + timedelta(seconds=1),
+    )
+    workers = [start_worker("--concurrency", "2", *args, env=env) for _ in range(2)]
+    wait_for(
+        lambda: (
+            LedgerEntry.objects.count() == 1000
+            and Job.objects.filter(pk=int(long.id), state="SUCCESSFUL").exists()
+            and Job.objects.filter(pk=int(failing.id), state="FAILED").exists()
+        ),
+        timeout=60,
+        what=f"the jobs to finish (now {states()}); log:\n{workers[0].output()}",
+        interval=0.2,
+    )
+    assert listener_sessions() == (2 if listen == "listen-direct" else 0)
+
+    # A web process through PgBouncer: enqueue in transactions, the admin, an action.
+    web = subprocess.run(
+        [sys.executable, "-m", "tests.process.web_client", failing.id],
+        cwd=ROOT,
+        env={**env, "DATABASE_URL": url},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert web.returncode == 0, web.stdout + web.stderr
+    report = json.loads(web.stdout.splitlines()[-1])
+    assert report["pooled"], "the web process did not go through PgBouncer"
+    assert not Job.objects.filter(pk=report["rolled_back"]).exists()
+    assert set(report["pages"].values()) == {200}, report["pages"]
+    assert report["retry"] == 302
+    wait_for(
+        lambda: (
+            Job.objects.filter(pk=report["committed"], state="SUCCESSFUL").exists()
+            and Job.objects.filter(pk=int(failing.id), state="FAILED", attempts=2).exists()
+        ),
+        timeout=30,
+        what="the committed job, and the failed one again after the admin's retry",
+    )
+    runs = ScheduleRun.objects.filter(schedule=schedule)
+    wait_for(lambda: runs.count() >= 4, timeout=30, what="four fires of the schedule")
+
+    clients = {c["application_name"] for c in pgbouncer.clients()}
+    assert {"django_jobs worker", "django_jobs runner"} <= clients, clients
+    assert "django_jobs listener" not in clients
+    for worker in workers:
+        worker.signal(signal.SIGTERM)
+    for worker in workers:
+        assert worker.wait(timeout=30) == 0, worker.output()
+
+    records = Job.objects.filter(task_path="testproject.example.tasks.record")
+    assert Counter(records.values_list("state", "attempts")) == {("SUCCESSFUL", 1): 1000}
+    row = Job.objects.get(pk=int(long.id))
+    assert row.attempts == 2
+    assert row.errors[0]["exception_class_path"] == "django_jobs.exceptions.WorkerLost"
+    fire_times = list(runs.order_by("fire_at").values_list("fire_at", flat=True))
+    assert all(b - a == timedelta(seconds=1) for a, b in pairwise(fire_times)), fire_times
+    fired = Job.objects.filter(task_path="testproject.example.tasks.add", args=[40, 2])
+    assert sorted(runs.values_list("job_id", flat=True)) == sorted(
+        fired.values_list("id", flat=True)
+    )
+    # Nothing went wrong on the way: no lost connection, no failed round or record.
+    for worker in workers:
+        for sign in TROUBLE:
+            assert sign not in worker.output(), worker.output()
+
+
+def test_listen_through_pgbouncer_is_reported(pgbouncer, start_worker, database_url):
+    worker = start_worker(env={"DATABASE_URL": pooled_url(pgbouncer, database_url)})
+    wait_for(
+        lambda: "goes through a connection pooler" in worker.output(),
+        timeout=30,
+        what=f"the warning; log:\n{worker.output()}",
+    )
+    worker.signal(signal.SIGTERM)
+    assert worker.wait(timeout=20) == 0, worker.output()
