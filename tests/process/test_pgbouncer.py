@@ -12,8 +12,10 @@ import signal
 import subprocess
 import sys
 from collections import Counter
+from collections.abc import Callable
 from datetime import timedelta
 from itertools import pairwise
+from typing import Any
 
 import pytest
 from django.db import connection
@@ -21,9 +23,9 @@ from django.utils import timezone
 
 from django_jobs.models import Job, Schedule, ScheduleRun
 from testproject.example import tasks
-from testproject.example.models import LedgerEntry
+from testproject.example.models import Execution, LedgerEntry
 
-from ..conftest import ROOT, wait_for
+from ..conftest import ROOT, WorkerProcess, wait_for
 from .pgbouncer import PgBouncer
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -35,6 +37,15 @@ FAST_RESCUE = {
     "JOBS_RETRY_BASE_DELAY": "0.1",
 }
 
+
+#: A PgBouncer restart keeps workers from their database for a second or two: well
+#: under WORKER_TIMEOUT, so no live worker's jobs are rescued (and run twice) for it.
+OUTAGE_TIMING = {
+    "JOBS_HEARTBEAT_INTERVAL": "1",
+    "JOBS_WORKER_TIMEOUT": "10",
+    "JOBS_MAINTENANCE_INTERVAL": "1",
+    "JOBS_RETRY_BASE_DELAY": "0.1",
+}
 
 #: What a worker logs when something fails that is not a job's own error.
 TROUBLE = (
@@ -51,6 +62,17 @@ TROUBLE = (
 def pooled_url(bouncer: PgBouncer, database_url: str) -> str:
     # What Django's docs ask of a transaction-pooled database (and what W002 looks for).
     return bouncer.url(database_url) + "?DISABLE_SERVER_SIDE_CURSORS=true"
+
+
+def wait_showing(
+    workers: list[WorkerProcess], predicate: Callable[[], Any], timeout: float, what: str
+) -> None:
+    """``wait_for``, and on a timeout the workers' logs as they are then."""
+    try:
+        wait_for(predicate, timeout=timeout, what=what, interval=0.1)
+    except AssertionError as exc:
+        logs = "\n".join(f"── worker {w.pid}:\n{w.output()[-5000:]}" for w in workers)
+        raise AssertionError(f"{exc} (jobs: {states()})\n{logs}") from None
 
 
 def states() -> Counter:
@@ -81,10 +103,11 @@ def test_workers_and_the_admin_behind_pgbouncer(listen, pgbouncer, start_worker,
     # A supervisor killed in the middle of a job: another worker must rescue it.
     long = tasks.sleep_for.using(max_attempts=2).enqueue(2)
     doomed = start_worker("--queues", "slow", "--concurrency", "1", *args, env=env)
-    wait_for(
+    wait_showing(
+        [doomed],
         lambda: Job.objects.filter(pk=int(long.id), state="RUNNING").exists(),
         timeout=30,
-        what=f"the long job to start; log:\n{doomed.output()}",
+        what="the long job to start",
     )
     doomed.signal(signal.SIGKILL)
     doomed.wait(timeout=10)
@@ -101,15 +124,15 @@ def test_workers_and_the_admin_behind_pgbouncer(listen, pgbouncer, start_worker,
         next_run_at=timezone.now() + timedelta(seconds=1),
     )
     workers = [start_worker("--concurrency", "2", *args, env=env) for _ in range(2)]
-    wait_for(
+    wait_showing(
+        workers,
         lambda: (
             LedgerEntry.objects.count() == 1000
             and Job.objects.filter(pk=int(long.id), state="SUCCESSFUL").exists()
             and Job.objects.filter(pk=int(failing.id), state="FAILED").exists()
         ),
         timeout=60,
-        what=f"the jobs to finish (now {states()}); log:\n{workers[0].output()}",
-        interval=0.2,
+        what="the jobs to finish",
     )
     assert listener_sessions() == (2 if listen == "listen-direct" else 0)
 
@@ -166,10 +189,86 @@ def test_workers_and_the_admin_behind_pgbouncer(listen, pgbouncer, start_worker,
 
 def test_listen_through_pgbouncer_is_reported(pgbouncer, start_worker, database_url):
     worker = start_worker(env={"DATABASE_URL": pooled_url(pgbouncer, database_url)})
-    wait_for(
+    wait_showing(
+        [worker],
         lambda: "goes through a connection pooler" in worker.output(),
         timeout=30,
-        what=f"the warning; log:\n{worker.output()}",
+        what="the warning",
     )
     worker.signal(signal.SIGTERM)
     assert worker.wait(timeout=20) == 0, worker.output()
+
+
+def test_an_idle_worker_claims_again_after_pgbouncer_restarts(
+    pgbouncer, start_worker, database_url
+):
+    env = {**OUTAGE_TIMING, "DATABASE_URL": pooled_url(pgbouncer, database_url)}
+    worker = start_worker("--no-listen", "--poll-interval", "0.2", "--concurrency", "1", env=env)
+    first = tasks.add.enqueue(1, 1)
+    wait_for(
+        lambda: Job.objects.filter(pk=int(first.id), state="SUCCESSFUL").exists(),
+        timeout=30,
+        what="the first job",
+    )
+    # Idle, polling: its next claim fails while PgBouncer is away.
+    pgbouncer.restart(signal.SIGTERM, down_for=1.0)
+    after = tasks.add.enqueue(2, 2)
+    wait_showing(
+        [worker],
+        lambda: Job.objects.filter(pk=int(after.id), state="SUCCESSFUL").exists(),
+        timeout=20,
+        what="a job enqueued after the restart to run",
+    )
+    worker.signal(signal.SIGTERM)
+    assert worker.wait(timeout=20) == 0, worker.output()
+
+
+def test_restarting_pgbouncer_during_a_drain_loses_and_doubles_nothing(
+    pgbouncer, start_worker, database_url
+):
+    total = 2000
+    tasks.chaos_step.enqueue_many([((2, f"drain-{n}"), {}) for n in range(total)])
+    env = {**OUTAGE_TIMING, "DATABASE_URL": pooled_url(pgbouncer, database_url)}
+    args = ("--no-listen", "--poll-interval", "0.2", "--concurrency", "2")
+    workers = [start_worker(*args, env=env) for _ in range(2)]
+    done = Job.objects.filter(state="SUCCESSFUL")
+    restarts = []
+    # A safe shutdown (SIGINT: PgBouncer waits for open transactions to end), then an
+    # immediate one (SIGTERM: it closes every connection at once, transactions and all).
+    for signum, after in ((signal.SIGINT, total // 4), (signal.SIGTERM, total // 2)):
+        wait_for(
+            lambda n=after: done.count() >= n,
+            timeout=60,
+            what=f"{after} jobs done (now {states()})",
+            interval=0.1,
+        )
+        before = done.count()
+        pgbouncer.restart(signum, down_for=1.0)
+        restarts.append((signum.name, before))
+    wait_showing(
+        workers,
+        lambda: done.count() == total,
+        timeout=90,
+        what="every job to succeed (a job stuck RUNNING under a live worker?)",
+    )
+    for worker in workers:
+        worker.signal(signal.SIGTERM)
+    for worker in workers:
+        assert worker.wait(timeout=30) == 0, worker.output()
+
+    runs = Counter(Execution.objects.values_list("key", flat=True))
+    assert len(runs) == total, "a job succeeded without running"
+    twice = sorted(key for key, count in runs.items() if count > 1)
+    retried = Job.objects.filter(attempts__gt=1)
+    print(
+        f"\n{total} jobs through PgBouncer, restarts at {restarts}: "
+        f"{retried.count()} retried, {len(twice)} ran twice"
+    )
+    # No job ran more often than it was attempted, and a job ran twice only where
+    # PgBouncer cut its attempt off: that attempt is recorded as failed with the
+    # connection error (the task's own write may have committed just before).
+    for key, attempts, errors in Job.objects.values_list("args__1", "attempts", "errors"):
+        assert runs[key] <= attempts, (key, runs[key], attempts)
+        if runs[key] > 1:
+            kinds = {error["exception_class_path"] for error in errors}
+            assert kinds == {"django.db.utils.OperationalError"}, errors
