@@ -199,6 +199,23 @@ def test_listen_through_pgbouncer_is_reported(pgbouncer, start_worker, database_
     assert worker.wait(timeout=20) == 0, worker.output()
 
 
+def test_prepared_statements_through_pgbouncer_are_reported_and_survived(
+    pgbouncer, start_worker, database_url
+):
+    # psycopg prepares each statement on its first run (prepare_threshold=0); PgBouncer
+    # 1.18 then hands the next transaction another server connection, where the name is
+    # missing or taken. The tasks here touch no database; the workers' own statements do.
+    url = pooled_url(pgbouncer, database_url) + "&prepare_threshold=0"
+    tasks.add.enqueue_many([((n, n), {}) for n in range(300)])
+    args = ("--burst", "--no-listen", "--poll-interval", "0.2", "--concurrency", "2")
+    workers = [start_worker(*args, env={"DATABASE_URL": url}) for _ in range(2)]
+    wait_showing(workers, lambda: states() == Counter({"SUCCESSFUL": 300}), 30, "all jobs")
+    for worker in workers:
+        assert worker.wait(timeout=30) == 0, worker.output()
+    logs = "".join(worker.output() for worker in workers)
+    assert "does not keep prepared statements: remove 'prepare_threshold'" in logs, logs
+
+
 def test_an_idle_worker_claims_again_after_pgbouncer_restarts(
     pgbouncer, start_worker, database_url
 ):
