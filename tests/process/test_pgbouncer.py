@@ -17,11 +17,13 @@ from datetime import timedelta
 from itertools import pairwise
 from typing import Any
 
+import psycopg
 import pytest
 from django.db import connection
 from django.utils import timezone
 
 from django_jobs.models import Job, Schedule, ScheduleRun
+from django_jobs.protocol import NOTIFY_CHANNEL
 from testproject.example import tasks
 from testproject.example.models import Execution, LedgerEntry
 
@@ -137,15 +139,21 @@ def test_workers_and_the_admin_behind_pgbouncer(listen, pgbouncer, start_worker,
     assert listener_sessions() == (2 if listen == "listen-direct" else 0)
 
     # A web process through PgBouncer: enqueue in transactions, the admin, an action.
-    web = subprocess.run(
-        [sys.executable, "-m", "tests.process.web_client", failing.id],
-        cwd=ROOT,
-        env={**env, "DATABASE_URL": url},
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    # NOTIFYs sent through PgBouncer (the enqueue's, the schedule's, the retry's) reach a
+    # direct LISTEN such as the workers' with LISTEN_DATABASE.
+    with psycopg.connect(database_url, autocommit=True) as direct:
+        direct.execute(f"LISTEN {NOTIFY_CHANNEL}")
+        web = subprocess.run(
+            [sys.executable, "-m", "tests.process.web_client", failing.id],
+            cwd=ROOT,
+            env={**env, "DATABASE_URL": url},
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        heard = [note.payload for note in direct.notifies(timeout=5, stop_after=1)]
     assert web.returncode == 0, web.stdout + web.stderr
+    assert set(heard) == {"default"}, heard
     report = json.loads(web.stdout.splitlines()[-1])
     assert report["pooled"], "the web process did not go through PgBouncer"
     assert not Job.objects.filter(pk=report["rolled_back"]).exists()
