@@ -25,6 +25,10 @@ if "DATABASE_URL" not in os.environ:
 DATABASES = {"default": env.db("DATABASE_URL")}
 # The test suite makes its own database; name it after the configured one.
 DATABASES["default"].setdefault("TEST", {})
+# Behind PgBouncer in transaction mode (tests/process/test_pgbouncer.py): the LISTEN
+# connection's own, direct route to the same database.
+if os.environ.get("JOBS_LISTEN_DATABASE_URL"):
+    DATABASES["listen"] = env.db("JOBS_LISTEN_DATABASE_URL")
 
 INSTALLED_APPS = [
     "django.contrib.admin",
@@ -50,6 +54,7 @@ TASKS = {
             "WORKER_TIMEOUT": env.float("JOBS_WORKER_TIMEOUT", default=30.0),
             "MAINTENANCE_INTERVAL": env.float("JOBS_MAINTENANCE_INTERVAL", default=5.0),
             "RETRY_BASE_DELAY": env.float("JOBS_RETRY_BASE_DELAY", default=1.0),
+            "LISTEN_DATABASE": "listen" if "listen" in DATABASES else None,
             # The flow control examples; JOBS_TASK_MODULES= (empty) leaves them out.
             "TASK_MODULES": env.list(
                 "JOBS_TASK_MODULES", default=["testproject.example.flow_tasks"]

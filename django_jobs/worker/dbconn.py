@@ -17,8 +17,12 @@ from django.db import connections
 logger = logging.getLogger(__name__)
 
 
-def connect(alias: str, *, purpose: str) -> psycopg.Connection:
-    """Open an autocommit connection to database ``alias`` with Django's settings for it."""
+def connect(alias: str, *, purpose: str, prepare: bool = True) -> psycopg.Connection:
+    """Open an autocommit connection to database ``alias`` with Django's settings for it.
+
+    It prepares statements as the alias's ``OPTIONS["prepare_threshold"]`` says (Django:
+    never, by default), unless ``prepare`` is false.
+    """
     params = connections[alias].get_connection_params()
     # Django's adapter context and cursor class are for its ORM; we speak plain psycopg.
     params.pop("context", None)
@@ -33,11 +37,28 @@ def connect(alias: str, *, purpose: str) -> psycopg.Connection:
     params.setdefault("keepalives_idle", 10)
     params.setdefault("keepalives_interval", 5)
     params.setdefault("keepalives_count", 3)
+    if not prepare:
+        params["prepare_threshold"] = None
     conn = psycopg.connect(**params, autocommit=True)
-    # UTC like Django, and a name that shows up in pg_stat_activity.
-    conn.execute("SET TIME ZONE 'UTC'")
-    conn.execute("SELECT set_config('application_name', %s, false)", [f"django_jobs {purpose}"])
+    # UTC like Django, and a name that shows up in pg_stat_activity. Run once per
+    # connection, so never worth preparing.
+    conn.execute("SET TIME ZONE 'UTC'", prepare=False)
+    conn.execute(
+        "SELECT set_config('application_name', %s, false)", [f"django_jobs {purpose}"],
+        prepare=False,
+    )  # fmt: skip
     return conn
+
+
+def through_pooler(conn: psycopg.Connection) -> bool:
+    """Whether ``conn`` reaches PostgreSQL through a pooler such as PgBouncer.
+
+    PostgreSQL tells a client its server process id when the connection opens; a
+    pooler answers with an id of its own, and the query then runs in whichever server
+    process the pooler lent. Directly (through any TCP proxy too) the two ids agree.
+    """
+    row = conn.execute("SELECT pg_backend_pid()", prepare=False).fetchone()
+    return row is not None and row[0] != conn.info.backend_pid
 
 
 class QueueConnection:
@@ -69,6 +90,9 @@ class QueueConnection:
         self.down_since: float | None = None
         self._delay = 0.5
         self._conn: psycopg.Connection | None = None
+        #: Set once a prepared statement went missing: a pooler in between does not keep
+        #: them, so this connection stops preparing (see ``_pooled_statement``).
+        self._never_prepare = False
 
     @property
     def up(self) -> bool:
@@ -84,11 +108,19 @@ class QueueConnection:
             return False, None
         try:
             if self._conn is None or self._conn.closed:
-                self._conn = connect(self.alias, purpose=self.purpose)
+                self._conn = connect(
+                    self.alias, purpose=self.purpose, prepare=not self._never_prepare
+                )
             # Autocommit: each protocol statement is its own short transaction; the
             # statements of one flush need no atomicity between them (each is fenced).
             with self._conn.cursor() as cur:
                 value = work(cur)
+        except (
+            psycopg.errors.InvalidSqlStatementName,
+            psycopg.errors.DuplicatePreparedStatement,
+        ) as exc:
+            self._pooled_statement(exc)
+            return False, None
         except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
             self.close()
             if self.down_since is None:
@@ -110,6 +142,28 @@ class QueueConnection:
             self._delay = 0.5
             self.on_back()
         return True, value
+
+    def _pooled_statement(self, exc: psycopg.Error) -> None:
+        """A statement psycopg prepared (``prepare_threshold`` in the alias's OPTIONS) is
+        missing, or its name taken, on the server connection this one got: a pooler in
+        transaction mode (PgBouncer before 1.21) lent it another. The failed statement
+        did not run; try again at once on a connection that prepares nothing."""
+        if not self._never_prepare:
+            logger.error(
+                "Database %r: %s. A connection pooler in transaction mode (PgBouncer "
+                "before 1.21, or without max_prepared_statements) does not keep prepared "
+                "statements: remove 'prepare_threshold' from DATABASES[%r]['OPTIONS'] (or "
+                "set it to None), or the queries of tasks fail the same way. This "
+                "worker's own connection stops preparing statements.",
+                self.alias, str(exc).strip().splitlines()[0], self.alias,
+                extra={"action": "prepared_statement_lost"},
+            )  # fmt: skip
+        first = not self._never_prepare
+        self._never_prepare = True
+        self.close()
+        # At once the first time; should it come back on a connection that prepares
+        # nothing, it is something else: wait as for an outage rather than spin.
+        self.retry_at = 0.0 if first else time.monotonic() + self.max_delay
 
     def close(self) -> None:
         if self._conn is not None:

@@ -34,6 +34,7 @@ class Listener:
         self._thread = threading.Thread(target=self._run, name="django_jobs-listener", daemon=True)
         #: Set once the first LISTEN is in place (tests and benchmarks wait on it).
         self.listening = threading.Event()
+        self._pooler_checked = False
 
     def start(self) -> None:
         self._thread.start()
@@ -42,11 +43,28 @@ class Listener:
         self._stop.set()
         self._thread.join(timeout=5)
 
+    def _warn_pooled(self) -> None:
+        # A session-mode pool keeps LISTEN working; transaction and statement mode (the
+        # usual reason to run PgBouncer) lend the server connection to others between
+        # statements, and its notifications never reach this worker.
+        logger.warning(
+            "The LISTEN connection (database %r) goes through a connection pooler. Behind "
+            "PgBouncer in transaction or statement mode, LISTEN hears nothing and this "
+            "worker finds new jobs only when it polls. Set OPTIONS['LISTEN_DATABASE'] to "
+            "an alias that connects to PostgreSQL directly, or turn LISTEN off "
+            "(OPTIONS['LISTEN'] = False, or runjobs --no-listen) to poll on purpose.",
+            self.alias, extra={"action": "listen_through_pooler"},
+        )  # fmt: skip
+
     def _run(self) -> None:
         delay = 0.5
         while not self._stop.is_set():
             try:
                 with dbconn.connect(self.alias, purpose="listener") as conn:
+                    if not self._pooler_checked:
+                        self._pooler_checked = True
+                        if dbconn.through_pooler(conn):
+                            self._warn_pooled()
                     conn.execute(f"LISTEN {NOTIFY_CHANNEL}")
                     if self.on_cancel is not None:
                         conn.execute(f"LISTEN {CANCEL_CHANNEL}")

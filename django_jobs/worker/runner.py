@@ -276,7 +276,12 @@ class Runner:
 
     def _capacity(self) -> int:
         """How many jobs to claim now: free slots, plus a prefetch for short jobs."""
-        if self.stopping or self.retiring or not self.db.up or self._fenced():
+        # Not gated on the connection being up: while the database is away the claim
+        # returns nothing at no cost until the connection's next retry, and it is what
+        # tries again. An idle runner (no outcomes to write) whose claim failed would
+        # otherwise never reconnect: it would never claim again, and never release the
+        # jobs a claim committed without its reply reaching us.
+        if self.stopping or self.retiring or self._fenced():
             return 0
         in_flight = self.running
         extra = 0

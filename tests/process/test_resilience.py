@@ -130,9 +130,7 @@ def test_chaos_kills_lose_nothing_and_only_killed_work_runs_twice(start_worker):
     rng = random.Random(1234)
     # 1,000 jobs of 10-60 ms: work for the five kills' 10 s and a little after; the long
     # chaos run (scripts/chaos) covers more kinds of jobs and faults.
-    tasks.chaos_step.enqueue_many(
-        [((rng.randint(10, 60), f"chaos-{n}"), {}) for n in range(1000)]
-    )
+    tasks.chaos_step.enqueue_many([((rng.randint(10, 60), f"chaos-{n}"), {}) for n in range(1000)])
     args = ("--concurrency", "2")
     workers = [start_worker(*args, env=FAST_RESCUE) for _ in range(2)]
     deadline = time.monotonic() + 150
