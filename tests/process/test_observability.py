@@ -4,6 +4,7 @@ verified, and the trace its children continue, all from one worker run."""
 import json
 import signal
 import socket
+import time
 import urllib.request
 
 import pytest
@@ -11,7 +12,8 @@ from opentelemetry import trace
 from prometheus_client.parser import text_string_to_metric_families
 
 from django_jobs.integrations import tracing
-from django_jobs.models import Job, WebhookDelivery
+from django_jobs.metrics import gauges
+from django_jobs.models import Job, WebhookDelivery, Worker
 from django_jobs.webhooks import signing
 from testproject.example import tasks
 
@@ -72,6 +74,13 @@ def test_a_worker_serves_metrics_delivers_webhooks_and_continues_traces(start_wo
     )  # fmt: skip
     add = {**DEFAULT, "task": "testproject.example.tasks.add"}
     fails = {**DEFAULT, "task": "testproject.example.tasks.fails_with"}
+    # Each child registers a row of its own ("<supervisor id>/<pid>"): the worker gauges
+    # must count the one runjobs process and its 2 slots once they are all there.
+    wait_for(
+        lambda: Worker.objects.filter(id__contains="/").count() == 2, 30,
+        "both children to register",
+    )  # fmt: skip
+    children_registered = time.monotonic()
 
     def counted() -> dict | None:
         try:
@@ -80,11 +89,11 @@ def test_a_worker_serves_metrics_delivers_webhooks_and_continues_traces(start_wo
             return None
         # Children hand their counts over once a second: wait for the last of them.
         # The gauges are cached for a few seconds: also wait for a reading taken after
-        # the worker registered.
+        # the children registered.
         done = (
             value(samples, "django_jobs_jobs_started_total", **add) == 22
             and value(samples, "django_jobs_jobs_failed_total", **fails) == 2
-            and value(samples, "django_jobs_workers_alive", backend="default") == 1
+            and time.monotonic() > children_registered + gauges.TTL + 0.5
         )
         return samples if done else None
 
