@@ -18,6 +18,7 @@ from typing import Any
 from django.http import HttpRequest
 from django.middleware.csrf import CsrfViewMiddleware
 from django.utils import timezone
+from django.utils.text import capfirst
 
 from ..conf import jobs_settings
 from ..models import ApiToken
@@ -27,12 +28,12 @@ TOKEN_PREFIX = "djj_"  # noqa: S105 - a marker, not a secret
 #: last_used_at is written at most this often per token.
 TOUCH_EVERY = timedelta(minutes=1)
 
-#: Scope -> (token flag, permission a session user needs).
+#: Scope -> (token flag, permission a session user needs, what it allows: for messages).
 SCOPES = {
-    "read": ("can_read", "django_jobs.view_job"),
-    "enqueue": ("can_enqueue", "django_jobs.add_job"),
-    "cancel": ("can_cancel", "django_jobs.cancel_job"),
-    "metrics": ("can_scrape_metrics", "django_jobs.view_job"),
+    "read": ("can_read", "django_jobs.view_job", "read jobs"),
+    "enqueue": ("can_enqueue", "django_jobs.add_job", "enqueue jobs"),
+    "cancel": ("can_cancel", "django_jobs.cancel_job", "cancel jobs"),
+    "metrics": ("can_scrape_metrics", "django_jobs.view_job", "scrape the metrics"),
 }
 
 
@@ -61,20 +62,22 @@ class Caller:
 
     def require(self, scope: str) -> None:
         """Raise 403 unless the caller may do ``scope``."""
-        flag, permission = SCOPES[scope]
+        flag, permission, action = SCOPES[scope]
         if self.token is not None:
             if not getattr(self.token, flag):
+                label = ApiToken._meta.get_field(flag).verbose_name
                 raise ApiError(
                     403,
                     "missing_scope",
-                    f"The {self.name} may not {scope}: turn on {flag!r} for it in the admin "
-                    "(API tokens), or use a token that has it.",
+                    f"The {self.name} may not {action}: it lacks the scope {flag!r}. Turn on "
+                    f"{capfirst(label)!r} for it in the admin (API tokens), or use a token "
+                    "that has it.",
                 )
         elif not self.user.has_perm(permission):
             raise ApiError(
                 403,
                 "missing_permission",
-                f"The {self.name} lacks the permission {permission!r} needed to {scope}.",
+                f"The {self.name} may not {action}: it lacks the permission {permission!r}.",
             )
 
     def covers(self, task_path: str) -> bool:

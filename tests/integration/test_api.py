@@ -57,6 +57,23 @@ def error_code(body: dict, schema_check: bool = True) -> str:
     return body["error"]["code"]
 
 
+def test_the_metrics_view_names_the_scope_a_token_lacks():
+    token = make_token("no-metrics")
+    response = Client().get("/metrics", HTTP_AUTHORIZATION=f"Bearer {token}")
+    assert response.status_code == 403
+    error = response.json()["error"]
+    assert error["code"] == "missing_scope"
+    assert error["message"] == (
+        "The token 'no-metrics' may not scrape the metrics: it lacks the scope "
+        "'can_scrape_metrics'. Turn on 'Can scrape metrics' for it in the admin (API "
+        "tokens), or use a token that has it."
+    )
+    ApiToken.objects.filter(name="no-metrics").update(can_scrape_metrics=True)
+    response = Client().get("/metrics", HTTP_AUTHORIZATION=f"Bearer {token}")
+    assert response.status_code == 200
+    assert b"django_jobs_gauges_up" in response.content
+
+
 def test_enqueue_read_and_list_with_a_token():
     token = make_token()
     response, body = call("post", "/jobs/", token, {"task": "testproject.example.tasks.add",
