@@ -237,6 +237,43 @@ def test_cancel_ends_a_waiting_job_and_asks_a_running_one_to_stop():
     assert (response.status_code, error_code(body)) == (405, "method_not_allowed")
 
 
+def documented(method: str, path: str, status: int) -> bool:
+    """Whether the OpenAPI description lists ``status`` for the operation."""
+    return str(status) in SPEC["paths"][path][method]["responses"]
+
+
+def test_the_tasks_list_gives_the_effective_max_attempts_and_needs_a_scope():
+    token = make_token()
+    response, listed = call("get", "/tasks/", token)
+    conforms(listed, "TaskList")
+    by_path = {t["task"]: t for t in listed["tasks"]}
+    # add sets no max_attempts: its jobs get the backend's MAX_ATTEMPTS, as listed.
+    job = Job.objects.get(pk=int(tasks.add.enqueue(1, 1).id))
+    assert by_path["testproject.example.tasks.add"]["max_attempts"] == job.max_attempts
+    assert isinstance(job.max_attempts, int)
+
+    # Neither read nor enqueue (a token for cancels only): no catalogue of tasks.
+    canceller = make_token("canceller", can_read=False, can_enqueue=False)
+    response, body = call("get", "/tasks/", canceller)
+    assert (response.status_code, error_code(body)) == (403, "missing_scope")
+    assert body["error"]["message"].startswith(
+        "The token 'canceller' may not list the tasks: it lacks the scope 'can_read' or "
+        "'can_enqueue'."
+    )
+    assert documented("get", "/tasks/", 403)
+    # An enqueue-only token may still list what it can enqueue.
+    enqueuer = make_token("enqueuer", can_read=False, can_cancel=False)
+    assert call("get", "/tasks/", enqueuer)[0].status_code == 200
+
+    response, body = call("post", "/tasks/", token, {})
+    assert (response.status_code, error_code(body)) == (405, "method_not_allowed")
+    assert response["Allow"] == "GET"
+    assert documented("get", "/tasks/", 405)
+    response, body = call("delete", f"/jobs/{job.pk}/", token)
+    assert (response.status_code, error_code(body)) == (405, "method_not_allowed")
+    assert documented("get", "/jobs/{job_id}/", 405)
+
+
 def test_list_filters_are_checked():
     token = make_token()
     for query, code in (
