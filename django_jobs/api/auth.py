@@ -18,6 +18,7 @@ from typing import Any
 from django.http import HttpRequest
 from django.middleware.csrf import CsrfViewMiddleware
 from django.utils import timezone
+from django.utils.text import capfirst
 
 from ..conf import jobs_settings
 from ..models import ApiToken
@@ -27,12 +28,12 @@ TOKEN_PREFIX = "djj_"  # noqa: S105 - a marker, not a secret
 #: last_used_at is written at most this often per token.
 TOUCH_EVERY = timedelta(minutes=1)
 
-#: Scope -> (token flag, permission a session user needs).
+#: Scope -> (token flag, permission a session user needs, what it allows: for messages).
 SCOPES = {
-    "read": ("can_read", "django_jobs.view_job"),
-    "enqueue": ("can_enqueue", "django_jobs.add_job"),
-    "cancel": ("can_cancel", "django_jobs.cancel_job"),
-    "metrics": ("can_scrape_metrics", "django_jobs.view_job"),
+    "read": ("can_read", "django_jobs.view_job", "read jobs"),
+    "enqueue": ("can_enqueue", "django_jobs.add_job", "enqueue jobs"),
+    "cancel": ("can_cancel", "django_jobs.cancel_job", "cancel jobs"),
+    "metrics": ("can_scrape_metrics", "django_jobs.view_job", "scrape the metrics"),
 }
 
 
@@ -59,23 +60,38 @@ class Caller:
             return f"token {self.token.name!r}"
         return f"user {self.user.get_username()!r}"
 
-    def require(self, scope: str) -> None:
-        """Raise 403 unless the caller may do ``scope``."""
-        flag, permission = SCOPES[scope]
+    def may(self, scope: str) -> bool:
+        """Whether the caller may do ``scope`` (a key of SCOPES)."""
+        flag, permission, _ = SCOPES[scope]
         if self.token is not None:
-            if not getattr(self.token, flag):
-                raise ApiError(
-                    403,
-                    "missing_scope",
-                    f"The {self.name} may not {scope}: turn on {flag!r} for it in the admin "
-                    "(API tokens), or use a token that has it.",
-                )
-        elif not self.user.has_perm(permission):
+            return bool(getattr(self.token, flag))
+        return bool(self.user.has_perm(permission))
+
+    def require(self, scope: str, *or_scopes: str, action: str | None = None) -> None:
+        """Raise 403 unless the caller may do ``scope``, or one of ``or_scopes``.
+
+        ``action`` says what is refused (by default, what the scopes allow)."""
+        scopes = (scope, *or_scopes)
+        if any(self.may(s) for s in scopes):
+            return
+        action = action or " or ".join(SCOPES[s][2] for s in scopes)
+        if self.token is not None:
+            flags = " or ".join(repr(SCOPES[s][0]) for s in scopes)
+            labels = " or ".join(
+                repr(capfirst(ApiToken._meta.get_field(SCOPES[s][0]).verbose_name)) for s in scopes
+            )
             raise ApiError(
                 403,
-                "missing_permission",
-                f"The {self.name} lacks the permission {permission!r} needed to {scope}.",
+                "missing_scope",
+                f"The {self.name} may not {action}: it lacks the scope {flags}. Turn on "
+                f"{labels} for it in the admin (API tokens), or use a token that has it.",
             )
+        permissions = " or ".join(repr(SCOPES[s][1]) for s in scopes)
+        raise ApiError(
+            403,
+            "missing_permission",
+            f"The {self.name} may not {action}: it lacks the permission {permissions}.",
+        )
 
     def covers(self, task_path: str) -> bool:
         """Whether the caller may act on jobs of ``task_path`` (a session: every task)."""

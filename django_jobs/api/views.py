@@ -19,7 +19,7 @@ from django.urls import reverse
 from django.utils.dateparse import parse_datetime
 from django.views.decorators.csrf import csrf_exempt
 
-from .. import registry
+from .. import policy, registry
 from ..backend import JobsBackend, jobs_backends, jobs_database
 from ..codec import call_problem
 from ..compat import InvalidTask, Task
@@ -334,7 +334,9 @@ def _with_options(task: Task, body: dict[str, Any]) -> Task:
 
 @endpoint(("GET",))
 def tasks(request: HttpRequest, caller: Caller) -> HttpResponse:
-    """The tasks the caller may enqueue, with their parameters."""
+    """The tasks the caller may act on, with their parameters (for a caller that may
+    read or enqueue jobs)."""
+    caller.require("read", "enqueue", action="list the tasks")
     _discover()
     listed = []
     for path in registry.registered_paths():
@@ -346,12 +348,20 @@ def tasks(request: HttpRequest, caller: Caller) -> HttpResponse:
                 "task": path,
                 "queue": task.queue_name,
                 "priority": task.priority,
-                "max_attempts": getattr(task, "max_attempts", None),
+                "max_attempts": _max_attempts(task),
                 "parameters": _parameters(task),
                 "doc": inspect.getdoc(task.func) or "",
             }
         )
     return JsonResponse({"tasks": listed})
+
+
+def _max_attempts(task: Task) -> int | None:
+    """The attempts its jobs get: the task's own, or else its backend's MAX_ATTEMPTS."""
+    backend = task.get_backend()
+    if isinstance(backend, JobsBackend):
+        return policy.default_max_attempts(task, backend.jobs_options)
+    return getattr(task, "max_attempts", None)
 
 
 def _parameters(task: Task) -> list[dict[str, Any]]:

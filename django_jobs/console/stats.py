@@ -490,10 +490,13 @@ SELECT queue_name, count(*) FROM {TABLE} WHERE state = 'BLOCKED' GROUP BY queue_
 RUNNING_BY_BACKEND = f"""
 SELECT backend, count(*) FROM {TABLE} WHERE state = 'RUNNING' GROUP BY backend
 """
-# The worker table has a row per live worker and the recently dead: read it whole.
+# The worker table has a row per live worker and the recently dead: read it whole, but
+# only the supervisors' rows. A child's row ("<supervisor id>/<pid>") is part of its
+# supervisor, whose concurrency already counts the child's slots.
 WORKERS_SEEN = """
 SELECT backend, concurrency, extract(epoch FROM now() - last_heartbeat), lost_at IS NOT NULL
 FROM django_jobs_worker
+WHERE strpos(id, '/') = 0
 """
 
 
@@ -542,7 +545,8 @@ def depths(queues: list[str] | None = None, using: str | None = None) -> Depths:
 
 
 def workers_seen(using: str | None = None) -> list[tuple[str, int, float, bool]]:
-    """(backend, slots, seconds since the last heartbeat, declared lost) per worker row."""
+    """(backend, slots, seconds since the last heartbeat, declared lost) per ``runjobs``
+    process (its supervisor's row; the rows of its children are not counted again)."""
     with _cursor(using) as cur:
         cur.execute(WORKERS_SEEN)
         return [(b, c, float(age), lost) for b, c, age, lost in cur.fetchall()]

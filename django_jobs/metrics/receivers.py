@@ -13,6 +13,7 @@ from typing import Any
 
 from .. import instrumentation, signals
 from ..compat import TaskResultStatus, task_enqueued, task_finished, task_started
+from ..states import JobState
 from ..tally import TALLY
 
 ENQUEUED = "jobs_enqueued"
@@ -32,12 +33,14 @@ WAIT_SECONDS = "job_queue_wait_seconds"
 COUNTERS = {
     ENQUEUED: "Jobs enqueued by this process.",
     STARTED: "Attempts started (the task function was called).",
-    SUCCEEDED: "Jobs that finished SUCCESSFUL.",
-    FAILED: "Jobs that finished FAILED (no attempt left, or not retryable).",
+    SUCCEEDED: "Jobs that ended SUCCESSFUL.",
+    FAILED: "Jobs that ended FAILED (no attempt left, not retryable, killed or crashed on "
+    "the last attempt); not those a rescue failed.",
     RETRIED: "Failed attempts that will be retried.",
     SNOOZED: "Attempts that asked to run later (Snooze).",
     RESCUED: "RUNNING jobs of lost workers moved back to READY or to FAILED.",
-    CANCELLED: "Jobs cancelled by an operator or over the HTTP API.",
+    CANCELLED: "Jobs that ended CANCELLED: before they started (counted where cancelled), "
+    "or while running (counted by the worker).",
 }
 HISTOGRAMS = {
     RUN_SECONDS: "Seconds the task function ran, per attempt.",
@@ -58,9 +61,13 @@ def on_started(sender: Any, task_result: Any, **kwargs: Any) -> None:
     TALLY.add(STARTED, _labels(task_result))
 
 
-def on_finished(sender: Any, task_result: Any, **kwargs: Any) -> None:
+def on_finished(sender: Any, task_result: Any, state: str | None = None, **kwargs: Any) -> None:
     # Only final states come here; retries and snoozes are counted by our own signals.
-    if task_result.status == TaskResultStatus.SUCCESSFUL:
+    # A job that ended CANCELLED has status FAILED: our worker sends its exact state too
+    # (from a child, or from the supervisor for one killed after its cancel grace).
+    if state == JobState.CANCELLED:
+        TALLY.add(CANCELLED, _labels(task_result))
+    elif task_result.status == TaskResultStatus.SUCCESSFUL:
         TALLY.add(SUCCEEDED, _labels(task_result))
     elif task_result.status == TaskResultStatus.FAILED:
         TALLY.add(FAILED, _labels(task_result))

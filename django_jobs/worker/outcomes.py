@@ -201,7 +201,9 @@ def send_finished(backend: JobsBackend, outcome: Outcome, state: str, finished_a
     if finished_wanted:
         # Robustly, like our own signals: the outcome is recorded already, and a receiver
         # that raises must not take the runner's thread (or the child) down with it.
-        signals.send(task_finished, type(backend), task_result=result)
+        # ``state``: the table's exact state, which ``status`` cannot say (CANCELLED is
+        # FAILED there); receivers accept **kwargs, so Django's own ignore it.
+        signals.send(task_finished, type(backend), task_result=result, state=str(state))
     if follow_up is signals.job_snoozed:
         signals.send(follow_up, type(backend), task_result=result, delay=outcome.delay)
     elif follow_up is not None:
@@ -235,7 +237,7 @@ def announce_recorded(
         logger.warning("Job %s: could not read its result to signal it", job_id, exc_info=True)
         return
     if final:
-        signals.send(task_finished, type(backend), task_result=result)
+        signals.send(task_finished, type(backend), task_result=result, state=str(state))
     else:
         signals.send(
             signals.job_retrying, type(backend),

@@ -52,6 +52,9 @@ from .pool import ChildGone, InProcessPool, ProcessPool
 
 logger = logging.getLogger(__name__)
 
+#: The stop summary's count of each state a failure the supervisor records can reach.
+_STAT_OF_STATE = {"FAILED": "failed", "READY": "retried", "CANCELLED": "cancelled"}
+
 # Put on the event queue to wake the loop (a signal).
 _WAKE = ("wake",)
 # Put on the event queue after each heartbeat the database confirmed.
@@ -159,6 +162,8 @@ class Supervisor:
         )
         #: Children gone whose jobs still have to be recorded (the database was away).
         self._gone: list[ChildGone] = []
+        #: Outcomes recorded here for jobs whose child died (for the stop summary).
+        self._settled = {"failed": 0, "retried": 0, "cancelled": 0}
         #: Cancel requests handed to the pool: (job id, attempt), and a reason to look.
         self._cancelling: set[tuple[int, int]] = set()
         self._cancel_heard = False
@@ -171,8 +176,12 @@ class Supervisor:
 
     @property
     def stats(self) -> WorkerStats:
-        """What the runners did, summed (children that are gone included)."""
-        return WorkerStats(**self.pool.totals(), started_at=self.started_at)
+        """What the runners did, summed (children that are gone included), and what this
+        process recorded for children that died running a job."""
+        totals = self.pool.totals()
+        for name, count in self._settled.items():
+            totals[name] += count
+        return WorkerStats(**totals, started_at=self.started_at)
 
     # ── lifecycle ────────────────────────────────────────────────────────────
 
@@ -403,11 +412,13 @@ class Supervisor:
             # Once committed, as for any other outcome: task_finished if final.
             for f in failures:
                 if f.job_id in failed:
+                    self._settled[_STAT_OF_STATE[failed[f.job_id][0]]] += 1
                     announce_recorded(
                         self.backend, f.job_id, failed[f.job_id][0], f.error_json, f.retry_in
                     )
             for s in stopped:
                 if s.job_id in ended:
+                    self._settled["cancelled"] += 1
                     announce_recorded(self.backend, s.job_id, "CANCELLED", s.error_json, None)
             if released and not gone.shutdown:
                 logger.info(

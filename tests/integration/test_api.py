@@ -57,6 +57,23 @@ def error_code(body: dict, schema_check: bool = True) -> str:
     return body["error"]["code"]
 
 
+def test_the_metrics_view_names_the_scope_a_token_lacks():
+    token = make_token("no-metrics")
+    response = Client().get("/metrics", HTTP_AUTHORIZATION=f"Bearer {token}")
+    assert response.status_code == 403
+    error = response.json()["error"]
+    assert error["code"] == "missing_scope"
+    assert error["message"] == (
+        "The token 'no-metrics' may not scrape the metrics: it lacks the scope "
+        "'can_scrape_metrics'. Turn on 'Can scrape metrics' for it in the admin (API "
+        "tokens), or use a token that has it."
+    )
+    ApiToken.objects.filter(name="no-metrics").update(can_scrape_metrics=True)
+    response = Client().get("/metrics", HTTP_AUTHORIZATION=f"Bearer {token}")
+    assert response.status_code == 200
+    assert b"django_jobs_gauges_up" in response.content
+
+
 def test_enqueue_read_and_list_with_a_token():
     token = make_token()
     response, body = call("post", "/jobs/", token, {"task": "testproject.example.tasks.add",
@@ -218,6 +235,43 @@ def test_cancel_ends_a_waiting_job_and_asks_a_running_one_to_stop():
     assert response.status_code == 404
     response, body = call("delete", f"/jobs/{waiting.id}/", token)
     assert (response.status_code, error_code(body)) == (405, "method_not_allowed")
+
+
+def documented(method: str, path: str, status: int) -> bool:
+    """Whether the OpenAPI description lists ``status`` for the operation."""
+    return str(status) in SPEC["paths"][path][method]["responses"]
+
+
+def test_the_tasks_list_gives_the_effective_max_attempts_and_needs_a_scope():
+    token = make_token()
+    response, listed = call("get", "/tasks/", token)
+    conforms(listed, "TaskList")
+    by_path = {t["task"]: t for t in listed["tasks"]}
+    # add sets no max_attempts: its jobs get the backend's MAX_ATTEMPTS, as listed.
+    job = Job.objects.get(pk=int(tasks.add.enqueue(1, 1).id))
+    assert by_path["testproject.example.tasks.add"]["max_attempts"] == job.max_attempts
+    assert isinstance(job.max_attempts, int)
+
+    # Neither read nor enqueue (a token for cancels only): no catalogue of tasks.
+    canceller = make_token("canceller", can_read=False, can_enqueue=False)
+    response, body = call("get", "/tasks/", canceller)
+    assert (response.status_code, error_code(body)) == (403, "missing_scope")
+    assert body["error"]["message"].startswith(
+        "The token 'canceller' may not list the tasks: it lacks the scope 'can_read' or "
+        "'can_enqueue'."
+    )
+    assert documented("get", "/tasks/", 403)
+    # An enqueue-only token may still list what it can enqueue.
+    enqueuer = make_token("enqueuer", can_read=False, can_cancel=False)
+    assert call("get", "/tasks/", enqueuer)[0].status_code == 200
+
+    response, body = call("post", "/tasks/", token, {})
+    assert (response.status_code, error_code(body)) == (405, "method_not_allowed")
+    assert response["Allow"] == "GET"
+    assert documented("get", "/tasks/", 405)
+    response, body = call("delete", f"/jobs/{job.pk}/", token)
+    assert (response.status_code, error_code(body)) == (405, "method_not_allowed")
+    assert documented("get", "/jobs/{job_id}/", 405)
 
 
 def test_list_filters_are_checked():

@@ -17,6 +17,7 @@ from django_jobs.integrations import tracing
 from django_jobs.metrics import gauges
 from django_jobs.metrics.exposition import JobsCollector
 from django_jobs.models import Job
+from django_jobs.protocol import workers as worker_protocol
 from django_jobs.tally import Tally
 from testproject.example import tasks
 
@@ -157,6 +158,22 @@ def test_metrics_count_what_the_worker_did():
     assert samples["django_jobs_queue_oldest_ready_age_seconds"][(("queue", "default"),)] >= 0
     assert samples["django_jobs_queue_counts_estimated"][()] == 0
     assert samples["django_jobs_gauges_up"][()] == 1
+
+
+def test_worker_gauges_count_each_runjobs_process_once():
+    # One runjobs --concurrency 2: the supervisor's row (its slots) and a row per child.
+    with connection.cursor() as cur:
+        for worker_id, concurrency in (("h:1:a", 2), ("h:1:a/2", 1), ("h:1:a/3", 1)):
+            worker_protocol.register_worker(
+                cur, worker_id=worker_id, backend="default", host="h", pid=1, queues=None,
+                concurrency=concurrency, version="test",
+            )  # fmt: skip
+    gauges.forget()
+    try:
+        reading = gauges.read()
+    finally:
+        gauges.forget()
+    assert reading.workers["default"] == (1, 2, 0)
 
 
 def test_a_tally_merges_what_a_child_took():
