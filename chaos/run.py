@@ -26,6 +26,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tests.process.timings import children_of
+
 from .cluster import Cluster, PgBouncer
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -45,14 +47,6 @@ PARTITION_SECONDS = 2.5 * WORKER_TIMEOUT  # long enough to be rescued, and to co
 LONG_SECONDS = 2 * WORKER_TIMEOUT
 EVENTS = ("kill_child", "kill_supervisor", "sigterm", "pg_restart", "pgbouncer_restart",
           "partition")  # fmt: skip
-
-
-def children_of(pid: int) -> list[int]:
-    try:
-        with open(f"/proc/{pid}/task/{pid}/children") as f:
-            return [int(p) for p in f.read().split()]
-    except OSError:
-        return []
 
 
 @dataclass

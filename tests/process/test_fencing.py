@@ -22,15 +22,9 @@ from testproject.example.models import LedgerEntry
 
 from ..conftest import wait_for
 from .tcpproxy import proxy_to
+from .timings import FENCE_TIMINGS
 
 pytestmark = pytest.mark.django_db(transaction=True)
-
-TIMINGS = {
-    "JOBS_HEARTBEAT_INTERVAL": "1",
-    "JOBS_WORKER_TIMEOUT": "4",
-    "JOBS_MAINTENANCE_INTERVAL": "1",
-    "JOBS_RETRY_BASE_DELAY": "0.1",
-}
 
 
 def attempts_by_job(log: Path) -> dict[int, dict[int, tuple[float, float]]]:
@@ -84,7 +78,7 @@ def test_a_worker_cut_off_stops_its_job_before_the_rescue_runs_it_again(
     with proxy_to(db.hostname or "127.0.0.1", db.port or 5432) as proxy:
         cut_off = start_worker(
             "--concurrency", "1", "-v", "2",
-            env={**TIMINGS, "DATABASE_URL": through(database_url, proxy.port)},
+            env={**FENCE_TIMINGS, "DATABASE_URL": through(database_url, proxy.port)},
         )  # fmt: skip
         result = tasks.timed_attempt.enqueue(seconds=6, log_path=str(log))
         wait_for(
@@ -93,7 +87,7 @@ def test_a_worker_cut_off_stops_its_job_before_the_rescue_runs_it_again(
 
         proxy.hold()
         cut_at = time.time()
-        rescuer = start_worker("--concurrency", "1", env=TIMINGS)
+        rescuer = start_worker("--concurrency", "1", env=FENCE_TIMINGS)
         wait_for(
             lambda: 2 in attempts_by_job(log).get(int(result.id), {}), 30, "the rescued attempt"
         )
@@ -152,7 +146,7 @@ def test_with_the_threads_pool_a_cut_off_worker_exits_at_its_fence(
     with proxy_to(db.hostname or "127.0.0.1", db.port or 5432) as proxy:
         cut_off = start_worker(
             "--pool", "threads",
-            env={**TIMINGS, "DATABASE_URL": through(database_url, proxy.port)},
+            env={**FENCE_TIMINGS, "DATABASE_URL": through(database_url, proxy.port)},
         )  # fmt: skip
         result = tasks.timed_attempt.enqueue(seconds=20, log_path=str(log))
         wait_for(

@@ -13,7 +13,7 @@ from testproject.example import flow_tasks, tasks
 from testproject.example.models import Execution
 
 from ..conftest import wait_for
-from .test_resilience import FAST_RESCUE
+from .timings import FAST_RESCUE
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

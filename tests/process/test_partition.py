@@ -29,16 +29,10 @@ from testproject.example.models import Execution
 
 from ..conftest import ROOT, wait_for
 from . import netns
+from .timings import FENCE_TIMINGS, WORKER_TIMEOUT
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
-WORKER_TIMEOUT = 4.0
-FAST = {
-    "JOBS_WORKER_TIMEOUT": str(WORKER_TIMEOUT),
-    "JOBS_HEARTBEAT_INTERVAL": "1",
-    "JOBS_MAINTENANCE_INTERVAL": "1",
-    "JOBS_RETRY_BASE_DELAY": "0.1",
-}
 JOB_SECONDS = 7.0
 JOBS = 4
 #: How long the link stays down: past the rescue (about WORKER_TIMEOUT + a maintenance
@@ -93,7 +87,7 @@ def test_a_cut_off_worker_is_rescued_refused_and_never_overlaps(
                 cwd=ROOT,
                 env={
                     **os.environ,
-                    **FAST,
+                    **FENCE_TIMINGS,
                     "DATABASE_URL": host.db_url(database_url),
                     "JOBS_TEST_HOST": host.label,
                 },

@@ -29,15 +29,9 @@ from testproject.example.models import Execution, LedgerEntry
 
 from ..conftest import ROOT, WorkerProcess, wait_for
 from .pgbouncer import PgBouncer
+from .timings import FAST_RESCUE
 
 pytestmark = pytest.mark.django_db(transaction=True)
-
-FAST_RESCUE = {
-    "JOBS_HEARTBEAT_INTERVAL": "0.5",
-    "JOBS_WORKER_TIMEOUT": "2",
-    "JOBS_MAINTENANCE_INTERVAL": "0.5",
-    "JOBS_RETRY_BASE_DELAY": "0.1",
-}
 
 
 #: A PgBouncer restart keeps workers from their database for a second or two: well

@@ -19,23 +19,9 @@ from testproject.example import tasks
 from testproject.example.models import Execution
 
 from ..conftest import wait_for
+from .timings import FAST_RESCUE, children_of
 
 pytestmark = pytest.mark.django_db(transaction=True)
-
-FAST_RESCUE = {
-    "JOBS_HEARTBEAT_INTERVAL": "0.5",
-    "JOBS_WORKER_TIMEOUT": "2",
-    "JOBS_MAINTENANCE_INTERVAL": "0.5",
-    "JOBS_RETRY_BASE_DELAY": "0.1",
-}
-
-
-def children_of(pid: int) -> list[int]:
-    try:
-        with open(f"/proc/{pid}/task/{pid}/children") as f:
-            return [int(p) for p in f.read().split()]
-    except OSError:
-        return []
 
 
 def states() -> Counter:
