@@ -10,6 +10,7 @@ the rows and from a file each attempt writes its start and a tick every 0.1 s to
 import itertools
 import json
 import time
+from contextlib import AbstractContextManager
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
@@ -21,7 +22,7 @@ from testproject.example import tasks
 from testproject.example.models import LedgerEntry
 
 from ..conftest import wait_for
-from .tcpproxy import proxy_to
+from .tcpproxy import TcpProxy, proxy_to
 from .timings import FENCE_TIMINGS
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -70,21 +71,32 @@ def through(database_url: str, port: int) -> str:
     return urlunsplit(parts._replace(netloc=f"{userinfo}127.0.0.1:{port}"))
 
 
+def relayed(database_url: str) -> AbstractContextManager[TcpProxy]:
+    db = urlsplit(database_url)
+    return proxy_to(db.hostname or "127.0.0.1", db.port or 5432)
+
+
+def start_behind(
+    proxy: TcpProxy, start_worker, database_url: str, log: Path, seconds: float, *args: str
+):
+    """A worker reaching the database through ``proxy``, running the first attempt of a
+    ``seconds``-long job that logs to ``log``: (the worker, the job's result)."""
+    worker = start_worker(
+        *args, env={**FENCE_TIMINGS, "DATABASE_URL": through(database_url, proxy.port)}
+    )
+    result = tasks.timed_attempt.enqueue(seconds=seconds, log_path=str(log))
+    wait_for(lambda: 1 in attempts_by_job(log).get(int(result.id), {}), 30, "the first attempt")
+    return worker, result
+
+
 def test_a_worker_cut_off_stops_its_job_before_the_rescue_runs_it_again(
     start_worker, database_url, tmp_path
 ):
     log = tmp_path / "attempts.jsonl"
-    db = urlsplit(database_url)
-    with proxy_to(db.hostname or "127.0.0.1", db.port or 5432) as proxy:
-        cut_off = start_worker(
-            "--concurrency", "1", "-v", "2",
-            env={**FENCE_TIMINGS, "DATABASE_URL": through(database_url, proxy.port)},
-        )  # fmt: skip
-        result = tasks.timed_attempt.enqueue(seconds=6, log_path=str(log))
-        wait_for(
-            lambda: 1 in attempts_by_job(log).get(int(result.id), {}), 30, "the first attempt"
+    with relayed(database_url) as proxy:
+        cut_off, result = start_behind(
+            proxy, start_worker, database_url, log, 6, "--concurrency", "1", "-v", "2"
         )
-
         proxy.hold()
         cut_at = time.time()
         rescuer = start_worker("--concurrency", "1", env=FENCE_TIMINGS)
@@ -142,15 +154,9 @@ def test_with_the_threads_pool_a_cut_off_worker_exits_at_its_fence(
 ):
     """A thread cannot be killed: the process goes, with status 75, before the rescue."""
     log = tmp_path / "attempts.jsonl"
-    db = urlsplit(database_url)
-    with proxy_to(db.hostname or "127.0.0.1", db.port or 5432) as proxy:
-        cut_off = start_worker(
-            "--pool", "threads",
-            env={**FENCE_TIMINGS, "DATABASE_URL": through(database_url, proxy.port)},
-        )  # fmt: skip
-        result = tasks.timed_attempt.enqueue(seconds=20, log_path=str(log))
-        wait_for(
-            lambda: 1 in attempts_by_job(log).get(int(result.id), {}), 30, "the first attempt"
+    with relayed(database_url) as proxy:
+        cut_off, result = start_behind(
+            proxy, start_worker, database_url, log, 20, "--pool", "threads"
         )
         proxy.hold()
         cut_at = time.time()
