@@ -145,20 +145,65 @@ class JobsBackend(BaseTaskBackend):
             flow=flow,
         )
 
+    @cached_property
+    def _plain(self) -> dict[int, tuple[Task, dict[str, Any] | None]]:
+        # For each task enqueued one job at a time (the object is kept, so its id cannot
+        # be reused): ENQUEUE's parameters that do not depend on the call, or None for a
+        # task with flow control, which takes the general way.
+        return {}
+
+    def _plain_params(self, task: Task) -> dict[str, Any] | None:
+        entry = self._plain.get(id(task))
+        if entry is None or entry[0] is not task:
+            self._validate_once(task)
+            params = None if self.uses_flow(task) else jobs.plain_params(self._spec(task))
+            if len(self._plain) > 10_000:  # tasks rebuilt again and again
+                self._plain.clear()
+            entry = self._plain[id(task)] = (task, params)
+        return entry[1]
+
+    def _spec(self, task: Task) -> jobs.JobSpec:
+        """What every job of ``task`` shares (all of the row but its arguments)."""
+        return jobs.JobSpec(
+            task_path=task.module_path,
+            queue_name=task.queue_name,
+            priority=task.priority,
+            backend=self.alias,
+            run_after=task.run_after,
+            max_attempts=policy.default_max_attempts(task, self.jobs_options),
+            callback_url=getattr(task, "callback_url", None),
+            task_proof=registry.proof(task.module_path),
+        )
+
     def enqueue(self, task: Task, args: Sequence[Any], kwargs: Mapping[str, Any]) -> TaskResult:
+        params = self._plain_params(task)
+        if params is None or instrumentation.enqueue_wrappers:
+            return self._enqueue(task, args, kwargs)
+        # The usual job (no flow control, no tracing): what the task's jobs share was
+        # worked out at its first enqueue; each call adds its arguments and the proof
+        # (read again each time: tests change SECRET_KEY).
+        args_json, kwargs_json = encode_arguments(task, args, kwargs)
+        path = params["task_path"]
+        with self._cursor() as cursor:
+            job_id, enqueued_at = jobs.enqueue_plain(
+                cursor, params, args_json, kwargs_json, registry.proof(path)
+            )
+        return self.enqueued(task, job_id, enqueued_at, args, kwargs)
+
+    def _cursor(self) -> Any:
+        return connections[self.database].cursor()
+
+    def _enqueue(self, task: Task, args: Sequence[Any], kwargs: Mapping[str, Any]) -> TaskResult:
         self._validate_once(task)
         new_job = self.new_job(task, args, kwargs)
         if not instrumentation.enqueue_wrappers:
-            with connections[self.database].cursor() as cursor:
+            with self._cursor() as cursor:
                 inserted = self.insert(cursor, task, new_job)
         else:
             # Inside the integrations' wrappers (a tracing span), storing the trace
             # context they give with the job.
             call = self._enqueue_call(task, 1)
-            with (
-                instrumentation.enqueueing(call),
-                connections[self.database].cursor() as cursor,
-            ):
+            with instrumentation.enqueueing(call), self._cursor() as cursor:
                 if call.trace_context:
                     trace = json.dumps(call.trace_context)
                     new_job = replace(new_job, trace_context_json=trace)
@@ -223,16 +268,7 @@ class JobsBackend(BaseTaskBackend):
             if number is None:
                 # A batch usually repeats one task: validate each distinct one once.
                 self._validate_once(task)
-                spec = jobs.JobSpec(
-                    task_path=task.module_path,
-                    queue_name=task.queue_name,
-                    priority=task.priority,
-                    backend=self.alias,
-                    run_after=task.run_after,
-                    max_attempts=policy.default_max_attempts(task, self.jobs_options),
-                    callback_url=getattr(task, "callback_url", None),
-                    task_proof=registry.proof(task.module_path),
-                )
+                spec = self._spec(task)
                 number = spec_numbers.setdefault(spec, len(specs))
                 if number == len(specs):
                     specs.append(spec)
@@ -308,8 +344,9 @@ class JobsBackend(BaseTaskBackend):
             started_at=None,
             finished_at=None,
             last_attempted_at=None,
-            args=list(args),
-            kwargs=dict(kwargs),
+            # TaskResult copies them into JSON's types itself (normalize_json).
+            args=args,
+            kwargs=kwargs,
             backend=self.alias,
             errors=[],
             worker_ids=[],
