@@ -20,9 +20,10 @@ from .compat import Task, normalize_json
 _JSON_NUL = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")
 
 
-def _dumps(value: Any) -> str:
-    # allow_nan=False: PostgreSQL's jsonb has no NaN or Infinity.
-    return json.dumps(value, allow_nan=False, ensure_ascii=False, separators=(",", ":"))
+# allow_nan=False: PostgreSQL's jsonb has no NaN or Infinity. One encoder for every call:
+# json.dumps() with options builds a new JSONEncoder each time, which costs as much as
+# encoding a short argument list (the encoder keeps no state between calls).
+_dumps = json.JSONEncoder(allow_nan=False, ensure_ascii=False, separators=(",", ":")).encode
 
 
 def _to_text(value: Any) -> str:
@@ -83,8 +84,9 @@ def encode_arguments(
 ) -> tuple[str, str]:
     """Return args and kwargs as JSON text; an error names the argument at fault.
 
-    The common case (everything is JSON) encodes each list once; only a failure pays
-    for checking the arguments one by one to say which one it was.
+    The common case (everything is JSON) encodes each list once, and no arguments at
+    all (or no keyword arguments) costs nothing; only a failure pays for checking the
+    arguments one by one to say which one it was.
     """
     for name in kwargs:
         if not isinstance(name, str):
@@ -92,7 +94,18 @@ def encode_arguments(
                 f"Keyword argument names must be strings; task {task.module_path!r} got {name!r}."
             )
     try:
-        return encode_json(list(args), "args"), encode_json(dict(kwargs), "kwargs")
+        # json takes a tuple as an array and a dict as itself: no copies needed.
+        args_json = (
+            encode_json(args if isinstance(args, list | tuple) else list(args), "args")
+            if args
+            else "[]"
+        )
+        kwargs_json = (
+            encode_json(kwargs if isinstance(kwargs, dict) else dict(kwargs), "kwargs")
+            if kwargs
+            else "{}"
+        )
+        return args_json, kwargs_json
     except TypeError:
         for index, value in enumerate(args):
             encode_json(value, f"Argument {index} of task {task.module_path!r}")

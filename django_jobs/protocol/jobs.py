@@ -602,6 +602,8 @@ NEW_JOB_FIELDS = tuple(f.name for f in fields(NewJob))
 #: The columns of a job that uses no flow control: ENQUEUE takes only these.
 _PLAIN_FIELDS = NEW_JOB_FIELDS[: NEW_JOB_FIELDS.index(_FLOW_COLUMNS[0])]
 new_job_values = attrgetter(*NEW_JOB_FIELDS)
+#: The parameters of ENQUEUE that a JobSpec gives (all but the arguments).
+_SPEC_FIELDS = tuple(f for f in _PLAIN_FIELDS if f not in ("args_json", "kwargs_json"))
 _plain_values = attrgetter(*_PLAIN_FIELDS)
 
 
@@ -616,6 +618,28 @@ def enqueue(cursor: Cursor, job: NewJob) -> tuple[int, datetime] | None:
         cursor.execute(ENQUEUE_FLOW, dict(zip(NEW_JOB_FIELDS, new_job_values(job), strict=True)))
     row = cursor.fetchone()
     return None if row is None else (row[0], row[1])
+
+
+def plain_params(spec: "JobSpec") -> dict[str, Any]:
+    """ENQUEUE's parameters for a job of ``spec`` but its arguments and proof.
+
+    What a task's jobs share does not change from one call to the next: a caller that
+    enqueues one job at a time builds this once per task and hands it to
+    :func:`enqueue_plain` with each call's arguments.
+    """
+    return {name: getattr(spec, name) for name in _SPEC_FIELDS}
+
+
+def enqueue_plain(
+    cursor: Cursor, params: dict[str, Any], args_json: str, kwargs_json: str, task_proof: str
+) -> tuple[int, datetime]:
+    """:func:`enqueue` for a job with no flow control, from :func:`plain_params`' dict."""
+    cursor.execute(
+        ENQUEUE,
+        {**params, "args_json": args_json, "kwargs_json": kwargs_json, "task_proof": task_proof},
+    )
+    row = cursor.fetchone()
+    return row[0], row[1]
 
 
 def enqueue_many(

@@ -238,3 +238,39 @@ def test_listen_through_a_pooler_is_flagged(monkeypatch):
     assert polling.check() == []
     wrong = JobsBackend("x", {"OPTIONS": {"LISTEN_DATABASE": "nowhere"}})
     assert [m.id for m in wrong.check()] == ["django_jobs.E004"]
+
+
+def test_enqueue_is_one_statement_that_djangos_query_log_and_wrappers_see():
+    # The INSERT binds its parameters server-side (backend.binding_cursor) but still goes
+    # through Django's cursor wrapper: assertNumQueries, debug tools and APM see it.
+    from django.test.utils import CaptureQueriesContext
+
+    seen = []
+
+    def wrapper(execute, sql, params, many, context):
+        seen.append(params)
+        return execute(sql, params, many, context)
+
+    with CaptureQueriesContext(connection) as captured, connection.execute_wrapper(wrapper):
+        result = tasks.add.enqueue(1, b=2)
+    assert len(captured) == 1
+    assert len(seen) == 1
+    assert (seen[0]["args_json"], seen[0]["kwargs_json"]) == ("[1]", '{"b":2}')
+    row = Job.objects.values("args", "kwargs").get(pk=result.id)
+    assert (row["args"], row["kwargs"]) == ([1], {"b": 2})
+    assert (result.args, result.kwargs) == ([1], {"b": 2})
+    assert tasks.noop.enqueue().args == []
+
+
+def test_each_enqueue_signs_with_the_secret_key_of_the_moment():
+    # What a task's jobs share is kept per task; the proof is not (SECRET_KEY may change).
+    from django_jobs import registry
+
+    first = tasks.add.enqueue(1, 2)
+    with override_settings(SECRET_KEY="another-key-for-this-test"):
+        second = tasks.add.enqueue(1, 2)
+    proofs = dict(Job.objects.filter(pk__in=[first.id, second.id]).values_list("id", "task_proof"))
+    path = tasks.add.module_path
+    assert proofs[int(first.id)] == registry.proof(path)
+    assert proofs[int(second.id)] == registry._proof(path, "another-key-for-this-test")
+    assert proofs[int(first.id)] != proofs[int(second.id)]
