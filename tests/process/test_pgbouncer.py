@@ -20,15 +20,15 @@ from typing import Any
 import psycopg
 import pytest
 from django.db import connection
-from django.utils import timezone
 
-from django_jobs.models import Job, Schedule, ScheduleRun
+from django_jobs.models import Job, ScheduleRun
 from django_jobs.protocol import NOTIFY_CHANNEL
 from testproject.example import tasks
 from testproject.example.models import Execution, LedgerEntry
 
 from ..conftest import ROOT, WorkerProcess, wait_for
 from .pgbouncer import PgBouncer
+from .test_schedules import every_second_schedule
 from .timings import FAST_RESCUE
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -110,15 +110,7 @@ def test_workers_and_the_admin_behind_pgbouncer(listen, pgbouncer, start_worker,
 
     tasks.record.enqueue_many([((f"pgb-{n}",), {}) for n in range(1000)])
     failing = tasks.always_fails.using(max_attempts=1).enqueue("fails behind PgBouncer")
-    schedule = Schedule.objects.create(
-        name="every-second",
-        task_path="testproject.example.tasks.add",
-        args=[40, 2],
-        interval_seconds=1,
-        misfire_policy="all",
-        max_catchup=100,
-        next_run_at=timezone.now() + timedelta(seconds=1),
-    )
+    schedule = every_second_schedule(first_in=1)
     workers = [start_worker("--concurrency", "2", *args, env=env) for _ in range(2)]
     wait_showing(
         workers,

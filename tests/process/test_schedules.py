@@ -19,8 +19,9 @@ pytestmark = pytest.mark.django_db(transaction=True)
 FIRE_TIMES = 15
 
 
-def test_three_workers_fire_a_one_second_schedule_exactly_once_per_fire_time(start_worker):
-    schedule = Schedule.objects.create(
+def every_second_schedule(first_in: float) -> Schedule:
+    """A schedule of ``add(40, 2)`` every second from ``first_in`` seconds on."""
+    return Schedule.objects.create(
         name="every-second",
         task_path="testproject.example.tasks.add",
         args=[40, 2],
@@ -28,8 +29,12 @@ def test_three_workers_fire_a_one_second_schedule_exactly_once_per_fire_time(sta
         # Each fire time gets its job even when a tick comes late: a gap would show.
         misfire_policy="all",
         max_catchup=100,
-        next_run_at=timezone.now() + timedelta(seconds=2),
+        next_run_at=timezone.now() + timedelta(seconds=first_in),
     )
+
+
+def test_three_workers_fire_a_one_second_schedule_exactly_once_per_fire_time(start_worker):
+    schedule = every_second_schedule(first_in=2)
     workers = [start_worker("--concurrency", "1") for _ in range(3)]
     runs = ScheduleRun.objects.filter(schedule=schedule)
     wait_for(runs.exists, timeout=60, what="the first fire")
