@@ -134,14 +134,12 @@ class ProcessPool:
         event_loop: bool = False,
         child_setup: tuple[str, ...] = (),
         burst_wait: float = 0.0,
-        fence: Fence | None = None,
+        fence: Fence,
     ) -> None:
         self.backend = backend
         self.threads = threads
-        self.fence = fence or Fence(
-            heartbeat_interval=backend.jobs_options.HEARTBEAT_INTERVAL,
-            worker_timeout=backend.jobs_options.WORKER_TIMEOUT,
-        )
+        #: Renewed by the supervisor's heartbeat; a pool of its own would fence itself.
+        self.fence = fence
         self.target = processes if autoscale is None else autoscale[0]
         self.autoscale = autoscale
         self.burst = burst

@@ -43,6 +43,7 @@ from ..services.limits import LimitKeeper
 from ..services.pruner import Pruner
 from ..services.rescuer import Rescuer, failed_attempt
 from ..services.scheduler import Scheduler
+from ..states import JobState
 from . import dbconn
 from .fence import Fence
 from .heartbeat import Heartbeat
@@ -53,7 +54,11 @@ from .pool import ChildGone, InProcessPool, ProcessPool
 logger = logging.getLogger(__name__)
 
 #: The stop summary's count of each state a failure the supervisor records can reach.
-_STAT_OF_STATE = {"FAILED": "failed", "READY": "retried", "CANCELLED": "cancelled"}
+_STAT_OF_STATE = {
+    JobState.FAILED: "failed",
+    JobState.READY: "retried",
+    JobState.CANCELLED: "cancelled",
+}
 
 # Put on the event queue to wake the loop (a signal).
 _WAKE = ("wake",)
@@ -419,7 +424,9 @@ class Supervisor:
             for s in stopped:
                 if s.job_id in ended:
                     self._settled["cancelled"] += 1
-                    announce_recorded(self.backend, s.job_id, "CANCELLED", s.error_json, None)
+                    announce_recorded(
+                        self.backend, s.job_id, JobState.CANCELLED, s.error_json, None
+                    )
             if released and not gone.shutdown:
                 logger.info(
                     "Child %s ended (%s) holding %d job(s) it had not started: back in the "
@@ -489,7 +496,7 @@ class Supervisor:
                 except Exception:
                     # Maybe what stopped the loop: the children must still be waited for
                     # (or stopped), or they would run on unwatched after we exit.
-                    logger.exception("Heartbeat or schedules failed while stopping; going on")
+                    logger.exception("Maintenance or schedules failed while stopping; going on")
                     timers = False
             self._wait(min(0.2, max(0.0, deadline - time.monotonic())))
         if self.pool.alive:
