@@ -246,17 +246,22 @@ def test_a_failing_maintenance_chore_is_logged_and_stops_neither_the_others_nor_
     assert "RuntimeError: broken on purpose" in logged[0].getMessage()
 
 
-def test_a_lease_statement_that_fails_does_not_stop_the_worker(caplog):
-    # MAINTENANCE_INTERVAL is checked now; this one once passed and made every worker's
-    # lease statement fail with "timestamp out of range", which killed the worker.
-    counting = _Counting()
-    leader = Leader("w1", interval=1e14, services=[counting])
+def tick_once(leader: Leader) -> None:
+    """One maintenance round of ``leader`` on a connection of its own, as a worker's."""
     conn = dbconn.connect("default", purpose="test")
     try:
         with conn.cursor() as cur:
             leader.tick(cur)
     finally:
         conn.close()
+
+
+def test_a_lease_statement_that_fails_does_not_stop_the_worker(caplog):
+    # MAINTENANCE_INTERVAL is checked now; this one once passed and made every worker's
+    # lease statement fail with "timestamp out of range", which killed the worker.
+    counting = _Counting()
+    leader = Leader("w1", interval=1e14, services=[counting])
+    tick_once(leader)
     assert not leader.is_leader
     assert counting.rounds == 0
     assert any(
@@ -272,10 +277,5 @@ def test_a_pruner_with_a_retention_past_the_calendar_fails_alone():
         interval=0.01,
         services=[Pruner(retention={"SUCCESSFUL": timedelta.max.total_seconds()}), counting],
     )
-    conn = dbconn.connect("default", purpose="test")
-    try:
-        with conn.cursor() as cur:
-            leader.tick(cur)
-    finally:
-        conn.close()
+    tick_once(leader)
     assert counting.rounds == 1
