@@ -106,14 +106,29 @@ class Run:
     background: list[threading.Thread] = field(default_factory=list)
 
 
+def _seconds(text: str) -> float:
+    """``--seconds``: a finite number of seconds the run can wait out."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not 1 <= value <= 86_400:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} seconds: give 1 to 86400 (a day); the drain after it is bounded too"
+        )
+    return value
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="scripts/chaos", description=__doc__.split("\n\n")[0])
     parser.add_argument("--short", action="store_true", help="CI: about 25 s of chaos")
-    parser.add_argument("--seconds", type=float, help="seconds of chaos (default 180; 20 short)")
+    parser.add_argument(
+        "--seconds", type=_seconds, help="seconds of chaos, 1 to 86400 (default 180; 25 short)"
+    )
     parser.add_argument("--seed", type=int, help="random seed (default: random, printed)")
     parser.add_argument("--keep", action="store_true", help="keep the temp dir (logs, journal)")
     args = parser.parse_args(argv)
-    seconds = args.seconds or (25.0 if args.short else 180.0)
+    seconds = args.seconds if args.seconds is not None else (25.0 if args.short else 180.0)
     seed = args.seed if args.seed is not None else random.randrange(1_000_000)
     print(f"chaos: {seconds:.0f} s of chaos, seed {seed}", flush=True)
     began = time.monotonic()
