@@ -89,8 +89,10 @@ def test_atomic_task_superseded_mid_run_rolls_its_writes_back():
     assert worker.stats.lost == 1
 
 
-def register(worker_id: str, heartbeat_age: float) -> None:
-    Worker.objects.create(id=worker_id, host="h", pid=1, queues=[], concurrency=1)
+def register(worker_id: str, heartbeat_age: float, worker_timeout: float | None = None) -> None:
+    Worker.objects.create(
+        id=worker_id, host="h", pid=1, queues=[], concurrency=1, worker_timeout=worker_timeout
+    )
     with connection.cursor() as cur:
         cur.execute(
             "UPDATE django_jobs_worker SET last_heartbeat = now() - make_interval(secs => %s) "
@@ -134,6 +136,27 @@ def test_rescue_retries_jobs_of_silent_workers_and_fences_their_late_results():
         assert protocol.complete(cur, [protocol.Success(stale.id, stale.attempts, "4")]) == {}
     assert Job.objects.get(pk=stale.id).state == "READY"
     assert alive.id
+
+
+def test_each_worker_is_rescued_after_its_own_worker_timeout_not_the_leaders():
+    # The worker fences itself by its own WORKER_TIMEOUT: a leader with a shorter one
+    # must not rescue it earlier, and one with a longer one must not wait longer.
+    patient = tasks.add.enqueue(1, 1)
+    register("patient", heartbeat_age=10, worker_timeout=60)
+    patient_job = claim_as("patient")
+    hasty = tasks.add.using(max_attempts=2).enqueue(2, 2)
+    register("hasty", heartbeat_age=10, worker_timeout=5)
+    hasty_job = claim_as("hasty")
+
+    with connection.cursor() as cur:
+        rescued = Rescuer(worker_timeout=30).run_once(cur)
+
+    assert {job_id for job_id, _, _ in rescued} == {hasty_job.id}
+    assert Job.objects.get(pk=int(patient.id)).state == "RUNNING"
+    assert Job.objects.get(pk=int(hasty.id)).state == "READY"
+    assert patient_job.id == int(patient.id)
+    lost = set(Worker.objects.filter(lost_at__isnull=False).values_list("id", flat=True))
+    assert lost == {"hasty"}
 
 
 def test_one_leader_at_a_time_and_takeover_after_expiry():
