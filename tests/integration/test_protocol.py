@@ -3,7 +3,7 @@
 import json
 
 import pytest
-from django.db import connection
+from django.db import connection, connections
 
 from django_jobs.models import Job
 from django_jobs.protocol import jobs as protocol
@@ -120,3 +120,27 @@ def test_a_claim_does_not_walk_the_jobs_due_later(conn):
     touched = plan["Plan"]["Shared Hit Blocks"] + plan["Plan"]["Shared Read Blocks"]
     assert touched < 200, json.dumps(plan)
     assert Job.objects.get(pk=int(due.id)).state == "READY"  # rolled back
+
+
+def test_worker_connections_give_up_on_a_silent_network_unless_options_say_otherwise(
+    monkeypatch,
+):
+    # A partition must break a hung statement (and reconnect) within seconds, not after
+    # the kernel's minutes of retransmissions; a project's own OPTIONS still win.
+    conn = dbconn.connect("default", purpose="test")
+    try:
+        params = conn.info.get_parameters()
+    finally:
+        conn.close()
+    assert params["tcp_user_timeout"] == "15000"
+    assert (params["keepalives"], params["keepalives_idle"]) == ("1", "10")
+
+    settings_dict = connections["default"].settings_dict
+    monkeypatch.setitem(
+        settings_dict, "OPTIONS", {**settings_dict.get("OPTIONS", {}), "tcp_user_timeout": 60_000}
+    )
+    conn = dbconn.connect("default", purpose="test")
+    try:
+        assert conn.info.get_parameters()["tcp_user_timeout"] == "60000"
+    finally:
+        conn.close()
