@@ -39,14 +39,12 @@ def connect(alias: str, *, purpose: str, prepare: bool = True) -> psycopg.Connec
     params.setdefault("keepalives_count", 3)
     if not prepare:
         params["prepare_threshold"] = None
+    # A name that shows up in pg_stat_activity (and in PgBouncer's SHOW CLIENTS): sent
+    # when the connection opens, so a pooler knows it from the start.
+    params["application_name"] = f"django_jobs {purpose}"
     conn = psycopg.connect(**params, autocommit=True)
-    # UTC like Django, and a name that shows up in pg_stat_activity. Run once per
-    # connection, so never worth preparing.
+    # UTC like Django. Run once per connection, so never worth preparing.
     conn.execute("SET TIME ZONE 'UTC'", prepare=False)
-    conn.execute(
-        "SELECT set_config('application_name', %s, false)", [f"django_jobs {purpose}"],
-        prepare=False,
-    )  # fmt: skip
     return conn
 
 
